@@ -1,0 +1,52 @@
+"""Efficient Channel Attention.
+
+Wang et al., "ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks",
+CVPR 2020, https://arxiv.org/abs/1910.03151 (official code: BangguWu/ECANet)
+
+A 1-D convolution of size ``k`` over the pooled channel vector replaces SE's MLP: local
+cross-channel interaction with ``k`` parameters and no dimensionality reduction.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def adaptive_kernel_size(channels: int, gamma: int = 2, beta: int = 1) -> int:
+    """The paper's psi(C): nearest odd number to ``|log2(C) + beta| / gamma``.
+
+    Gives 5, 5, 5, 7 for ResNet-50's 256, 512, 1024, 2048 channels.
+    """
+    t = int(abs((math.log2(channels) + beta) / gamma))
+    return t if t % 2 else t + 1
+
+
+class EfficientChannelAttention(nn.Module):
+    """``x * sigmoid(conv1d_k(mean_hw(x)))`` with a bias-free, zero-padded 1-D conv."""
+
+    gate_from_mean = True
+
+    def __init__(
+        self, channels: int, kernel_size: int | None = None, gamma: int = 2, beta: int = 1
+    ) -> None:
+        super().__init__()
+        if kernel_size is None:
+            kernel_size = adaptive_kernel_size(channels, gamma, beta)
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"ECA kernel_size must be a positive odd number, got {kernel_size}")
+        self.kernel_size = kernel_size
+        self.conv = nn.Conv1d(1, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
+
+    def gate(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Per-channel scale in (0, 1) from the pooled ``(N, C)`` descriptor."""
+        return torch.sigmoid(self.conv(pooled.unsqueeze(1)).squeeze(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.gate(x.mean((2, 3)))
+        return x * scale[:, :, None, None]
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}"

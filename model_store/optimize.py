@@ -1,0 +1,147 @@
+"""Inference optimisation: fold BN, squeeze SE/ECA early, channels_last, torch.compile.
+
+Every step is exact up to float rounding; ``tests/model_store/test_optimize.py`` compares
+logits before and after.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import warnings
+from collections.abc import Iterable
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from .resnet import ResNet
+
+log = logging.getLogger(__name__)
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def fold_batchnorm(model: ResNet) -> ResNet:
+    """Fold every BN into the conv before it (in place; the model must be in eval mode)."""
+    if model.training:
+        raise ValueError("fold_batchnorm needs an eval-mode model: call model.eval() first")
+    for conv_name, bn_name in list(model.conv_bn_pairs()):
+        conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        if isinstance(bn, nn.BatchNorm2d):
+            model.set_submodule(conv_name, fuse_conv_bn_eval(conv, bn))
+            model.set_submodule(bn_name, nn.Identity())
+    return model
+
+
+def enable_inner_squeeze(model: ResNet) -> int:
+    """Switch SE/ECA blocks to the exact early squeeze; returns how many blocks use it."""
+    count = 0
+    for block in model.blocks():
+        if block.attn is not None and getattr(block.attn, "gate_from_mean", False):
+            block.squeeze_inner = True
+            count += 1
+    return count
+
+
+class InferenceModel:
+    """An optimised classifier: float32 images in, float32 logits out, on ``device``.
+
+    The compiled path is tried on the first call for each input shape (``dynamic=False``: one
+    specialised graph per served batch size); if compilation fails the model warns once and
+    runs eager from then on. ``compiled`` says which path actually runs.
+    """
+
+    def __init__(
+        self,
+        model: ResNet,
+        *,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        compile: bool,
+        mode: str,
+    ) -> None:
+        self.model = model
+        self.device = device
+        self.dtype = dtype
+        self.compile_requested = compile
+        self.compile_error: str | None = None
+        self._compiled = None
+        if compile:
+            options = dict(torch._inductor.list_mode_options(mode))
+            if device.type == "cpu":
+                # Constant-fold the weights into prepacked oneDNN layouts: the big CPU win.
+                options["freezing"] = True
+            self._compiled = torch.compile(model, dynamic=False, options=options)
+
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
+
+    def _autocast(self) -> torch.autocast | nullcontext[None]:
+        if self.dtype is None or self.device.type == "cpu":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            if self._compiled is not None:
+                try:
+                    return self._compiled(x).float()
+                except Exception as exc:  # the eager retry below re-raises real input errors
+                    self._fall_back(exc)
+            return self.model(x).float()
+
+    def _fall_back(self, exc: Exception) -> None:
+        self.compile_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        warnings.warn(
+            f"torch.compile failed, running eager instead: {self.compile_error}", stacklevel=3
+        )
+        self._compiled = None
+
+    def warmup(self, batch_sizes: Iterable[int], image_size: int = 224) -> dict[int, float]:
+        """Run each batch size once so no user request pays for compilation; seconds per size."""
+        seconds = {}
+        for batch_size in batch_sizes:
+            start = time.perf_counter()
+            self(torch.zeros(batch_size, 3, image_size, image_size))
+            seconds[batch_size] = time.perf_counter() - start
+            log.info(
+                "warm-up batch %d: %.1f s (compiled=%s)",
+                batch_size,
+                seconds[batch_size],
+                self.compiled,
+            )
+        return seconds
+
+
+def optimize_for_inference(
+    model: ResNet,
+    *,
+    device: str | torch.device = "cpu",
+    compile: bool = True,
+    mode: str = "default",
+    dtype: torch.dtype | None = None,
+    fold_bn: bool = True,
+    squeeze_inner: bool = True,
+) -> InferenceModel:
+    """Eval mode, BN folded, SE/ECA squeezed early, channels_last, compiled; on CUDA, autocast
+    to ``dtype`` (bf16 unless told otherwise). The caller's model is left untouched."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {mode!r}; choose one of {COMPILE_MODES}")
+    device = torch.device(device)
+    if device.type == "cuda" and dtype is None:
+        dtype = torch.bfloat16
+    model = copy.deepcopy(model).eval()
+    if fold_bn:
+        fold_batchnorm(model)
+    if squeeze_inner:
+        enable_inner_squeeze(model)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return InferenceModel(model, device=device, dtype=dtype, compile=compile, mode=mode)
