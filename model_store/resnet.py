@@ -65,10 +65,9 @@ class Bottleneck(nn.Module):
         of the wide output removes a full extra pass over the widest tensor of the block; the
         scale then joins the residual add and ReLU in one pointwise kernel.
         """
-        pooled = self.bn3(
-            F.conv2d(inner.mean((2, 3), keepdim=True), self.conv3.weight, self.conv3.bias)
-        )
-        return self.attn.gate(pooled.flatten(1))[:, :, None, None]
+        pooled = F.linear(inner.mean((2, 3)), self.conv3.weight.flatten(1), self.conv3.bias)
+        pooled = self.bn3(pooled[:, :, None, None]).flatten(1)  # Identity once BN is folded
+        return self.attn.gate(pooled)[:, :, None, None]
 
     def conv_bn_pairs(self) -> Iterator[tuple[str, str]]:
         """Names of (conv, following BN) pairs that inference may fold together."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -41,8 +42,19 @@ class EfficientChannelAttention(nn.Module):
         self.conv = nn.Conv1d(1, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
 
     def gate(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Per-channel scale in (0, 1) from the pooled ``(N, C)`` descriptor."""
-        return torch.sigmoid(self.conv(pooled.unsqueeze(1)).squeeze(1))
+        """Per-channel scale in (0, 1) from the pooled ``(N, C)`` descriptor.
+
+        The 1-D conv is written as ``k`` shifted multiply-adds over the zero-padded vector (the
+        same cross-correlation as ``self.conv``), so the compiler fuses it with the sigmoid into
+        one small kernel instead of calling a convolution library on a 1-channel signal.
+        """
+        channels, pad = pooled.shape[1], (self.kernel_size - 1) // 2
+        padded = F.pad(pooled, (pad, pad))
+        taps = self.conv.weight.view(-1)
+        logits = taps[0] * padded[:, :channels]
+        for tap in range(1, self.kernel_size):
+            logits = logits + taps[tap] * padded[:, tap : tap + channels]
+        return torch.sigmoid(logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = self.gate(x.mean((2, 3)))
