@@ -1,10 +1,12 @@
 # One virtual environment, made from the versions pinned in pyproject.toml.
 PYTHON ?= python3.11
+# Models `make serve` builds and serves; MODELS=all for the five variants.
+MODELS ?= se_resnet50,eca_resnet50
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint bench clean
+.PHONY: setup java test lint bench bench-all archives serve clean
 
 setup: $(STAMP)
 
@@ -16,15 +18,35 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $(STAMP)
 
-test: setup
+# TorchServe's frontend is Java 17+. CI machines run as root with apt: install it when missing.
+java:
+	@command -v java >/dev/null 2>&1 || { \
+		echo "Java not found: installing openjdk-17-jre-headless for TorchServe"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless; }
+
+test: setup java
 	$(PY) -m pytest
 
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# One .mar per model; a no-op when the inputs have not changed.
+archives: setup
+	$(PY) -m model_store build --models $(MODELS)
+
+# Gateway on 127.0.0.1:8000 in front of TorchServe on 8080/8081/8082, foreground; Ctrl-C stops
+# both. Without Java the gateway says so and runs the same archives in-process.
+serve: archives
+	GATEWAY_MODELS=$(MODELS) $(PY) -m service --start-torchserve --port 8000
+
 bench: setup
 	$(PY) -m bench.models
 
+# The serving benchmarks too: TorchServe direct, then gateway vs TorchServe vs in-process.
+bench-all: bench
+	$(PY) -m bench.torchserve
+	$(PY) -m bench.gateway
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .run model_store/archives

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -18,7 +19,7 @@ RESULTS_DIR = Path(__file__).parent / "results"
 def percentile(samples: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of a non-empty sample."""
     ordered = sorted(samples)
-    rank = max(1, round(q / 100 * len(ordered)))
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[min(rank, len(ordered)) - 1]
 
 
@@ -40,7 +41,7 @@ def environment(device: str) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join([Path(sys.orig_argv[0]).name, *sys.orig_argv[1:]]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if device == "cuda":

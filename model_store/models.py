@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import (
+    Checkpoint,
     CheckpointError,
     detect_attention,
     infer_architecture,
@@ -49,7 +50,7 @@ def get_spec(name: str) -> ModelSpec:
 def create_model(
     name: str,
     num_classes: int | None = None,
-    checkpoint: str | Path | None = None,
+    checkpoint: str | Path | Checkpoint | None = None,
     *,
     layers: Sequence[int] | None = None,
     base_width: int | None = None,
@@ -64,13 +65,16 @@ def create_model(
     the adaptive size from the channel count.
     """
     spec = get_spec(name)
-    loaded = read_checkpoint(checkpoint) if checkpoint is not None else None
+    if checkpoint is None or isinstance(checkpoint, Checkpoint):
+        loaded = checkpoint
+    else:
+        loaded = read_checkpoint(checkpoint)
     inferred: dict[str, Any] = {}
     if loaded is not None:
         found = detect_attention(loaded.state_dict)
         if found != spec.attention:
             raise CheckpointError(
-                f"checkpoint {checkpoint} holds {found!r} attention but model {name!r} expects "
+                f"checkpoint {loaded.path} holds {found!r} attention but model {name!r} expects "
                 f"{spec.attention!r}; pick the model that matches the checkpoint"
             )
         inferred = infer_architecture(loaded.state_dict)
@@ -90,7 +94,7 @@ def create_model(
     model = ResNet(**arch)
     model.arch = {"name": name, **arch}
     if loaded is not None:
-        load_state_dict_strict(model, loaded.state_dict, str(checkpoint))
+        load_state_dict_strict(model, loaded.state_dict, loaded.path)
     return model
 
 

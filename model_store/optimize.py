@@ -22,6 +22,21 @@ from .resnet import ResNet
 log = logging.getLogger(__name__)
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+RECOMPILE_LIMIT = 64
+"""Graphs per code object. Every model shares ``ResNet.forward``, and each (model, batch size)
+is one graph; dynamo's default of 8 would silently run eager past the eighth."""
+
+
+def _configure_dynamo() -> None:
+    """Enough room for every served (model, bucket), and a hit on the limit raises instead of
+    silently running eager, so ``InferenceModel`` reports the path that really runs."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+    dynamo_config.accumulated_recompile_limit = max(
+        dynamo_config.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT
+    )
+    dynamo_config.fail_on_recompile_limit_hit = True
 
 
 def fold_batchnorm(model: ResNet) -> ResNet:
@@ -70,6 +85,7 @@ class InferenceModel:
         self.compile_error: str | None = None
         self._compiled = None
         if compile:
+            _configure_dynamo()
             options = dict(torch._inductor.list_mode_options(mode))
             if device.type == "cpu":
                 # Constant-fold the weights into prepacked oneDNN layouts: the big CPU win.

@@ -29,3 +29,30 @@ def tiny_trained():
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_archives(tmp_path_factory, tiny_trained):
+    """Archives of tiny trained eca_resnet50 (compiled) and se_resnet50 (eager)."""
+    from .torchserve_stack import build_tiny_archives
+
+    return build_tiny_archives(tmp_path_factory.mktemp("archives"), tiny_trained)
+
+
+@pytest.fixture(scope="session")
+def torchserve(tmp_path_factory, tiny_archives):
+    """A real TorchServe (Java) serving the tiny archives."""
+    from .torchserve_stack import start_torchserve
+
+    server = start_torchserve(tiny_archives, tmp_path_factory.mktemp("torchserve") / "run")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(torchserve):
+    """The real gateway (uvicorn) in front of the real TorchServe."""
+    from .torchserve_stack import GatewayThread, gateway_settings
+
+    with GatewayThread(gateway_settings(torchserve)) as running:
+        yield running

@@ -112,3 +112,25 @@ def test_cuda_bf16_close_to_fp32():
     x = torch.randn(4, 3, 64, 64)
     optimised = optimize_for_inference(model, device="cuda", compile=False)
     torch.testing.assert_close(optimised(x).cpu(), reference_logits(model, x), rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.slow
+def test_recompile_limit_is_reported_not_silently_eager(monkeypatch):
+    """Past dynamo's graph limit the model must say it runs eager, not claim to be compiled."""
+    import torch._dynamo.config as dynamo_config
+
+    from model_store import optimize as optimize_module
+
+    monkeypatch.setattr(optimize_module, "RECOMPILE_LIMIT", 1)
+    monkeypatch.setattr(dynamo_config, "recompile_limit", 1)
+    torch._dynamo.reset()
+    optimised = optimize_for_inference(randomized("resnet50"), compile=True)
+    optimised(torch.randn(1, 3, 64, 64))
+    assert optimised.compiled
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        optimised(torch.randn(2, 3, 64, 64))  # a second graph: over the limit of 1
+    assert not optimised.compiled
+    assert (
+        "recompile" in optimised.compile_error.lower() or "limit" in optimised.compile_error.lower()
+    )
+    torch._dynamo.reset()

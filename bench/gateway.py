@@ -1,0 +1,249 @@
+"""Gateway benchmark: gateway+TorchServe vs TorchServe direct vs the model in-process.
+
+    python -m bench.gateway                                  # eca_resnet50, 1/8/32 clients
+    python -m bench.gateway --model se_resnet50 --concurrency 4,16 --duration 30
+
+Every client sends one image per request. "torchserve-direct" relies on TorchServe's own
+batching (batchSize 8, maxBatchDelay 10 ms); "gateway+torchserve" batches in the gateway and
+sends one TorchServe request per batch; "gateway-inprocess" runs the same handler code inside the
+gateway process. The three alternate in short slices (A, B, C, A, B, C ...) so the machine's drift
+hits them alike; ratios are to torchserve-direct at the same concurrency, in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .common import environment, markdown_table, write_results
+from .load import LoadResult, closed_loop
+from .ports import free_ports
+from .torchserve import image_pool, progress, start_torchserve
+
+TARGETS = ("torchserve-direct", "gateway+torchserve", "gateway-inprocess")
+
+
+def start_gateway(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_ports(1)[0]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "--port", str(port)],
+            env=os.environ | env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited; log:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    process.terminate()
+    raise RuntimeError(f"gateway not ready; log:\n{log_path.read_text()[-3000:]}")
+
+
+def make_sender(
+    client: httpx.AsyncClient,
+    target: str,
+    url: str,
+    model: str,
+    pool: list[bytes],
+    token: Callable[[], str],
+) -> Callable[[int], Any]:
+    async def send(n: int) -> int:
+        data = pool[n % len(pool)]
+        if target == "torchserve-direct":
+            response = await client.post(
+                f"{url}/predictions/{model}",
+                content=data,
+                headers={"Authorization": f"Bearer {token()}"},
+            )
+        else:
+            response = await client.post(
+                f"{url}/v1/models/{model}/classify",
+                content=data,
+                headers={"Content-Type": "image/jpeg"},
+            )
+        return 1 if response.status_code == 200 else 0
+
+    return send
+
+
+def merge(results: list[LoadResult]) -> LoadResult:
+    merged = LoadResult(results[0].concurrency, sum(r.elapsed_s for r in results))
+    for r in results:
+        merged.latencies_s += r.latencies_s
+        merged.images += r.images
+        merged.errors += r.errors
+    return merged
+
+
+async def measure(
+    urls: dict[str, str], args: argparse.Namespace, pool: list[bytes], token: Callable[[], str]
+) -> list[dict[str, Any]]:
+    rows = []
+    limits = httpx.Limits(max_connections=max(args.concurrency) + 8)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        for concurrency in args.concurrency:
+            slices: dict[str, list[LoadResult]] = {t: [] for t in urls}
+            for index in range(args.slices):
+                for target, url in urls.items():
+                    progress(f"{concurrency} clients, slice {index + 1}/{args.slices}: {target}")
+                    send = make_sender(client, target, url, args.model, pool, token)
+                    slices[target].append(
+                        await closed_loop(
+                            send, concurrency, args.duration / args.slices, args.warmup
+                        )
+                    )
+            for target, parts in slices.items():
+                rows.append({"target": target, "model": args.model, **merge(parts).summary()})
+            base = next(
+                r
+                for r in rows
+                if r["target"] == "torchserve-direct" and r["concurrency"] == concurrency
+            )
+            for row in rows[-len(urls) :]:
+                row["throughput_vs_direct"] = (
+                    row["img_per_s"] / base["img_per_s"] if base["img_per_s"] else None
+                )
+                row["p99_vs_direct"] = row["p99_ms"] / base["p99_ms"] if base["p99_ms"] else None
+                progress(
+                    f"    {row['target']}: {row['img_per_s']:.1f} img/s, p99 {row['p99_ms']:.0f} ms"
+                )
+    return rows
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="eca_resnet50")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument(
+        "--duration", type=float, default=30.0, help="measured seconds per target and concurrency"
+    )
+    parser.add_argument(
+        "--slices", type=int, default=3, help="alternations of the targets per concurrency"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=1.0, help="unmeasured seconds at the start of each slice"
+    )
+    parser.add_argument(
+        "--max-batch-size", type=int, default=8, help="gateway and TorchServe batch size"
+    )
+    parser.add_argument("--max-batch-delay-ms", type=int, default=10)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--tiny", action="store_true", help="tiny trained model (smoke runs)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    pool = image_pool()
+    processes: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
+        workdir = Path(tmp)
+        ts_args = argparse.Namespace(
+            models=[args.model],
+            compile=args.compile,
+            batch_size=args.max_batch_size,
+            max_batch_delay_ms=args.max_batch_delay_ms,
+            tiny=args.tiny,
+        )
+        server = start_torchserve(ts_args, workdir)
+        try:
+            common = {
+                "GATEWAY_MODELS": args.model,
+                "GATEWAY_MAX_BATCH_SIZE": str(args.max_batch_size),
+                "GATEWAY_MAX_BATCH_DELAY_MS": str(args.max_batch_delay_ms),
+                "GATEWAY_QUEUE_LIMIT": str(max(64, 4 * max(args.concurrency))),
+            }
+            progress("starting gateway (torchserve backend) and gateway (inprocess backend) ...")
+            gw_ts, gw_ts_url = start_gateway(
+                common
+                | {
+                    "GATEWAY_TORCHSERVE_INFERENCE_URL": server.inference_url,
+                    "GATEWAY_TORCHSERVE_MANAGEMENT_URL": server.management_url,
+                    "GATEWAY_TORCHSERVE_KEY_FILE": str(server.key_file),
+                },
+                workdir / "gateway-ts.log",
+            )
+            processes.append(gw_ts)
+            gw_ip, gw_ip_url = start_gateway(
+                common
+                | {
+                    "GATEWAY_BACKEND": "inprocess",
+                    "GATEWAY_ARCHIVE_DIR": str(workdir / "archives"),
+                },
+                workdir / "gateway-inprocess.log",
+            )
+            processes.append(gw_ip)
+            urls = dict(zip(TARGETS, (server.inference_url, gw_ts_url, gw_ip_url), strict=True))
+            rows = asyncio.run(measure(urls, args, pool, lambda: server.keys()["inference"]))
+        finally:
+            for process in processes:
+                process.terminate()
+                process.wait(30)
+            server.stop()
+    config = {k: v for k, v in vars(args).items() if k != "out"}
+    payload = {
+        "benchmark": "gateway",
+        "environment": environment("cpu"),
+        "config": config,
+        "results": rows,
+    }
+    path = write_results("gateway", payload, args.out)
+    headers = [
+        "target",
+        "clients",
+        "requests",
+        "errors",
+        "img/s",
+        "vs direct",
+        "p50 ms",
+        "p99 ms",
+        "p99 vs direct",
+    ]
+    print(
+        markdown_table(
+            headers,
+            [
+                [
+                    r["target"],
+                    r["concurrency"],
+                    r["requests"],
+                    r["errors"],
+                    r["img_per_s"],
+                    r["throughput_vs_direct"],
+                    r["p50_ms"],
+                    r["p99_ms"],
+                    r["p99_vs_direct"],
+                ]
+                for r in rows
+            ],
+        )
+    )
+    print(f"\nJSON: {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

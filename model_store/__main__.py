@@ -1,0 +1,184 @@
+"""Command line: build archives, serve them with TorchServe, train a tiny demo model.
+
+python -m model_store build [--models all] [--checkpoint [MODEL=]PATH] [--no-compile]
+python -m model_store serve [--models all] [--inference-port 8080 ...]
+python -m model_store train-tiny --model eca_resnet50 --out tiny.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from .archive import DEFAULT_ARCHIVE_DIR, ArchiveSpec, build_archive
+from .models import MODELS
+
+
+def model_list(value: str) -> list[str]:
+    names = list(MODELS) if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
+    if unknown := [n for n in names if n not in MODELS]:
+        raise argparse.ArgumentTypeError(
+            f"unknown models {unknown}; choose from {', '.join(MODELS)} or 'all'"
+        )
+    return names
+
+
+def int_list(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {value!r}"
+        ) from None
+
+
+def checkpoints_by_model(values: list[str], models: list[str]) -> dict[str, Path]:
+    """``MODEL=PATH`` pairs, or one bare ``PATH`` when building exactly one model."""
+    result = {}
+    for value in values:
+        model, sep, path = value.rpartition("=")
+        if not sep:
+            if len(models) != 1:
+                raise SystemExit(
+                    f"--checkpoint {value}: several models are built, "
+                    "say which one it is for (MODEL=PATH)"
+                )
+            model = models[0]
+        if model not in models:
+            raise SystemExit(
+                f"--checkpoint {value}: {model!r} is not among the models being built {models}"
+            )
+        result[model] = Path(path)
+    return result
+
+
+def build(args: argparse.Namespace) -> None:
+    checkpoints = checkpoints_by_model(args.checkpoint, args.models)
+    for index, model in enumerate(args.models, 1):
+        spec = ArchiveSpec(
+            model=model,
+            checkpoint=checkpoints.get(model),
+            compile=args.compile,
+            compile_mode=args.compile_mode,
+            batch_buckets=args.batch_buckets,
+            batch_size=args.batch_size,
+            max_batch_delay_ms=args.max_batch_delay_ms,
+            workers=args.workers,
+        )
+        build_archive(
+            spec,
+            args.out,
+            progress=lambda msg, i=index: print(f"[{i}/{len(args.models)}] {msg}", flush=True),
+        )
+
+
+def serve(args: argparse.Namespace) -> None:
+    from .torchserve import TorchServe, TorchServeError
+
+    server = TorchServe(
+        models=args.models,
+        archive_dir=args.archives,
+        run_dir=args.run_dir,
+        inference_port=args.inference_port,
+        management_port=args.management_port,
+        metrics_port=args.metrics_port,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        server.start()
+        server.wait_ready(progress=lambda msg: print(msg, flush=True))
+        print(
+            f"TorchServe ready: inference {server.inference_url}, "
+            f"management {server.management_url}, metrics {server.metrics_url}/metrics; "
+            f"token keys in {server.key_file}; log {server.log_file}",
+            flush=True,
+        )
+        print("Ctrl-C stops it.", flush=True)
+        server.process.wait()
+        raise TorchServeError(
+            f"TorchServe exited with code {server.process.returncode}; "
+            f"log tail:\n{server.log_tail()}"
+        )
+    except KeyboardInterrupt:
+        print("\nstopping TorchServe ...", flush=True)
+    except TorchServeError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    finally:
+        server.stop()
+
+
+def train_tiny_command(args: argparse.Namespace) -> None:
+    from .tiny import save_tiny, train_tiny
+
+    model = train_tiny(args.model, steps=args.steps)
+    print(f"saved {save_tiny(model, args.out)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    parser = argparse.ArgumentParser(
+        prog="python -m model_store",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("build", help="write one .mar per model")
+    p.add_argument("--models", type=model_list, default=list(MODELS), help="comma list or 'all'")
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="[MODEL=]PATH",
+        help="weights to package (any supported layout); "
+        "default: seeded random init, marked UNTRAINED",
+    )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="torch.compile in the worker",
+    )
+    p.add_argument("--compile-mode", default="default")
+    p.add_argument(
+        "--batch-buckets",
+        type=int_list,
+        default=(1, 2, 4, 8, 16),
+        help="padded batch sizes, warmed up at load",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="TorchServe batchSize")
+    p.add_argument("--max-batch-delay-ms", type=int, default=10, help="TorchServe maxBatchDelay")
+    p.add_argument("--workers", type=int, default=1, help="workers per model")
+    p.add_argument("--out", type=Path, default=DEFAULT_ARCHIVE_DIR)
+    p.set_defaults(func=build)
+
+    p = commands.add_parser("serve", help="run TorchServe on the archives until Ctrl-C")
+    p.add_argument("--models", type=model_list, default=list(MODELS))
+    p.add_argument("--archives", type=Path, default=DEFAULT_ARCHIVE_DIR)
+    p.add_argument(
+        "--run-dir", type=Path, default=Path(".run/torchserve"), help="config, key file and logs"
+    )
+    p.add_argument("--inference-port", type=int, default=8080)
+    p.add_argument("--management-port", type=int, default=8081)
+    p.add_argument("--metrics-port", type=int, default=8082)
+    p.set_defaults(func=serve)
+
+    p = commands.add_parser(
+        "train-tiny", help="train a tiny model on synthetic shapes (demo / tests)"
+    )
+    p.add_argument("--model", type=lambda v: model_list(v)[0], default="eca_resnet50")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=train_tiny_command)
+
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Build one TorchServe archive (.mar) per model with torch-model-archiver.
+
+An archive holds the weights (in this project's checkpoint format, with labels and input size),
+the ``model_store`` package itself (so a worker needs nothing from the gateway's environment but
+torch, Pillow and numpy), and a ``model-config.yaml`` with TorchServe's batching and worker
+settings plus the classifier's own (compile, buckets, limits) under ``handler``. Building twice
+with the same inputs is a no-op: a fingerprint of the inputs sits beside each archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .checkpoint import read_checkpoint, save_checkpoint
+from .classifier import ClassifierConfig
+from .models import create_model, get_spec
+
+PACKAGE_DIR = Path(__file__).parent
+DEFAULT_ARCHIVE_DIR = PACKAGE_DIR / "archives"
+ARCHIVE_VERSION = "1.0"
+
+
+@dataclass(frozen=True)
+class ArchiveSpec:
+    """Everything that decides an archive's content (and so its fingerprint)."""
+
+    model: str
+    checkpoint: Path | None = None
+    seed: int = 0
+    compile: bool = True
+    compile_mode: str = "default"
+    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16)
+    batch_size: int = 8  # TorchServe batching of single-image clients
+    max_batch_delay_ms: int = 10
+    workers: int = 1
+    response_timeout_s: int = 120
+    startup_timeout_s: int = 900  # compiling every bucket on a 2-core CPU takes minutes
+    extra: dict[str, Any] = field(default_factory=dict)  # more ``handler`` settings
+
+    def model_config(self) -> dict[str, Any]:
+        return {
+            "minWorkers": self.workers,
+            "maxWorkers": self.workers,
+            "batchSize": self.batch_size,
+            "maxBatchDelay": self.max_batch_delay_ms,
+            "responseTimeout": self.response_timeout_s,
+            "startupTimeout": self.startup_timeout_s,
+            "handler": {
+                "model": self.model,
+                "weights": "weights.pt",
+                "compile": self.compile,
+                "compile_mode": self.compile_mode,
+                "batch_buckets": list(self.batch_buckets),
+                **self.extra,
+            },
+        }
+
+
+def _source_files() -> list[Path]:
+    return sorted(
+        p
+        for p in PACKAGE_DIR.rglob("*")
+        if p.is_file()
+        and p.suffix in {".py", ".json"}
+        and "archives" not in p.relative_to(PACKAGE_DIR).parts
+    )
+
+
+def fingerprint(spec: ArchiveSpec) -> str:
+    digest = hashlib.sha256(json.dumps(asdict(spec), default=str, sort_keys=True).encode())
+    digest.update(torch.__version__.encode())
+    files = _source_files() + ([spec.checkpoint] if spec.checkpoint else [])
+    for path in files:
+        digest.update(str(path.name).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def build_archive(
+    spec: ArchiveSpec, out_dir: Path = DEFAULT_ARCHIVE_DIR, progress: Callable[[str], None] = print
+) -> Path:
+    """Write ``<out_dir>/<model>.mar`` unless an archive of the same inputs is already there."""
+    get_spec(spec.model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    archive = out_dir / f"{spec.model}.mar"
+    stamp = out_dir / f"{spec.model}.fingerprint"
+    expected = fingerprint(spec)
+    if archive.exists() and stamp.exists() and stamp.read_text() == expected:
+        progress(f"{spec.model}: up to date ({archive})")
+        return archive
+    with tempfile.TemporaryDirectory(prefix=f"mar-{spec.model}-") as tmp:
+        staging = Path(tmp)
+        progress(f"{spec.model}: writing weights")
+        weights = _write_weights(spec, staging / "weights.pt")
+        config = staging / "model-config.yaml"
+        config.write_text(yaml.safe_dump(spec.model_config(), sort_keys=False))
+        code = staging / "code"
+        for path in _source_files():
+            target = code / "model_store" / path.relative_to(PACKAGE_DIR)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+        progress(f"{spec.model}: packing {archive.name}")
+        command = [
+            str(Path(sys.executable).parent / "torch-model-archiver"),
+            "--model-name", spec.model,
+            "--version", ARCHIVE_VERSION,
+            "--serialized-file", str(weights),
+            "--handler", str(code / "model_store" / "handler.py"),
+            "--extra-files", str(code),
+            "--config-file", str(config),
+            "--export-path", str(out_dir),
+            "--force",
+        ]  # fmt: skip
+        proc = subprocess.run(command, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"torch-model-archiver failed for {spec.model}:\n{proc.stderr}")
+    stamp.write_text(expected)
+    progress(f"{spec.model}: built {archive} ({archive.stat().st_size / 2**20:.1f} MiB)")
+    return archive
+
+
+def _write_weights(spec: ArchiveSpec, path: Path) -> Path:
+    if spec.checkpoint is not None:
+        source = read_checkpoint(spec.checkpoint)
+        model = create_model(spec.model, checkpoint=source)
+        meta = {k: v for k, v in source.meta.items() if k in ("labels", "input_size")}
+        return save_checkpoint(model, path, weights=f"checkpoint {spec.checkpoint.name}", **meta)
+    torch.manual_seed(spec.seed)
+    model = create_model(spec.model)
+    return save_checkpoint(model, path, weights=f"UNTRAINED: seeded random init (seed {spec.seed})")
+
+
+def load_archive(path: Path, extract_to: Path) -> ClassifierConfig:
+    """Unpack a ``.mar`` and read its classifier settings: what a TorchServe worker does at load."""
+    if not path.exists():
+        raise FileNotFoundError(f"no archive {path}: run `python -m model_store build`")
+    with zipfile.ZipFile(path) as archive:
+        archive.extractall(extract_to)
+    config = yaml.safe_load((extract_to / "model-config.yaml").read_text()) or {}
+    return ClassifierConfig.from_mapping(config.get("handler", {}), extract_to)

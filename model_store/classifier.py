@@ -1,0 +1,156 @@
+"""The serving core: bytes in, top-k predictions out, one error entry per bad image.
+
+Independent of TorchServe on purpose: the TorchServe handler is a thin adapter over it, and the
+gateway's in-process backend runs the very same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import read_checkpoint
+from .images import DEFAULT_MAX_PIXELS, ImageError, decode_rgb
+from .labels import load_labels
+from .models import count_parameters, create_model, get_spec
+from .optimize import optimize_for_inference
+from .transforms import CROP_FRACTION, images_to_batch
+
+log = logging.getLogger(__name__)
+
+MAX_TOP_K = 20
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """What a worker needs to serve one model; read from the ``handler`` section of
+    ``model-config.yaml`` inside the archive."""
+
+    model: str
+    weights: Path
+    labels: Path | None = None
+    compile: bool = True
+    compile_mode: str = "default"
+    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    top_k: int = 5
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        get_spec(self.model)  # unknown names fail here, at load
+        buckets = self.batch_buckets
+        if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 1:
+            raise ValueError(f"batch_buckets must be increasing positive sizes, got {buckets}")
+        if not 1 <= self.top_k <= MAX_TOP_K:
+            raise ValueError(f"top_k must be in 1..{MAX_TOP_K}, got {self.top_k}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], base_dir: Path) -> ClassifierConfig:
+        known = set(cls.__dataclass_fields__)
+        if unknown := set(values) - known:
+            raise ValueError(
+                f"unknown classifier settings {sorted(unknown)}; known: {sorted(known)}"
+            )
+        values = dict(values)
+        values["weights"] = base_dir / values["weights"]
+        if values.get("labels"):
+            values["labels"] = base_dir / values["labels"]
+        if "batch_buckets" in values:
+            values["batch_buckets"] = tuple(values["batch_buckets"])
+        return cls(**values)
+
+
+@dataclass
+class ImageClassifier:
+    """A loaded, optimised and warmed-up model that classifies encoded images."""
+
+    config: ClassifierConfig
+    info: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        config = self.config
+        device = config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        started = time.perf_counter()
+        checkpoint = read_checkpoint(config.weights)
+        model = create_model(config.model, checkpoint=checkpoint)
+        meta = checkpoint.meta
+        self.labels = meta.get("labels") or load_labels(config.labels, model.num_classes)
+        if len(self.labels) != model.num_classes:
+            raise ValueError(f"{len(self.labels)} labels for {model.num_classes} classes")
+        self.input_size: int = meta.get("input_size", 224)
+        self.runner = optimize_for_inference(
+            model, device=device, compile=config.compile, mode=config.compile_mode
+        )
+        warmup = self.runner.warmup(config.batch_buckets, self.input_size)
+        total, attention = count_parameters(model)
+        self.info = {
+            "model": config.model,
+            "attention": get_spec(config.model).attention,
+            "parameters": total,
+            "attention_parameters": attention,
+            "num_classes": model.num_classes,
+            "input_size": self.input_size,
+            "weights": meta.get("weights", "checkpoint"),
+            "device": str(self.runner.device),
+            "compile_requested": config.compile,
+            "compiled": self.runner.compiled,
+            "compile_error": self.runner.compile_error,
+            "batch_buckets": list(config.batch_buckets),
+            "load_seconds": round(time.perf_counter() - started, 2),
+            "warmup_seconds": {str(k): round(v, 2) for k, v in warmup.items()},
+        }
+        log.info("loaded %s", self.info)
+
+    def classify(
+        self, images: Sequence[bytes], top_k: int | Sequence[int] | None = None
+    ) -> list[dict[str, Any]]:
+        """One entry per image, in order: ``{"predictions": [...]}`` or ``{"error": {...}}``."""
+        ks = (
+            [top_k or self.config.top_k] * len(images)
+            if not isinstance(top_k, Sequence)
+            else list(top_k)
+        )
+        results: list[dict[str, Any]] = [{} for _ in images]
+        decoded, positions = [], []
+        resize = math.ceil(self.input_size / CROP_FRACTION)
+        for position, (data, k) in enumerate(zip(images, ks, strict=True)):
+            try:
+                if not 1 <= k <= MAX_TOP_K:
+                    raise ImageError("invalid_top_k", f"top_k must be in 1..{MAX_TOP_K}, got {k}")
+                decoded.append(decode_rgb(data, self.config.max_pixels, min_side=resize))
+                positions.append(position)
+            except ImageError as exc:
+                results[position] = {"error": {"code": exc.code, "message": str(exc)}}
+        if decoded:
+            probabilities = self.predict(images_to_batch(decoded, self.input_size))
+            for row, position in zip(probabilities, positions, strict=True):
+                scores, indices = row.topk(min(ks[position], len(self.labels)))
+                results[position] = {
+                    "predictions": [
+                        {"index": int(i), "label": self.labels[int(i)], "score": float(s)}
+                        for s, i in zip(scores, indices, strict=True)
+                    ]
+                }
+        return results
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities; pads each chunk up to a warmed-up bucket so no request
+        triggers a recompile (``dynamic=False`` graphs are specialised per batch size)."""
+        largest = self.config.batch_buckets[-1]
+        outputs = []
+        for chunk in batch.split(largest):
+            n = chunk.shape[0]
+            bucket = next(b for b in self.config.batch_buckets if b >= n)
+            if bucket > n:
+                chunk = torch.cat([chunk, chunk.new_zeros(bucket - n, *chunk.shape[1:])])
+            outputs.append(self.runner(chunk)[:n].softmax(dim=1).cpu())
+        return torch.cat(outputs)

@@ -1,0 +1,206 @@
+"""Start a local TorchServe over the archives, wait until every model is ready, stop it cleanly.
+
+Used by ``python -m model_store serve`` (and so ``make serve``) and by the test suite.
+TorchServe is a Java server: without Java 17+ this fails fast, saying what to install.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .archive import DEFAULT_ARCHIVE_DIR, PACKAGE_DIR
+
+log = logging.getLogger(__name__)
+
+CONFIG_TEMPLATE = PACKAGE_DIR / "config.properties"
+MIN_JAVA = 17
+
+
+class TorchServeError(RuntimeError):
+    """TorchServe could not be started, or a model did not become ready."""
+
+
+def check_java() -> str:
+    """The Java version string; raises with install advice when Java is missing or too old."""
+    java = shutil.which("java")
+    if java is None:
+        raise TorchServeError(
+            f"TorchServe needs Java {MIN_JAVA}+ and `java` is not on PATH. Install it "
+            "(Debian/Ubuntu: apt-get install -y openjdk-17-jre-headless) or run the gateway "
+            "with the inprocess backend."
+        )
+    output = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', output)
+    major = int(match[1]) if match else 0
+    if major == 1 and match and match[2]:  # "1.8" style
+        major = int(match[2])
+    if major < MIN_JAVA:
+        raise TorchServeError(f"TorchServe needs Java {MIN_JAVA}+, found: {output.strip()[:200]}")
+    return output.splitlines()[0] if output else "java"
+
+
+@dataclass
+class TorchServe:
+    """One TorchServe process group serving ``models`` from ``archive_dir``."""
+
+    models: list[str]
+    archive_dir: Path = DEFAULT_ARCHIVE_DIR
+    run_dir: Path = Path(".run/torchserve")
+    host: str = "127.0.0.1"
+    inference_port: int = 8080
+    management_port: int = 8081
+    metrics_port: int = 8082
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://{self.host}:{self.inference_port}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://{self.host}:{self.management_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}"
+
+    @property
+    def key_file(self) -> Path:
+        return self.run_dir / "key_file.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.run_dir / "logs" / "console.log"
+
+    def keys(self) -> dict[str, str]:
+        """Current tokens: ``inference``, ``management`` and ``API`` (for renewing the others)."""
+        data = json.loads(self.key_file.read_text())
+        return {name: entry["key"] for name, entry in data.items()}
+
+    def start(self) -> TorchServe:
+        check_java()
+        missing = [m for m in self.models if not (self.archive_dir / f"{m}.mar").exists()]
+        if missing:
+            raise TorchServeError(
+                f"no archive for {missing} in {self.archive_dir}: run `python -m model_store build`"
+            )
+        self.run_dir = self.run_dir.resolve()
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.key_file.unlink(missing_ok=True)
+        config = self.run_dir / "config.properties"
+        config.write_text(self._config_text())
+        torchserve = Path(sys.executable).parent / "torchserve"
+        command = [
+            str(torchserve), "--start", "--foreground", "--ncs",
+            "--model-store", str(self.archive_dir.resolve()),
+            "--ts-config", str(config),
+            "--models", ",".join(f"{m}={m}.mar" for m in self.models),
+        ]  # fmt: skip
+        env = os.environ | {
+            "LOG_LOCATION": str(self.run_dir / "logs"),
+            "METRICS_LOCATION": str(self.run_dir / "logs"),
+        }
+        with self.log_file.open("ab") as console:
+            self.process = subprocess.Popen(
+                command,
+                cwd=self.run_dir,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        log.info("TorchServe starting (pid %d), log: %s", self.process.pid, self.log_file)
+        return self
+
+    def _config_text(self) -> str:
+        text = CONFIG_TEMPLATE.read_text()
+        for name, port in (
+            ("inference", self.inference_port),
+            ("management", self.management_port),
+            ("metrics", self.metrics_port),
+        ):
+            text = re.sub(
+                rf"^{name}_address=.*$",
+                f"{name}_address=http://{self.host}:{port}",
+                text,
+                flags=re.M,
+            )
+        return text
+
+    def wait_ready(self, timeout: float = 900.0, progress: Any = None) -> dict[str, Any]:
+        """Block until every model has a READY worker; returns the management API's descriptions."""
+        deadline = time.monotonic() + timeout
+        ready: dict[str, Any] = {}
+        last_report = 0.0
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise TorchServeError(
+                    f"TorchServe exited during start-up; log tail:\n{self.log_tail()}"
+                )
+            if self.key_file.exists():
+                for model in self.models:
+                    if model not in ready and (description := self._describe(model)):
+                        workers = description[0].get("workers", [])
+                        if workers and all(w.get("status") == "READY" for w in workers):
+                            ready[model] = description[0]
+                if len(ready) == len(self.models):
+                    return ready
+            if progress and time.monotonic() - last_report > 15:
+                waiting = [m for m in self.models if m not in ready]
+                progress(f"waiting for TorchServe models to load (compiling): {', '.join(waiting)}")
+                last_report = time.monotonic()
+            time.sleep(0.5)
+        raise TorchServeError(
+            f"models not ready after {timeout:.0f} s; log tail:\n{self.log_tail()}"
+        )
+
+    def _describe(self, model: str) -> list[dict[str, Any]] | None:
+        request = urllib.request.Request(
+            f"{self.management_url}/models/{model}",
+            headers={"Authorization": f"Bearer {self.keys()['management']}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return json.loads(response.read())
+        except (urllib.error.URLError, ConnectionError, json.JSONDecodeError, KeyError):
+            return None
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_file.exists():
+            return "(no log)"
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM the process group (launcher, Java frontend, Python workers), then SIGKILL."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.process.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        log.info("TorchServe stopped")
+
+    def __enter__(self) -> TorchServe:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

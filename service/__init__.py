@@ -1,0 +1,1 @@
+"""The FastAPI gateway: API, batcher, backends (TorchServe, in-process), metrics, settings."""

@@ -1,0 +1,103 @@
+"""The application factory: settings -> backend -> batchers -> routes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI, Request, Response
+
+from model_store import count_parameters, create_model, get_spec
+
+from .backends.base import Backend
+from .backends.circuit import CircuitBreaker
+from .backends.inprocess import InProcessBackend
+from .backends.torchserve import TorchServeBackend, TorchServeKeys
+from .deps import Gateway
+from .dispatcher import Dispatcher
+from .errors import install_error_handlers
+from .metrics import GatewayMetrics
+from .routes import classify, health, models
+from .schemas import ModelInfo
+from .settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+
+def build_backend(settings: GatewaySettings) -> Backend:
+    if settings.backend == "inprocess":
+        return InProcessBackend(settings.models, settings.archive_dir)
+    return TorchServeBackend(
+        settings.models,
+        settings.torchserve_inference_url,
+        settings.torchserve_management_url,
+        TorchServeKeys(settings.torchserve_key_file, settings.torchserve_token),
+        timeout_s=settings.backend_timeout_s,
+        breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s),
+        max_connections=len(settings.models) * settings.max_concurrent_batches + 8,
+    )
+
+
+def describe_models(names: list[str]) -> dict[str, ModelInfo]:
+    """Architecture facts, counted on the meta device (no memory, no weights)."""
+    infos = {}
+    for name in names:
+        with torch.device("meta"):
+            total, attention = count_parameters(create_model(name))
+        infos[name] = ModelInfo(
+            name=name,
+            architecture="ResNet-50",
+            attention=get_spec(name).attention,
+            parameters=total,
+            attention_parameters=attention,
+            status="unknown",
+        )
+    return infos
+
+
+def create_app(settings: GatewaySettings | None = None, backend: Backend | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        chosen = backend or build_backend(settings)
+        await chosen.start()
+        metrics = GatewayMetrics()
+        dispatcher = Dispatcher(chosen, settings, metrics)
+        app.state.gateway = Gateway(
+            settings, chosen, dispatcher, metrics, describe_models(settings.models)
+        )
+        log.info("gateway serving %s with the %s backend", settings.models, settings.backend)
+        try:
+            yield
+        finally:
+            await dispatcher.stop()
+            await chosen.close()
+
+    app = FastAPI(
+        title="Channel-attention classifier gateway",
+        version="0.1.0",
+        description="Batches image uploads to ResNet-50 workers with SE/ECA/CBAM/SA attention.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def server_timing(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """Every answer carries Server-Timing; classify adds its queue and backend parts."""
+        started = time.perf_counter()
+        response = await call_next(request)
+        if "server-timing" not in response.headers:
+            response.headers["Server-Timing"] = (
+                f"total;dur={(time.perf_counter() - started) * 1000:.1f}"
+            )
+        return response
+
+    for router in (classify.router, models.router, health.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,1 @@
+"""Backends behind one small interface: TorchServe (the product path) and in-process."""

@@ -1,0 +1,51 @@
+"""The same classifier code TorchServe runs, inside the gateway process.
+
+For machines without Java, for development, and as the in-process baseline of the benchmark.
+It loads the very same ``.mar`` archives (weights + ``model-config.yaml``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from model_store.archive import load_archive
+from model_store.classifier import ImageClassifier
+
+
+class InProcessBackend:
+    def __init__(self, models: list[str], archive_dir: Path) -> None:
+        self.models = models
+        self.archive_dir = archive_dir
+        self._tmp = tempfile.TemporaryDirectory(prefix="gateway-inprocess-")
+        self._classifiers: dict[str, ImageClassifier] = {}
+        self._locks = {m: asyncio.Lock() for m in models}
+        self._errors: dict[str, str] = {}
+
+    async def start(self) -> None:
+        """Load (and compile, and warm up) every model before serving."""
+        for model in self.models:
+            try:
+                config = load_archive(
+                    self.archive_dir / f"{model}.mar", Path(self._tmp.name) / model
+                )
+                self._classifiers[model] = await asyncio.to_thread(ImageClassifier, config)
+            except Exception as exc:
+                self._errors[model] = f"{type(exc).__name__}: {exc}"
+                raise
+
+    async def close(self) -> None:
+        self._tmp.cleanup()
+
+    async def classify(self, model: str, images: list[bytes], top_k: int) -> list[dict[str, Any]]:
+        classifier = self._classifiers[model]
+        async with self._locks[model]:  # torch already uses every core for one batch
+            return await asyncio.to_thread(classifier.classify, images, top_k)
+
+    async def readiness(self) -> dict[str, str]:
+        return {
+            m: "ready" if m in self._classifiers else self._errors.get(m, "loading")
+            for m in self.models
+        }

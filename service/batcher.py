@@ -1,0 +1,155 @@
+"""Dynamic batching: concurrent submissions grouped into one call, each answered on its own future.
+
+After Ray Serve's ``@serve.batch`` and LitServe: independent of HTTP and of the model. Two knobs:
+``max_batch_size`` and ``max_wait_s`` (how long the first item of a batch waits for company).
+At most ``max_concurrent_batches`` batches are in flight; while they are, new items wait in a
+bounded queue (so batches grow under load), and when that queue is full ``submit`` fails at
+once with ``QueueFull`` instead of growing memory. A batch's exception reaches every future of
+that batch and no other; an item whose caller went away (cancelled) before dispatch is dropped,
+and after dispatch its answer is discarded without disturbing the rest of the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class QueueFull(Exception):
+    """The batcher holds ``max_queue`` items already; the caller should retry later."""
+
+
+class BatchSizeMismatch(RuntimeError):
+    """The batch function returned a different number of results than it was given."""
+
+
+@dataclass
+class BatchInfo:
+    """What a caller learns about the batch its item travelled in (for metrics and timing)."""
+
+    size: int
+    queue_wait_s: float
+    run_s: float
+
+
+@dataclass
+class _Pending(Generic[T, R]):
+    item: T
+    future: asyncio.Future[tuple[R, BatchInfo]]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher(Generic[T, R]):
+    def __init__(
+        self,
+        run_batch: Callable[[list[T]], Awaitable[Sequence[R]]],
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue: int,
+        max_concurrent_batches: int = 2,
+        name: str = "batcher",
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if not 0 <= max_wait_s <= 10:
+            raise ValueError(f"max_wait_s must be in [0, 10] seconds, got {max_wait_s}")
+        if max_queue < max_batch_size:
+            raise ValueError(
+                f"max_queue ({max_queue}) must be >= max_batch_size ({max_batch_size})"
+            )
+        if max_concurrent_batches < 1:
+            raise ValueError(f"max_concurrent_batches must be >= 1, got {max_concurrent_batches}")
+        self.run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.name = name
+        self._queue: asyncio.Queue[_Pending[T, R]] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(max_concurrent_batches)
+
+    @property
+    def depth(self) -> int:
+        """Items waiting to be batched."""
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._loop(), name=f"{self.name}-loop")
+
+    async def stop(self) -> None:
+        """Stop taking batches; items still queued fail with CancelledError."""
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, *self._running, return_exceptions=True)
+            self._worker = None
+        while not self._queue.empty():
+            self._queue.get_nowait().future.cancel()
+
+    async def submit(self, item: T) -> tuple[R, BatchInfo]:
+        """Queue ``item`` and wait for its own result (and the batch it went in)."""
+        if self._queue.qsize() >= self.max_queue:
+            raise QueueFull(
+                f"{self.name}: {self._queue.qsize()} items queued (limit {self.max_queue})"
+            )
+        self.start()
+        pending = _Pending[T, R](item, asyncio.get_running_loop().create_future())
+        self._queue.put_nowait(pending)
+        return await pending.future
+
+    async def _loop(self) -> None:
+        while True:
+            await self._slots.acquire()  # wait for a free slot before forming the next batch
+            batch = [await self._queue.get()]
+            deadline = time.perf_counter() + self.max_wait_s
+            while len(batch) < self.max_batch_size:
+                remaining = deadline - time.perf_counter()
+                try:
+                    batch.append(
+                        self._queue.get_nowait()
+                        if remaining <= 0
+                        else await asyncio.wait_for(self._queue.get(), remaining)
+                    )
+                except (asyncio.QueueEmpty, TimeoutError):
+                    break
+            live = [p for p in batch if not p.future.done()]  # callers that gave up are dropped
+            if not live:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._run(live))
+            self._running.add(task)
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._slots.release()
+
+    async def _run(self, batch: list[_Pending[T, R]]) -> None:
+        started = time.perf_counter()
+        try:
+            results = await self.run_batch([p.item for p in batch])
+            if len(results) != len(batch):
+                raise BatchSizeMismatch(
+                    f"{self.name}: {len(batch)} items in, {len(results)} results out"
+                )
+        except Exception as exc:
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+            return
+        finished = time.perf_counter()
+        for pending, result in zip(batch, results, strict=True):
+            if not pending.future.done():  # cancelled callers are skipped, the rest still answered
+                info = BatchInfo(len(batch), started - pending.enqueued, finished - started)
+                pending.future.set_result((result, info))

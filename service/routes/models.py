@@ -1,0 +1,21 @@
+"""``GET /v1/models``: what is served, with architecture, attention, size and status."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from ..deps import ApiKeyDep, GatewayDep
+from ..schemas import ModelList
+
+router = APIRouter(tags=["models"])
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(gateway: GatewayDep, _: ApiKeyDep) -> ModelList:
+    status = await gateway.backend.readiness()
+    return ModelList(
+        models=[
+            info.model_copy(update={"status": status.get(name, "unknown")})
+            for name, info in gateway.models.items()
+        ]
+    )

@@ -1,0 +1,60 @@
+"""Response models: they make the OpenAPI schema exact."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Prediction(BaseModel):
+    index: int = Field(description="class index")
+    label: str
+    score: float = Field(ge=0, le=1, description="softmax probability")
+
+
+class ImageResult(BaseModel):
+    predictions: list[Prediction]
+
+
+class Timing(BaseModel):
+    queue_ms: float = Field(description="longest wait of this request's images in the batcher")
+    backend_ms: float = Field(description="longest backend call among this request's batches")
+    total_ms: float
+    batch_sizes: list[int] = Field(description="size of the batch each image travelled in")
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    results: list[ImageResult] = Field(description="one per uploaded image, in upload order")
+    timing: Timing
+
+
+class ModelInfo(BaseModel):
+    name: str
+    architecture: str
+    attention: str
+    parameters: int
+    attention_parameters: int
+    status: str = Field(description='"ready", or why not')
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str = Field(description='"ready" or "not_ready"')
+    backend: str
+    models: dict[str, str]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

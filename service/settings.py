@@ -1,0 +1,73 @@
+"""Gateway settings: one typed object, read from ``GATEWAY_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from model_store.models import MODELS
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=None, extra="forbid")
+
+    backend: Literal["torchserve", "inprocess"] = "torchserve"
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["se_resnet50", "eca_resnet50"]
+    )
+
+    # TorchServe backend
+    torchserve_inference_url: str = "http://127.0.0.1:8080"
+    torchserve_management_url: str = "http://127.0.0.1:8081"
+    torchserve_key_file: Path | None = Path(".run/torchserve/key_file.json")
+    torchserve_token: str | None = None  # used when no key file is given (e.g. a k8s Secret)
+
+    # inprocess backend: the same archives, loaded into this process
+    archive_dir: Path = Path("model_store/archives")
+
+    # batching and backpressure, per model
+    max_batch_size: int = Field(8, ge=1, le=256)
+    max_batch_delay_ms: float = Field(5.0, ge=0, le=1000)
+    max_concurrent_batches: int = Field(2, ge=1, le=64)
+    queue_limit: int = Field(64, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)
+    backend_timeout_s: float = Field(30.0, gt=0)
+
+    # circuit breaker on the backend
+    breaker_failures: int = Field(3, ge=1)
+    breaker_cooldown_s: float = Field(5.0, gt=0)
+
+    # input limits
+    max_upload_bytes: int = Field(10 * 2**20, ge=1024)
+    max_pixels: int = Field(40_000_000, ge=1)
+    max_images_per_request: int = Field(16, ge=1)
+
+    api_key: str | None = None  # when set, clients send it as "X-API-Key"
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str) and not value.startswith("["):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one model must be served")
+        if unknown := [m for m in value if m not in MODELS]:
+            raise ValueError(f"unknown models {unknown}; known: {', '.join(MODELS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _queue_fits_a_batch(self) -> GatewaySettings:
+        if self.queue_limit < self.max_batch_size:
+            raise ValueError(
+                f"queue_limit ({self.queue_limit}) must be >= "
+                f"max_batch_size ({self.max_batch_size})"
+            )
+        return self

@@ -1,0 +1,217 @@
+"""The batcher alone, driven by a fake backend: ordering, knobs, failures, cancellation, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from service.batcher import Batcher, BatchSizeMismatch, QueueFull
+
+
+class FakeBackend:
+    """Records batches; answers ``item * 10`` after ``delay``; fails batches holding ``poison``."""
+
+    def __init__(self, delay: float = 0.0, poison: object = None) -> None:
+        self.delay = delay
+        self.poison = poison
+        self.batches: list[list[int]] = []
+
+    async def __call__(self, items: list[int]) -> list[int]:
+        self.batches.append(list(items))
+        await asyncio.sleep(self.delay)
+        if self.poison is not None and self.poison in items:
+            raise RuntimeError(f"backend failed on {self.poison}")
+        return [item * 10 for item in items]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def make(backend, **knobs) -> Batcher:
+    defaults = {"max_batch_size": 4, "max_wait_s": 0.05, "max_queue": 64}
+    return Batcher(backend, **(defaults | knobs))
+
+
+def test_each_caller_gets_its_own_answer_in_order():
+    async def scenario():
+        backend = FakeBackend(delay=0.01)
+        batcher = make(backend)
+        results = await asyncio.gather(*(batcher.submit(i) for i in range(10)))
+        await batcher.stop()
+        return backend, results
+
+    backend, results = run(scenario())
+    assert [value for value, _ in results] == [i * 10 for i in range(10)]
+    assert all(len(batch) <= 4 for batch in backend.batches)
+    assert sorted(i for batch in backend.batches for i in batch) == list(range(10))
+    assert max(len(batch) for batch in backend.batches) == 4  # concurrent callers were grouped
+
+
+def test_batch_info_reports_size_and_waits():
+    async def scenario():
+        batcher = make(FakeBackend(delay=0.02), max_wait_s=0.03)
+        results = await asyncio.gather(*(batcher.submit(i) for i in range(3)))
+        await batcher.stop()
+        return [info for _, info in results]
+
+    infos = run(scenario())
+    assert [info.size for info in infos] == [3, 3, 3]
+    assert all(0 <= info.queue_wait_s < 1 and info.run_s >= 0.02 for info in infos)
+
+
+def test_lone_request_waits_at_most_max_wait():
+    async def scenario():
+        batcher = make(FakeBackend(), max_wait_s=0.05)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        value, info = await batcher.submit(7)
+        elapsed = loop.time() - start
+        await batcher.stop()
+        return value, info, elapsed
+
+    value, info, elapsed = run(scenario())
+    assert value == 70 and info.size == 1
+    assert 0.04 <= elapsed < 0.5
+
+
+def test_full_batch_does_not_wait():
+    async def scenario():
+        batcher = make(FakeBackend(), max_batch_size=2, max_wait_s=5.0)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await asyncio.gather(batcher.submit(1), batcher.submit(2))
+        elapsed = loop.time() - start
+        await batcher.stop()
+        return elapsed
+
+    assert run(scenario()) < 1.0
+
+
+def test_failure_reaches_only_its_own_batch():
+    async def scenario():
+        backend = FakeBackend(delay=0.01, poison=3)
+        batcher = make(backend, max_batch_size=2, max_wait_s=0.02)
+        outcomes = await asyncio.gather(
+            *(batcher.submit(i) for i in range(6)), return_exceptions=True
+        )
+        await batcher.stop()
+        return backend, outcomes
+
+    backend, outcomes = run(scenario())
+    poisoned = next(batch for batch in backend.batches if 3 in batch)
+    for item, outcome in enumerate(outcomes):
+        if item in poisoned:
+            assert isinstance(outcome, RuntimeError) and "failed on 3" in str(outcome)
+        else:
+            assert outcome[0] == item * 10
+
+
+def test_result_count_mismatch_fails_the_batch_loudly():
+    async def short(items: list[int]) -> list[int]:
+        return [0] * (len(items) - 1)
+
+    async def scenario():
+        batcher = make(short)
+        outcomes = await asyncio.gather(
+            batcher.submit(1), batcher.submit(2), return_exceptions=True
+        )
+        await batcher.stop()
+        return outcomes
+
+    assert all(isinstance(o, BatchSizeMismatch) for o in run(scenario()))
+
+
+def test_cancelled_caller_does_not_poison_the_batch():
+    async def scenario():
+        backend = FakeBackend(delay=0.05)
+        batcher = make(backend, max_wait_s=0.02)
+        tasks = [asyncio.create_task(batcher.submit(i)) for i in range(4)]
+        await asyncio.sleep(0.03)  # dispatched, backend running
+        tasks[1].cancel()
+        queued_then_cancelled = asyncio.create_task(batcher.submit(99))
+        await asyncio.sleep(0)
+        queued_then_cancelled.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        later = await batcher.submit(5)
+        await batcher.stop()
+        return backend, results, later
+
+    backend, results, later = run(scenario())
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert [results[i][0] for i in (0, 2, 3)] == [0, 20, 30]
+    assert later[0] == 50
+    assert all(99 not in batch for batch in backend.batches)  # cancelled before dispatch: dropped
+
+
+def test_queue_is_bounded():
+    async def scenario():
+        backend = FakeBackend(delay=0.2)
+        batcher = make(
+            backend, max_batch_size=2, max_queue=4, max_concurrent_batches=1, max_wait_s=0
+        )
+        first = [asyncio.create_task(batcher.submit(i)) for i in range(2)]
+        await asyncio.sleep(0.05)  # the first batch is running; the one slot is busy
+        queued = [asyncio.create_task(batcher.submit(i)) for i in range(2, 6)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull, match="4 items queued"):
+            await batcher.submit(6)
+        depth = batcher.depth
+        results = await asyncio.gather(*first, *queued)
+        await batcher.stop()
+        return depth, results, backend
+
+    depth, results, backend = run(scenario())
+    assert depth == 4
+    assert [value for value, _ in results] == [i * 10 for i in range(6)]
+    assert [len(b) for b in backend.batches] == [2, 2, 2]
+
+
+def test_concurrent_batches_are_limited():
+    async def scenario():
+        running = 0
+        peak = 0
+
+        async def backend(items: list[int]) -> list[int]:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0.03)
+            running -= 1
+            return items
+
+        batcher = make(backend, max_batch_size=1, max_wait_s=0, max_concurrent_batches=2)
+        await asyncio.gather(*(batcher.submit(i) for i in range(8)))
+        await batcher.stop()
+        return peak
+
+    assert run(scenario()) == 2
+
+
+def test_stop_cancels_what_is_still_queued():
+    async def scenario():
+        batcher = make(
+            FakeBackend(delay=0.2), max_batch_size=1, max_concurrent_batches=1, max_wait_s=0
+        )
+        tasks = [asyncio.create_task(batcher.submit(i)) for i in range(3)]
+        await asyncio.sleep(0.05)
+        await batcher.stop()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    outcomes = run(scenario())
+    assert any(isinstance(o, asyncio.CancelledError) for o in outcomes)
+
+
+@pytest.mark.parametrize(
+    ("knobs", "message"),
+    [
+        ({"max_batch_size": 0}, "max_batch_size must be >= 1"),
+        ({"max_wait_s": -1}, "max_wait_s must be in"),
+        ({"max_queue": 2}, "max_queue \\(2\\) must be >= max_batch_size \\(4\\)"),
+        ({"max_concurrent_batches": 0}, "max_concurrent_batches must be >= 1"),
+    ],
+)
+def test_bad_knobs_fail_at_construction(knobs, message):
+    with pytest.raises(ValueError, match=message):
+        make(FakeBackend(), **knobs)

@@ -1,0 +1,210 @@
+"""The gateway in front of a real TorchServe: correct answers under concurrency, exact metrics,
+a worker killed mid-load, a flood past the queue, a dead backend, and the in-process backend."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+
+import httpx
+import pytest
+
+from bench.ports import free_ports
+from model_store.synthetic import CLASS_NAMES, encode, make_images
+from service.settings import GatewaySettings
+
+from ..torchserve_stack import GatewayThread, gateway_settings
+
+pytestmark = pytest.mark.slow
+
+
+def labelled_images(count: int, seed: int) -> tuple[list[bytes], list[str]]:
+    images, labels = make_images(count, seed=seed, size=(80, 64))
+    return [encode(im, "JPEG" if i % 2 else "PNG") for i, im in enumerate(images)], [
+        CLASS_NAMES[i] for i in labels
+    ]
+
+
+async def send_all(
+    url: str, model: str, images: list[bytes], concurrency: int
+) -> list[httpx.Response]:
+    semaphore = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+
+        async def one(data: bytes) -> httpx.Response:
+            async with semaphore:
+                return await client.post(
+                    f"/v1/models/{model}/classify", files=[("file", ("x", data, "image/jpeg"))]
+                )
+
+        return await asyncio.gather(*(one(data) for data in images))
+
+
+def top1(response: httpx.Response) -> str:
+    return response.json()["results"][0]["predictions"][0]["label"]
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    label_text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    match = re.search(rf"^{name}\{{{re.escape(label_text)}\}} (\S+)$", text, flags=re.M)
+    return float(match[1]) if match else 0.0
+
+
+def test_200_concurrent_distinct_images_each_get_their_own_answer(gateway):
+    images, labels = labelled_images(200, seed=2024)
+    before = metric(gateway.url, "gateway_requests_total", model="eca_resnet50", code="200")
+    responses = asyncio.run(send_all(gateway.url, "eca_resnet50", images, concurrency=32))
+    assert [r.status_code for r in responses] == [200] * 200
+    assert [top1(r) for r in responses] == labels
+    batch_sizes = [size for r in responses for size in r.json()["timing"]["batch_sizes"]]
+    assert max(batch_sizes) > 1, "concurrent requests should have been batched"
+    assert (
+        metric(gateway.url, "gateway_requests_total", model="eca_resnet50", code="200") - before
+        == 200
+    )
+
+
+def test_multi_image_request_through_torchserve(gateway):
+    images, labels = labelled_images(6, seed=99)
+    files = [("file", (f"{i}", data, "application/octet-stream")) for i, data in enumerate(images)]
+    response = httpx.post(
+        f"{gateway.url}/v1/models/se_resnet50/classify",
+        files=files,
+        params={"top_k": 2},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert [r["predictions"][0]["label"] for r in response.json()["results"]] == labels
+    assert {len(r["predictions"]) for r in response.json()["results"]} == {2}
+    assert "queue;dur=" in response.headers["server-timing"]
+
+
+def worker_pid(torchserve, model: str) -> int:
+    description = httpx.get(
+        f"{torchserve.management_url}/models/{model}",
+        headers={"Authorization": f"Bearer {torchserve.keys()['management']}"},
+        timeout=10,
+    ).json()[0]
+    return int(description["workers"][0]["pid"])
+
+
+def test_killing_a_worker_mid_load_gives_answers_or_clear_errors_then_recovers(gateway, torchserve):
+    images, labels = labelled_images(120, seed=31337)
+    victim = worker_pid(torchserve, "se_resnet50")
+
+    async def load_and_kill():
+        task = asyncio.create_task(send_all(gateway.url, "se_resnet50", images, concurrency=8))
+        await asyncio.sleep(1.0)
+        os.kill(victim, signal.SIGKILL)
+        return await task
+
+    responses = asyncio.run(load_and_kill())
+    for response, label in zip(responses, labels, strict=True):
+        assert response.status_code in (200, 503, 504), response.text
+        if response.status_code == 200:
+            assert top1(response) == label  # never someone else's answer
+        else:
+            assert response.json()["error"]["code"] in ("unavailable", "backend_timeout")
+    deadline = time.monotonic() + 180  # TorchServe restarts the worker; the gateway follows
+    while httpx.get(f"{gateway.url}/readyz", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "worker never came back"
+        time.sleep(1)
+    assert worker_pid(torchserve, "se_resnet50") != victim
+    time.sleep(GatewaySettings().breaker_cooldown_s)  # a circuit opened by the crash has closed
+    after = asyncio.run(send_all(gateway.url, "se_resnet50", images[:10], concurrency=4))
+    assert [r.status_code for r in after] == [200] * 10
+    assert [top1(r) for r in after] == labels[:10]
+
+
+def test_flood_past_the_queue_gives_503s_and_bounded_queue(torchserve):
+    settings = gateway_settings(
+        torchserve, max_batch_size=4, queue_limit=8, max_concurrent_batches=1
+    )
+    images, labels = labelled_images(150, seed=5)
+    with GatewayThread(settings) as flooded:
+        depths: list[float] = []
+
+        async def flood_and_watch():
+            async def watch():
+                while True:
+                    depths.append(metric(flooded.url, "gateway_queue_depth", model="eca_resnet50"))
+                    await asyncio.sleep(0.05)
+
+            watcher = asyncio.create_task(watch())
+            responses = await send_all(flooded.url, "eca_resnet50", images, concurrency=150)
+            watcher.cancel()
+            return responses
+
+        responses = asyncio.run(flood_and_watch())
+        rejected = metric(flooded.url, "gateway_requests_total", model="eca_resnet50", code="503")
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503} and 503 in codes and 200 in codes
+    assert all(int(r.headers["retry-after"]) >= 1 for r in responses if r.status_code == 503)
+    assert all(
+        top1(r) == label for r, label in zip(responses, labels, strict=True) if r.status_code == 200
+    )
+    assert max(depths) <= 8
+    assert rejected == codes.count(503)
+
+
+def test_backend_down_fails_fast_with_503_and_not_ready():
+    inference, management = free_ports(2)  # nothing listens there
+    settings = GatewaySettings(
+        models=["se_resnet50"],
+        torchserve_inference_url=f"http://127.0.0.1:{inference}",
+        torchserve_management_url=f"http://127.0.0.1:{management}",
+        torchserve_key_file=None,
+        breaker_failures=2,
+        breaker_cooldown_s=30,
+    )
+    [image], _ = labelled_images(1, seed=1)
+    with GatewayThread(settings) as down:
+        codes = []
+        for _ in range(3):
+            response = httpx.post(
+                f"{down.url}/v1/models/se_resnet50/classify",
+                content=image,
+                headers={"Content-Type": "image/png"},
+                timeout=30,
+            )
+            codes.append(response.status_code)
+            assert response.headers["retry-after"]
+        started = time.perf_counter()
+        open_circuit = httpx.post(
+            f"{down.url}/v1/models/se_resnet50/classify",
+            content=image,
+            headers={"Content-Type": "image/png"},
+            timeout=30,
+        )
+        fast = time.perf_counter() - started
+        ready = httpx.get(f"{down.url}/readyz", timeout=30)
+    assert codes == [503, 503, 503]
+    assert (
+        open_circuit.status_code == 503
+        and "circuit open" in open_circuit.json()["error"]["message"]
+    )
+    assert int(open_circuit.headers["retry-after"]) > 1
+    assert fast < 1.0
+    assert ready.status_code == 503 and "unreachable" in ready.json()["models"]["se_resnet50"]
+
+
+def test_inprocess_backend_serves_the_same_archives(tiny_archives, gateway):
+    settings = GatewaySettings(
+        models=["se_resnet50"], backend="inprocess", archive_dir=tiny_archives
+    )
+    images, labels = labelled_images(12, seed=8)
+    with GatewayThread(settings) as inprocess:
+        local = asyncio.run(send_all(inprocess.url, "se_resnet50", images, concurrency=6))
+        ready = httpx.get(f"{inprocess.url}/readyz", timeout=10).json()
+    remote = asyncio.run(send_all(gateway.url, "se_resnet50", images, concurrency=6))
+    assert [top1(r) for r in local] == labels
+    assert ready["backend"] == "inprocess" and ready["status"] == "ready"
+    for mine, theirs in zip(local, remote, strict=True):
+        assert mine.json()["results"][0]["predictions"][0]["score"] == pytest.approx(
+            theirs.json()["results"][0]["predictions"][0]["score"], abs=1e-4
+        )

@@ -1,0 +1,91 @@
+"""Real servers for the tests, started once per session: tiny trained models in real archives,
+a real TorchServe (Java) and a real gateway (uvicorn) on free loopback ports."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+
+from bench.ports import free_ports
+from model_store.archive import ArchiveSpec, build_archive
+from model_store.tiny import save_tiny
+from model_store.torchserve import TorchServe
+from service.app import create_app
+from service.settings import GatewaySettings
+
+# eca compiled (proves the compiled path runs inside a worker), se eager.
+STACK_MODELS = {"eca_resnet50": True, "se_resnet50": False}
+BUCKETS = (1, 2, 4, 8)
+
+
+def build_tiny_archives(workdir: Path, trained) -> Path:
+    archives = workdir / "archives"
+    for model, compile_ in STACK_MODELS.items():
+        checkpoint = save_tiny(trained(model), workdir / f"{model}.pt")
+        spec = ArchiveSpec(
+            model,
+            checkpoint=checkpoint,
+            compile=compile_,
+            batch_buckets=BUCKETS,
+            batch_size=4,
+            max_batch_delay_ms=20,
+        )
+        build_archive(spec, archives, progress=lambda _: None)
+    return archives
+
+
+def start_torchserve(archives: Path, run_dir: Path) -> TorchServe:
+    inference, management, metrics = free_ports(3)
+    server = TorchServe(
+        list(STACK_MODELS),
+        archive_dir=archives,
+        run_dir=run_dir,
+        inference_port=inference,
+        management_port=management,
+        metrics_port=metrics,
+    )
+    server.start()
+    try:
+        server.wait_ready(timeout=600)
+    except Exception:
+        server.stop()
+        raise
+    return server
+
+
+class GatewayThread:
+    """The real gateway app under uvicorn, in a thread of the test process."""
+
+    def __init__(self, settings: GatewaySettings, backend: object | None = None) -> None:
+        self.port = free_ports(1)[0]
+        self.url = f"http://127.0.0.1:{self.port}"
+        app = create_app(settings, backend)  # type: ignore[arg-type]
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> GatewayThread:
+        self.thread.start()
+        deadline = time.monotonic() + 300
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("gateway did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def gateway_settings(server: TorchServe, **overrides) -> GatewaySettings:
+    return GatewaySettings(
+        models=list(STACK_MODELS),
+        torchserve_inference_url=server.inference_url,
+        torchserve_management_url=server.management_url,
+        torchserve_key_file=server.key_file,
+        **overrides,
+    )
