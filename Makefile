@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup java test lint bench bench-all archives serve clean
+.PHONY: setup system-deps test lint bench bench-all archives serve loadtest clean
 
 setup: $(STAMP)
 
@@ -18,13 +18,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $(STAMP)
 
-# TorchServe's frontend is Java 17+. CI machines run as root with apt: install it when missing.
-java:
-	@command -v java >/dev/null 2>&1 || { \
-		echo "Java not found: installing openjdk-17-jre-headless for TorchServe"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless; }
+# What the tests run besides Python: Java 17+ for TorchServe's frontend, and Debian's prometheus
+# package (promtool and a real Prometheus server). CI runs as root with apt: installed if missing.
+system-deps:
+	@command -v java >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { \
+		echo "installing openjdk-17-jre-headless (TorchServe) and prometheus (promtool, server) with apt"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			openjdk-17-jre-headless prometheus; }
 
-test: setup java
+test: setup system-deps
 	$(PY) -m pytest
 
 lint: setup
@@ -42,6 +44,13 @@ serve: archives
 
 bench: setup
 	$(PY) -m bench.models
+
+# Locust, headless: SE vs ECA under the same load against a stack it starts itself; writes
+# loadtests/reports/<timestamp>/report.md with plots. LOADTEST_ARGS to change it, e.g.
+#   make loadtest LOADTEST_ARGS="--url http://127.0.0.1:8000 --models all --users 1,4,8"
+LOADTEST_ARGS ?= --start-stack --models se_resnet50,eca_resnet50 --users 8 --duration 60
+loadtest: setup system-deps
+	$(PY) -m loadtests.compare $(LOADTEST_ARGS)
 
 # The serving benchmarks too: TorchServe direct, then gateway vs TorchServe vs in-process.
 bench-all: bench

@@ -59,6 +59,31 @@ def write_results(name: str, payload: dict[str, Any], out: Path | None = None) -
     return out
 
 
+def report(
+    name: str, args: Any, rows: list[dict[str, Any]], columns: Sequence[tuple[str, str]]
+) -> dict[str, Any]:
+    """Write the JSON result (config, environment, rows) and print the table: a serving
+    benchmark's last step."""
+    config = {k: v for k, v in vars(args).items() if k != "out"}
+    payload = {
+        "benchmark": name,
+        "environment": environment("cpu"),
+        "config": config,
+        "results": rows,
+    }
+    path = write_results(name, payload, args.out)
+    print(columns_table(columns, rows))
+    print(f"\nJSON: {path}")
+    return payload
+
+
+def columns_table(columns: Sequence[tuple[str, str]], rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of ``(header, key)`` columns picked from result dicts."""
+    return markdown_table(
+        [h for h, _ in columns], [[row.get(k) for _, k in columns] for row in rows]
+    )
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def cell(value: Any) -> str:
         if isinstance(value, float):

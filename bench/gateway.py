@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from .common import environment, markdown_table, write_results
+from .common import report
 from .load import LoadResult, closed_loop
 from .ports import free_ports
 from .torchserve import image_pool, progress, start_torchserve
@@ -203,46 +203,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 process.terminate()
                 process.wait(30)
             server.stop()
-    config = {k: v for k, v in vars(args).items() if k != "out"}
-    payload = {
-        "benchmark": "gateway",
-        "environment": environment("cpu"),
-        "config": config,
-        "results": rows,
-    }
-    path = write_results("gateway", payload, args.out)
-    headers = [
-        "target",
-        "clients",
-        "requests",
-        "errors",
-        "img/s",
-        "vs direct",
-        "p50 ms",
-        "p99 ms",
-        "p99 vs direct",
+    columns = [
+        ("target", "target"),
+        ("clients", "concurrency"),
+        ("requests", "requests"),
+        ("errors", "errors"),
+        ("img/s", "img_per_s"),
+        ("vs direct", "throughput_vs_direct"),
+        ("p50 ms", "p50_ms"),
+        ("p99 ms", "p99_ms"),
+        ("p99 vs direct", "p99_vs_direct"),
     ]
-    print(
-        markdown_table(
-            headers,
-            [
-                [
-                    r["target"],
-                    r["concurrency"],
-                    r["requests"],
-                    r["errors"],
-                    r["img_per_s"],
-                    r["throughput_vs_direct"],
-                    r["p50_ms"],
-                    r["p99_ms"],
-                    r["p99_vs_direct"],
-                ]
-                for r in rows
-            ],
-        )
-    )
-    print(f"\nJSON: {path}")
-    return payload
+    return report("gateway", args, rows, columns)
 
 
 if __name__ == "__main__":

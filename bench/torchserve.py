@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import environment, markdown_table, write_results
+from .common import report
 from .load import closed_loop
 
 
@@ -145,46 +145,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     rows.append(row)
         finally:
             server.stop()
-    config = {k: v for k, v in vars(args).items() if k != "out"}
-    payload = {
-        "benchmark": "torchserve",
-        "environment": environment("cpu"),
-        "config": config,
-        "results": rows,
-    }
-    path = write_results("torchserve", payload, args.out)
-    headers = [
-        "model",
-        "images/request",
-        "clients",
-        "requests",
-        "errors",
-        "img/s",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
+    columns = [
+        ("model", "model"),
+        ("images/request", "images_per_request"),
+        ("clients", "concurrency"),
+        ("requests", "requests"),
+        ("errors", "errors"),
+        ("img/s", "img_per_s"),
+        ("p50 ms", "p50_ms"),
+        ("p90 ms", "p90_ms"),
+        ("p99 ms", "p99_ms"),
     ]
-    print(
-        markdown_table(
-            headers,
-            [
-                [
-                    r["model"],
-                    r["images_per_request"],
-                    r["concurrency"],
-                    r["requests"],
-                    r["errors"],
-                    r["img_per_s"],
-                    r["p50_ms"],
-                    r["p90_ms"],
-                    r["p99_ms"],
-                ]
-                for r in rows
-            ],
-        )
-    )
-    print(f"\nJSON: {path}")
-    return payload
+    return report("torchserve", args, rows, columns)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,12 @@ class GatewaySettings(BaseSettings):
 
     api_key: str | None = None  # when set, clients send it as "X-API-Key"
 
+    @field_validator("torchserve_key_file", "torchserve_token", "api_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """An empty environment variable means "not set" (compose and k8s pass empty strings)."""
+        return None if value == "" else value
+
     @field_validator("models", mode="before")
     @classmethod
     def _split_models(cls, value: object) -> object:

@@ -1,0 +1,117 @@
+"""A real Prometheus server (Debian's package) runs the project's scrape config and rules against
+the suite's running gateway and TorchServe: the request counter, the latency histogram and the
+recording rules must arrive with the gateway's own numbers."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from bench.ports import free_ports
+from model_store.synthetic import encode, make_images
+
+from ..service.test_gateway_torchserve import metric
+
+pytestmark = pytest.mark.slow
+PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
+
+
+@pytest.fixture
+def prometheus(gateway, torchserve, tmp_path):
+    binary = shutil.which("prometheus")
+    assert binary, "prometheus missing: `make test` installs Debian's prometheus package"
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(PROMETHEUS_DIR / "rules" / "*.yml")]
+    targets = {"gateway": gateway.url, "torchserve": torchserve.metrics_url}
+    for job in config["scrape_configs"]:
+        job["static_configs"] = [{"targets": [targets[job["job_name"]].removeprefix("http://")]}]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_ports(1)[0]
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "prometheus.log").open("wb"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(
+            lambda: httpx.get(f"{url}/-/ready", timeout=2).status_code == 200, "Prometheus ready"
+        )
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def wait_for(condition, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for: {what}")
+
+
+def query(url: str, expr: str) -> float | None:
+    result = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=10).json()["data"][
+        "result"
+    ]
+    return float(result[0]["value"][1]) if result else None
+
+
+def test_prometheus_scrapes_gateway_and_torchserve_and_evaluates_rules(prometheus, gateway):
+    images, _ = make_images(6, seed=77)
+    files = [("file", (f"{i}", encode(im, "PNG"), "image/png")) for i, im in enumerate(images)]
+    for _ in range(4):
+        response = httpx.post(
+            f"{gateway.url}/v1/models/eca_resnet50/classify", files=files[:3], timeout=60
+        )
+        assert response.status_code == 200, response.text
+    requests = metric(gateway.url, "gateway_requests_total", model="eca_resnet50", code="200")
+    images_total = metric(gateway.url, "gateway_images_total", model="eca_resnet50")
+    selector = '{job="gateway",model="eca_resnet50"'
+
+    wait_for(
+        lambda: query(prometheus, f'gateway_requests_total{selector},code="200"}}') == requests,
+        "request counter",
+    )
+    wait_for(
+        lambda: (
+            query(prometheus, f"gateway_request_duration_seconds_count{selector}}}") is not None
+        ),
+        "latency histogram",
+    )
+    buckets = query(prometheus, f"count(gateway_request_duration_seconds_bucket{selector}}})")
+    assert buckets is not None and buckets >= 10
+    wait_for(
+        lambda: (
+            query(prometheus, 'model:gateway_images:total{model="eca_resnet50"}') == images_total
+        ),
+        "recording rule",
+    )
+    wait_for(
+        lambda: (
+            query(prometheus, 'model:gateway_request_duration_seconds:p99_1m{model="eca_resnet50"}')
+            is not None
+        ),
+        "p99 rule",
+    )
+    assert query(prometheus, 'up{job="torchserve"}') == 1
+    rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    assert {g["name"] for g in rules} == {"gateway-recording", "gateway-alerts"}
+    assert all(r["health"] == "ok" for g in rules for r in g["rules"])

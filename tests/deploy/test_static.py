@@ -1,0 +1,188 @@
+"""Deployment files, checked without a Docker engine or a cluster: compose references real files,
+images run as non-root with healthchecks, every Kubernetes manifest validates against the
+official schemas, and Prometheus accepts the config and rules (promtool)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S_VERSION = "1.33"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_references_only_files_that_exist(compose):
+    for name, service in compose["services"].items():
+        if build := service.get("build"):
+            assert (ROOT / build["context"] / build["dockerfile"]).is_file(), name
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name}: {source}"
+
+
+def test_compose_health_ordering_and_exposure(compose):
+    services = compose["services"]
+    assert set(services) == {"gateway", "torchserve", "prometheus", "grafana"}
+    assert all("healthcheck" in s for n, s in services.items() if n != "grafana")
+    for name, service in services.items():
+        for dependency in service.get("depends_on", {}).values():
+            assert dependency["condition"] == "service_healthy", name
+    assert "ports" not in services["torchserve"], (
+        "TorchServe (management API) must not be published"
+    )
+    assert compose["networks"]["backend"]["internal"] is True
+    assert services["gateway"]["ports"] == ["8000:8000"]
+    assert (
+        services["gateway"]["environment"]["GATEWAY_TORCHSERVE_INFERENCE_URL"]
+        == "http://torchserve:8080"
+    )
+
+
+@pytest.mark.parametrize(
+    "dockerfile", sorted((DEPLOY / "docker").glob("*.Dockerfile")), ids=lambda p: p.name
+)
+def test_dockerfiles_are_multi_stage_non_root_pinned_and_healthchecked(dockerfile):
+    text = dockerfile.read_text()
+    assert len(re.findall(r"^FROM ", text, flags=re.M)) >= 2
+    assert re.search(r"^USER (?!root)\w+", text, flags=re.M)
+    assert "HEALTHCHECK" in text
+    assert ":latest" not in text and re.search(r"python:3\.11\.\d+-slim", text)
+    for source in re.findall(r"^COPY (?!--from)(?:--\S+ )*(\S+) ", text, flags=re.M):
+        assert (ROOT / source).exists(), f"{dockerfile.name} copies missing {source}"
+
+
+def test_worker_image_has_cpu_and_cuda_variants():
+    text = (DEPLOY / "docker" / "worker.Dockerfile").read_text()
+    assert "ARG VARIANT=cpu" in text and '"$VARIANT" = "cuda"' in text
+
+
+def render(path: Path) -> list[dict]:
+    if shutil.which("kubectl"):
+        output = subprocess.run(
+            ["kubectl", "kustomize", str(path)], capture_output=True, text=True, check=True
+        ).stdout
+        return [doc for doc in yaml.safe_load_all(output) if doc]
+    pytest.skip("kubectl (with its built-in kustomize) is not installed")
+
+
+@pytest.fixture(scope="module", params=["deploy/k8s", "deploy/k8s/overlays/gpu"])
+def manifests(request) -> list[dict]:
+    return render(ROOT / request.param)
+
+
+def test_every_manifest_validates_against_kubernetes_schemas(manifests):
+    for doc in manifests:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_every_raw_manifest_file_validates():
+    """The files themselves too (not only the kustomize output), kustomization files aside."""
+    files = [p for p in (DEPLOY / "k8s" / "base").glob("*.yaml") if p.name != "kustomization.yaml"]
+    assert files
+    for path in files:
+        for doc in yaml.safe_load_all(path.read_text()):
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def by_kind(manifests: list[dict], kind: str, name: str) -> dict:
+    return next(d for d in manifests if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def test_probes_hit_real_endpoints_and_resources_are_set(manifests):
+    gateway = by_kind(manifests, "Deployment", "gateway")["spec"]["template"]["spec"]["containers"][
+        0
+    ]
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    worker = by_kind(manifests, "Deployment", "worker")["spec"]["template"]["spec"]["containers"][0]
+    assert worker["readinessProbe"]["httpGet"]["path"] == "/ping"
+    for container in (gateway, worker):
+        assert {"requests", "limits"} <= set(container["resources"])
+    secret_refs = [
+        e["valueFrom"]["secretKeyRef"]["name"] for e in gateway["env"] if "valueFrom" in e
+    ]
+    assert "gateway-secrets" in secret_refs
+
+
+def test_autoscaling_disruption_budgets_and_network_policy(manifests):
+    assert by_kind(manifests, "HorizontalPodAutoscaler", "gateway")
+    assert by_kind(manifests, "PodDisruptionBudget", "worker")
+    assert by_kind(manifests, "PodDisruptionBudget", "gateway")
+    policy = by_kind(manifests, "NetworkPolicy", "worker-ingress")["spec"]
+    allowed = policy["ingress"][0]
+    assert allowed["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "gateway"}
+    configmap = by_kind(manifests, "ConfigMap", "gateway-settings")["data"]
+    assert configmap["GATEWAY_TORCHSERVE_INFERENCE_URL"] == "http://worker:8080"
+    assert all(
+        d["metadata"].get("namespace") == "attention-serving"
+        for d in manifests
+        if d["kind"] != "Namespace"
+    )
+
+
+def test_gpu_overlay_requests_gpus_and_scales_on_queue_depth():
+    manifests = render(ROOT / "deploy/k8s/overlays/gpu")
+    worker = by_kind(manifests, "Deployment", "worker")["spec"]["template"]["spec"]["containers"][0]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert worker["image"].endswith("-cuda")
+    metrics = by_kind(manifests, "HorizontalPodAutoscaler", "worker")["spec"]["metrics"]
+    assert [m["external"]["metric"]["name"] for m in metrics] == ["gateway_queue_depth"]
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("promtool")
+    assert binary, "promtool missing: `make test` installs Debian's prometheus package"
+    return subprocess.run(
+        [binary, *args], capture_output=True, text=True, cwd=DEPLOY / "prometheus"
+    )
+
+
+def test_promtool_accepts_config_and_rules():
+    config = promtool("check", "config", "prometheus.yml")
+    assert config.returncode == 0, config.stdout + config.stderr
+    rules = promtool(
+        "check", "rules", *sorted(str(p) for p in (DEPLOY / "prometheus" / "rules").glob("*.yml"))
+    )
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+    assert "SUCCESS: 8 rules found" in rules.stdout and "SUCCESS: 4 rules found" in rules.stdout
+
+
+def test_dashboard_queries_use_recorded_or_exported_series():
+    import json
+
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "gateway.json").read_text())
+    recorded = {
+        r["record"]
+        for g in yaml.safe_load((DEPLOY / "prometheus/rules/recording.yml").read_text())["groups"]
+        for r in g["rules"]
+    }
+    exported = {
+        "gateway_queue_depth",
+        "gateway_backend_duration_seconds_bucket",
+        "gateway_queue_wait_seconds_bucket",
+        "gateway_requests_total",
+    }
+    names = {
+        name
+        for p in dashboard["panels"]
+        for t in p["targets"]
+        for name in re.findall(r"[a-z_:]+(?=[\[{ ]|$)", t["expr"])
+        if "gateway" in name
+    }
+    assert names and names <= recorded | exported, names - recorded - exported
+    titles = " ".join(p["title"] for p in dashboard["panels"])
+    for word in ("Requests", "p99", "batch", "Queue", "Error"):
+        assert word in titles
