@@ -13,7 +13,6 @@ queue wait and backend time, and prove no request was lost or counted twice. Out
 from __future__ import annotations
 
 import argparse
-import csv
 import ipaddress
 import json
 import os
@@ -100,22 +99,41 @@ def run_locust(
         "WARNING",
     ]
     if csv_prefix is not None:
-        command += ["--csv", str(csv_prefix)]
+        command += ["--csv", str(csv_prefix), "--json-file", str(csv_prefix)]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=HERE.parent)
     if proc.returncode != 0:
         raise RuntimeError(f"locust failed for {model}:\n{proc.stderr[-3000:]}")
 
 
-def aggregated(csv_prefix: Path) -> dict[str, float]:
-    with open(f"{csv_prefix}_stats.csv", newline="") as f:
-        row = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
+def final_stats(prefix: Path, seconds: float) -> dict[str, float]:
+    """Locust's final numbers, from its JSON file (``--json-file``).
+
+    Not from ``_stats.csv``: Locust writes that file's last row before the requests still in
+    flight at the end have finished (seen here: 30 requests in the CSV, 39 printed and counted
+    by the gateway); the JSON is written after them.
+    """
+    entries = json.loads(Path(f"{prefix}.json").read_text())
+    histogram: dict[float, int] = {}
+    for entry in entries:
+        for ms, count in entry["response_times"].items():
+            histogram[float(ms)] = histogram.get(float(ms), 0) + count
+    requests = sum(e["num_requests"] for e in entries)
+
+    def percentile(q: float) -> float:
+        seen, rank = 0, q * requests
+        for ms in sorted(histogram):
+            seen += histogram[ms]
+            if seen >= rank:
+                return ms
+        return float("nan")
+
     return {
-        "requests": int(row["Request Count"]),
-        "failures": int(row["Failure Count"]),
-        "req_per_s": float(row["Requests/s"]),
-        "p50_ms": float(row["50%"]),
-        "p95_ms": float(row["95%"]),
-        "p99_ms": float(row["99%"]),
+        "requests": requests,
+        "failures": sum(e["num_failures"] for e in entries),
+        "req_per_s": requests / seconds,
+        "p50_ms": percentile(0.50),
+        "p95_ms": percentile(0.95),
+        "p99_ms": percentile(0.99),
     }
 
 
@@ -132,7 +150,7 @@ def measure(
     run_locust(url, model, users, args.spawn_rate, args.duration, prefix)
     elapsed = time.perf_counter() - started
     after = scrape(url, model)
-    stats = aggregated(prefix)
+    stats = final_stats(prefix, args.duration)
     gateway_requests = sum(
         v - before.get(k, 0.0) for k, v in after.items() if k.startswith("gateway_requests_total{")
     )

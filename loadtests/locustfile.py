@@ -12,6 +12,7 @@ import random
 
 from locust import HttpUser, constant, events, task
 
+from loadtests.checks import shape_problem
 from loadtests.images import upload_pool
 
 
@@ -49,23 +50,3 @@ class ClassifyUser(HttpUser):
                 response.failure(problem)
             else:
                 response.success()
-
-
-def shape_problem(body: dict, model: str, top_k: int) -> str | None:
-    """Why an answer is malformed, or None: one result, top-k predictions, sorted scores."""
-    if body.get("model") != model:
-        return f"answer for model {body.get('model')!r}, asked {model!r}"
-    results = body.get("results") or []
-    if len(results) != 1:
-        return f"{len(results)} results for one image"
-    predictions = results[0].get("predictions") or []
-    if not 1 <= len(predictions) <= top_k:
-        return f"{len(predictions)} predictions for top_k={top_k}"
-    scores = [p["score"] for p in predictions]
-    if scores != sorted(scores, reverse=True) or not all(0 <= s <= 1 for s in scores):
-        return f"scores not sorted probabilities: {scores}"
-    if not all(
-        isinstance(p.get("label"), str) and isinstance(p.get("index"), int) for p in predictions
-    ):
-        return "prediction without index/label"
-    return None
