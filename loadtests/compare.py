@@ -262,7 +262,7 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, out: Path
     lines = [
         f"# Attention variants under load: {', '.join(models)}",
         "",
-        f"Same stack ({args.url}), same load per model: {args.users} users, "
+        f"Same stack ({args.url}), same load per model: {', '.join(map(str, args.users))} users, "
         f"spawn rate {args.spawn_rate}/s, {args.duration:.0f} s measured after a "
         f"{args.warmup:.0f} s warm-up; one image per request.",
         "",
@@ -296,7 +296,8 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, out: Path
         "",
         "![latency](latency.png)",
         "",
-        "Raw Locust CSVs: `<model>-u<users>_stats.csv`, `_stats_history.csv`, `_failures.csv`.",
+        "Locust's final stats: `<model>-u<users>.json`; its CSVs "
+        "(`_stats.csv`, `_stats_history.csv`, `_failures.csv`) are kept as raw history.",
     ]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
