@@ -185,12 +185,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     import torch
 
     from model_store import MODELS
+    from model_store.models import parse_model_names
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--models", default="all", help=f"comma list or 'all' ({', '.join(MODELS)})"
+        "--models",
+        type=parse_model_names,
+        default="all",
+        help=f"comma list or 'all' ({', '.join(MODELS)})",
     )
     parser.add_argument(
         "--modes", default="eager,compiled", help=f"comma list of {', '.join(MODES)}"
@@ -209,9 +213,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    args.models = list(MODELS) if args.models == "all" else args.models.split(",")
-    if unknown := [m for m in args.models if m not in MODELS]:
-        parser.error(f"unknown models {unknown}; choose from {list(MODELS)}")
     args.modes = args.modes.split(",")
     if unknown := [m for m in args.modes if m not in MODES]:
         parser.error(f"unknown modes {unknown}; choose from {list(MODES)}")

@@ -71,12 +71,17 @@ async def run_load(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from model_store import MODELS
+    from model_store.models import parse_model_names
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", default="se_resnet50,eca_resnet50", help="comma list or 'all'")
+    parser.add_argument(
+        "--models",
+        type=parse_model_names,
+        default="se_resnet50,eca_resnet50",
+        help="comma list or 'all'",
+    )
     parser.add_argument("--concurrency", default="1,4,8", help="concurrent clients, comma list")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per point")
     parser.add_argument(
@@ -89,7 +94,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="tiny trained models (smoke runs)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    args.models = list(MODELS) if args.models == "all" else args.models.split(",")
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     return args
 

@@ -30,7 +30,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import columns_table
-from model_store import MODELS
+from model_store.models import parse_model_names
 
 HERE = Path(__file__).parent
 REPORTS = HERE / "reports"
@@ -339,7 +339,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", default="se_resnet50,eca_resnet50", help="comma list or 'all'")
+    parser.add_argument(
+        "--models",
+        type=parse_model_names,
+        default="se_resnet50,eca_resnet50",
+        help="comma list or 'all'",
+    )
     parser.add_argument("--users", default="8", help="concurrent users; a comma list sweeps them")
     parser.add_argument("--spawn-rate", type=float, default=8.0)
     parser.add_argument(
@@ -364,9 +369,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--out", type=Path, help="report folder (default loadtests/reports/<timestamp>)"
     )
     args = parser.parse_args(argv)
-    args.models = list(MODELS) if args.models == "all" else args.models.split(",")
-    if unknown := [m for m in args.models if m not in MODELS]:
-        parser.error(f"unknown models {unknown}")
     args.users = [int(u) for u in args.users.split(",")]
     if not args.start_stack and not is_loopback(args.url) and not args.allow_remote:
         parser.error(

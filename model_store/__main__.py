@@ -14,16 +14,7 @@ import sys
 from pathlib import Path
 
 from .archive import DEFAULT_ARCHIVE_DIR, ArchiveSpec, build_archive
-from .models import MODELS
-
-
-def model_list(value: str) -> list[str]:
-    names = list(MODELS) if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
-    if unknown := [n for n in names if n not in MODELS]:
-        raise argparse.ArgumentTypeError(
-            f"unknown models {unknown}; choose from {', '.join(MODELS)} or 'all'"
-        )
-    return names
+from .models import MODELS, parse_model_names
 
 
 def int_list(value: str) -> tuple[int, ...]:
@@ -129,7 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("build", help="write one .mar per model")
-    p.add_argument("--models", type=model_list, default=list(MODELS), help="comma list or 'all'")
+    p.add_argument(
+        "--models", type=parse_model_names, default=list(MODELS), help="comma list or 'all'"
+    )
     p.add_argument(
         "--checkpoint",
         action="append",
@@ -158,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=build)
 
     p = commands.add_parser("serve", help="run TorchServe on the archives until Ctrl-C")
-    p.add_argument("--models", type=model_list, default=list(MODELS))
+    p.add_argument("--models", type=parse_model_names, default=list(MODELS))
     p.add_argument("--archives", type=Path, default=DEFAULT_ARCHIVE_DIR)
     p.add_argument(
         "--run-dir", type=Path, default=Path(".run/torchserve"), help="config, key file and logs"
@@ -171,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     p = commands.add_parser(
         "train-tiny", help="train a tiny model on synthetic shapes (demo / tests)"
     )
-    p.add_argument("--model", type=lambda v: model_list(v)[0], default="eca_resnet50")
+    p.add_argument("--model", type=lambda v: parse_model_names(v)[0], default="eca_resnet50")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=train_tiny_command)

@@ -114,11 +114,9 @@ class ImageClassifier:
         self, images: Sequence[bytes], top_k: int | Sequence[int] | None = None
     ) -> list[dict[str, Any]]:
         """One entry per image, in order: ``{"predictions": [...]}`` or ``{"error": {...}}``."""
-        ks = (
-            [top_k or self.config.top_k] * len(images)
-            if not isinstance(top_k, Sequence)
-            else list(top_k)
-        )
+        if top_k is None:
+            top_k = self.config.top_k
+        ks = list(top_k) if isinstance(top_k, Sequence) else [top_k] * len(images)
         results: list[dict[str, Any]] = [{} for _ in images]
         decoded, positions = [], []
         resize = math.ceil(self.input_size / CROP_FRACTION)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,16 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("sa_resnet50", "sa", "Zhang and Yang, SA-Net, ICASSP 2021"),
     )
 }
+
+
+def parse_model_names(value: str) -> list[str]:
+    """``'all'`` or a comma list of registered names: the ``--models`` of every command line."""
+    names = list(MODELS) if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
+    if unknown := [n for n in names if n not in MODELS]:
+        raise argparse.ArgumentTypeError(
+            f"unknown models {unknown}; choose from {', '.join(MODELS)} or 'all'"
+        )
+    return names
 
 
 def get_spec(name: str) -> ModelSpec:

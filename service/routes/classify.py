@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from ..backends.base import BackendTimeout, BackendUnavailable
 from ..batcher import QueueFull
-from ..deps import ApiKeyDep, GatewayDep
+from ..deps import ApiKeyDep, Gateway, GatewayDep
 from ..errors import IMAGE_ERROR_STATUS, ApiError, unavailable
 from ..schemas import ClassifyResponse, ErrorResponse, ImageResult, Timing
 from ..uploads import IMAGE_CONTENT_TYPES, read_images
@@ -111,7 +111,7 @@ async def classify(
         metrics.request_duration.labels(model).observe(time.perf_counter() - started)
 
 
-async def _dispatch(gateway: GatewayDep, model: str, images: list[bytes], top_k: int) -> list[Any]:
+async def _dispatch(gateway: Gateway, model: str, images: list[bytes], top_k: int) -> list[Any]:
     """Backpressure and backend failures, as SPEC status codes."""
     try:
         return await gateway.dispatcher.classify(model, images, top_k)
