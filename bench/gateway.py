@@ -25,9 +25,10 @@ from typing import Any
 
 import httpx
 
+from model_store.torchserve import free_ports
+
 from .common import report
 from .load import LoadResult, closed_loop
-from .ports import free_ports
 from .torchserve import image_pool, progress, start_torchserve
 
 TARGETS = ("torchserve-direct", "gateway+torchserve", "gateway-inprocess")

@@ -103,8 +103,6 @@ def start_torchserve(args: argparse.Namespace, workdir: Path) -> Any:
     from model_store.tiny import save_tiny, train_tiny
     from model_store.torchserve import TorchServe
 
-    from .ports import free_ports
-
     for model in args.models:
         checkpoint = save_tiny(train_tiny(model), workdir / f"{model}.pt") if args.tiny else None
         spec = ArchiveSpec(
@@ -115,15 +113,7 @@ def start_torchserve(args: argparse.Namespace, workdir: Path) -> Any:
             max_batch_delay_ms=args.max_batch_delay_ms,
         )
         build_archive(spec, workdir / "archives", progress=progress)
-    inference, management, metrics = free_ports(3)
-    server = TorchServe(
-        args.models,
-        archive_dir=workdir / "archives",
-        run_dir=workdir / "run",
-        inference_port=inference,
-        management_port=management,
-        metrics_port=metrics,
-    )
+    server = TorchServe.on_free_ports(args.models, workdir / "archives", workdir / "run")
     server.start()
     server.wait_ready(progress=progress)
     return server

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .archive import DEFAULT_ARCHIVE_DIR, ArchiveSpec, build_archive
+from .classifier import DEFAULT_BATCH_BUCKETS
 from .models import MODELS, parse_model_names
 
 
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--batch-buckets",
         type=int_list,
-        default=(1, 2, 4, 8, 16),
+        default=DEFAULT_BATCH_BUCKETS,
         help="padded batch sizes, warmed up at load",
     )
     p.add_argument("--batch-size", type=int, default=8, help="TorchServe batchSize")

@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from .checkpoint import read_checkpoint, save_checkpoint
-from .classifier import ClassifierConfig
+from .classifier import DEFAULT_BATCH_BUCKETS, ClassifierConfig
 from .models import create_model, get_spec
 
 PACKAGE_DIR = Path(__file__).parent
@@ -42,7 +42,7 @@ class ArchiveSpec:
     seed: int = 0
     compile: bool = True
     compile_mode: str = "default"
-    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16)
+    batch_buckets: tuple[int, ...] = DEFAULT_BATCH_BUCKETS
     batch_size: int = 8  # TorchServe batching of single-image clients
     max_batch_delay_ms: int = 10
     workers: int = 1

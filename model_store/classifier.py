@@ -26,6 +26,8 @@ from .transforms import CROP_FRACTION, images_to_batch
 log = logging.getLogger(__name__)
 
 MAX_TOP_K = 20
+DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16)
+"""Batch sizes compiled and warmed up at load; a batch is padded up to the next one."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class ClassifierConfig:
     labels: Path | None = None
     compile: bool = True
     compile_mode: str = "default"
-    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16)
+    batch_buckets: tuple[int, ...] = DEFAULT_BATCH_BUCKETS
     max_pixels: int = DEFAULT_MAX_PIXELS
     top_k: int = 5
     device: str = "auto"

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +28,17 @@ log = logging.getLogger(__name__)
 
 CONFIG_TEMPLATE = PACKAGE_DIR / "config.properties"
 MIN_JAVA = 17
+
+
+def free_ports(count: int) -> list[int]:
+    """Loopback ports free at this moment, for servers started on demand."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
 
 
 class TorchServeError(RuntimeError):
@@ -64,6 +76,19 @@ class TorchServe:
     management_port: int = 8081
     metrics_port: int = 8082
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @classmethod
+    def on_free_ports(cls, models: list[str], archive_dir: Path, run_dir: Path) -> TorchServe:
+        """One on loopback ports nobody uses now (tests, benchmarks: several may run at once)."""
+        inference, management, metrics = free_ports(3)
+        return cls(
+            models,
+            archive_dir,
+            run_dir,
+            inference_port=inference,
+            management_port=management,
+            metrics_port=metrics,
+        )
 
     @property
     def inference_url(self) -> str:
@@ -104,11 +129,17 @@ class TorchServe:
         config.write_text(self._config_text())
         torchserve = Path(sys.executable).parent / "torchserve"
         command = [
-            str(torchserve), "--start", "--foreground", "--ncs",
-            "--model-store", str(self.archive_dir.resolve()),
-            "--ts-config", str(config),
-            "--models", ",".join(f"{m}={m}.mar" for m in self.models),
-        ]  # fmt: skip
+            str(torchserve),
+            "--start",
+            "--foreground",
+            "--ncs",
+            "--model-store",
+            str(self.archive_dir.resolve()),
+            "--ts-config",
+            str(config),
+            "--models",
+            ",".join(f"{m}={m}.mar" for m in self.models),
+        ]
         env = os.environ | {
             "LOG_LOCATION": str(self.run_dir / "logs"),
             "METRICS_LOCATION": str(self.run_dir / "logs"),
@@ -141,7 +172,18 @@ class TorchServe:
         return text
 
     def wait_ready(self, timeout: float = 900.0, progress: Any = None) -> dict[str, Any]:
-        """Block until every model has a READY worker; returns the management API's descriptions."""
+        """Block until every model has a READY worker; returns the management API's descriptions.
+
+        If that fails (exit, timeout, Ctrl-C) the whole process group is stopped first, so no
+        caller leaves a half-started TorchServe behind.
+        """
+        try:
+            return self._wait_ready(timeout, progress)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float, progress: Any) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         ready: dict[str, Any] = {}
         last_report = 0.0

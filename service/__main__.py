@@ -50,11 +50,7 @@ def main(argv: list[str] | None = None) -> None:
             torchserve = TorchServe(settings.models, archive_dir=settings.archive_dir)
             settings = settings.model_copy(update={"torchserve_key_file": torchserve.key_file})
             torchserve.start()
-            try:
-                torchserve.wait_ready(progress=log.info)
-            except (TorchServeError, KeyboardInterrupt):
-                torchserve.stop()
-                raise
+            torchserve.wait_ready(progress=log.info)
     try:
         print(
             f"gateway on http://{args.host}:{args.port} ({settings.backend} backend); "

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import uvicorn
 
-from bench.ports import free_ports
 from model_store.archive import ArchiveSpec, build_archive
 from model_store.tiny import save_tiny
-from model_store.torchserve import TorchServe
+from model_store.torchserve import TorchServe, free_ports
 from service.app import create_app
 from service.settings import GatewaySettings
 
@@ -38,21 +37,8 @@ def build_tiny_archives(workdir: Path, trained) -> Path:
 
 
 def start_torchserve(archives: Path, run_dir: Path) -> TorchServe:
-    inference, management, metrics = free_ports(3)
-    server = TorchServe(
-        list(STACK_MODELS),
-        archive_dir=archives,
-        run_dir=run_dir,
-        inference_port=inference,
-        management_port=management,
-        metrics_port=metrics,
-    )
-    server.start()
-    try:
-        server.wait_ready(timeout=600)
-    except Exception:
-        server.stop()
-        raise
+    server = TorchServe.on_free_ports(list(STACK_MODELS), archives, run_dir).start()
+    server.wait_ready(timeout=600)
     return server
 
 

@@ -12,8 +12,8 @@ import time
 import httpx
 import pytest
 
-from bench.ports import free_ports
 from model_store.synthetic import CLASS_NAMES, encode, make_images
+from model_store.torchserve import free_ports
 from service.settings import GatewaySettings
 
 from ..torchserve_stack import GatewayThread, gateway_settings
