@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps test lint bench bench-all archives serve loadtest clean
+.PHONY: setup system-deps test lint bench bench-all archives serve loadtest mutate clean
 
 setup: $(STAMP)
 
@@ -52,10 +52,24 @@ LOADTEST_ARGS ?= --start-stack --models se_resnet50,eca_resnet50 --users 8 --dur
 loadtest: setup system-deps
 	$(PY) -m loadtests.compare $(LOADTEST_ARGS)
 
-# The serving benchmarks too: TorchServe direct, then gateway vs TorchServe vs in-process.
+# The serving benchmarks too: TorchServe direct, gateway vs TorchServe vs in-process, the
+# worker's memory ceiling, and what the reduced-scale JPEG decode saves and changes.
 bench-all: bench
 	$(PY) -m bench.torchserve
 	$(PY) -m bench.gateway
+	$(PY) -m bench.memory
+	$(PY) -m bench.decode
+
+# Mutation testing of the hot paths against the fast unit tests ([tool.mutmut] in
+# pyproject.toml): the killed share, then every surviving mutant (`mutmut show NAME`).
+mutate: setup
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children 2
+	$(VENV)/bin/mutmut export-cicd-stats
+	$(PY) -c 'import json; s = json.load(open("mutants/mutmut-cicd-stats.json")); \
+		k = s["killed"] + s["timeout"]; n = s["total"] - s["skipped"]; \
+		print(f"killed {k} of {n} mutants: {k / n:.1%} (timeouts count as killed)")'
+	$(VENV)/bin/mutmut results
 
 clean:
-	rm -rf $(VENV) .pytest_cache .run model_store/archives
+	rm -rf $(VENV) .pytest_cache .run model_store/archives mutants

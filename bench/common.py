@@ -87,6 +87,8 @@ def columns_table(columns: Sequence[tuple[str, str]], rows: Sequence[dict[str, A
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def cell(value: Any) -> str:
         if isinstance(value, float):
+            if 0 < abs(value) < 0.01:
+                return f"{value:.1e}"
             return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
         return "" if value is None else str(value)
 

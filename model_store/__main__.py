@@ -1,7 +1,7 @@
 """Command line: build archives, serve them with TorchServe, train a tiny demo model.
 
 python -m model_store build [--models all] [--checkpoint [MODEL=]PATH] [--no-compile]
-python -m model_store serve [--models all] [--inference-port 8080 ...]
+python -m model_store serve [--models all] [--inference-port 8080 ...] [--drain-seconds 10]
 python -m model_store train-tiny --model eca_resnet50 --out tiny.pt
 """
 
@@ -11,11 +11,13 @@ import argparse
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
 from .archive import DEFAULT_ARCHIVE_DIR, ArchiveSpec, build_archive
 from .classifier import DEFAULT_BATCH_BUCKETS
 from .models import MODELS, parse_model_names
+from .torchserve import CONFIG_TEMPLATE, TorchServe, TorchServeError
 
 
 def int_list(value: str) -> tuple[int, ...]:
@@ -59,6 +61,7 @@ def build(args: argparse.Namespace) -> None:
             batch_size=args.batch_size,
             max_batch_delay_ms=args.max_batch_delay_ms,
             workers=args.workers,
+            fast_decode=args.fast_decode,
         )
         build_archive(
             spec,
@@ -68,17 +71,19 @@ def build(args: argparse.Namespace) -> None:
 
 
 def serve(args: argparse.Namespace) -> None:
-    from .torchserve import TorchServe, TorchServeError
-
     server = TorchServe(
         models=args.models,
         archive_dir=args.archives,
         run_dir=args.run_dir,
+        host=args.host,
         inference_port=args.inference_port,
         management_port=args.management_port,
         metrics_port=args.metrics_port,
+        grpc_ports=args.grpc_ports,
+        config_template=args.config,
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    serving = False
     try:
         server.start()
         server.wait_ready(progress=lambda msg: print(msg, flush=True))
@@ -89,6 +94,7 @@ def serve(args: argparse.Namespace) -> None:
             flush=True,
         )
         print("Ctrl-C stops it.", flush=True)
+        serving = True
         server.process.wait()
         raise TorchServeError(
             f"TorchServe exited with code {server.process.returncode}; "
@@ -99,7 +105,21 @@ def serve(args: argparse.Namespace) -> None:
     except TorchServeError as exc:
         raise SystemExit(f"error: {exc}") from None
     finally:
+        if serving and server.process.poll() is None:
+            drain(args.drain_seconds)
         server.stop()
+
+
+def drain(seconds: float) -> None:
+    """TorchServe's frontend resets in-flight requests on SIGTERM (measured), so running
+    batches get ``seconds`` to finish first. A second signal cuts the wait short."""
+    if seconds <= 0:
+        return
+    print(f"draining for {seconds:g} s before stopping TorchServe", flush=True)
+    try:
+        time.sleep(seconds)
+    except (KeyboardInterrupt, SystemExit):
+        print("drain cut short", flush=True)
 
 
 def train_tiny_command(args: argparse.Namespace) -> None:
@@ -148,6 +168,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="TorchServe batchSize")
     p.add_argument("--max-batch-delay-ms", type=int, default=10, help="TorchServe maxBatchDelay")
     p.add_argument("--workers", type=int, default=1, help="workers per model")
+    p.add_argument(
+        "--fast-decode",
+        action="store_true",
+        help="decode JPEGs at a reduced DCT scale: faster, but scores move slightly "
+        "(see bench/README.md); off by default so served scores equal offline ones",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_ARCHIVE_DIR)
     p.set_defaults(func=build)
 
@@ -157,9 +183,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--run-dir", type=Path, default=Path(".run/torchserve"), help="config, key file and logs"
     )
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 in a container")
     p.add_argument("--inference-port", type=int, default=8080)
     p.add_argument("--management-port", type=int, default=8081)
     p.add_argument("--metrics-port", type=int, default=8082)
+    p.add_argument(
+        "--grpc-ports",
+        type=int_list,
+        default=(7070, 7071),
+        help="TorchServe always binds gRPC inference,management ports (unused here)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=CONFIG_TEMPLATE,
+        help="config.properties template (addresses are rewritten to --host and the ports)",
+    )
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=0.0,
+        help="on SIGTERM/Ctrl-C, let running batches finish this long before stopping",
+    )
     p.set_defaults(func=serve)
 
     p = commands.add_parser(

@@ -31,6 +31,9 @@ from .models import create_model, get_spec
 PACKAGE_DIR = Path(__file__).parent
 DEFAULT_ARCHIVE_DIR = PACKAGE_DIR / "archives"
 ARCHIVE_VERSION = "1.0"
+WORKER_RESPONSE_TIMEOUT_S = 30
+"""TorchServe's ``responseTimeout``: never above the gateway's ``backend_timeout_s`` (which
+defaults to it), so no batch keeps a worker busy for clients that were already answered 504."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,8 @@ class ArchiveSpec:
     batch_size: int = 8  # TorchServe batching of single-image clients
     max_batch_delay_ms: int = 10
     workers: int = 1
-    response_timeout_s: int = 120
+    fast_decode: bool = False  # reduced-scale JPEG decode: faster, not the offline pixels
+    response_timeout_s: int = WORKER_RESPONSE_TIMEOUT_S
     startup_timeout_s: int = 900  # compiling every bucket on a 2-core CPU takes minutes
     extra: dict[str, Any] = field(default_factory=dict)  # more ``handler`` settings
 
@@ -64,6 +68,7 @@ class ArchiveSpec:
                 "compile": self.compile,
                 "compile_mode": self.compile_mode,
                 "batch_buckets": list(self.batch_buckets),
+                "fast_decode": self.fast_decode,
                 **self.extra,
             },
         }

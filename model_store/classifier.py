@@ -7,21 +7,21 @@ gateway's in-process backend runs the very same code.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .checkpoint import read_checkpoint
-from .images import DEFAULT_MAX_PIXELS, ImageError, decode_rgb
+from .images import ImageError, ImageLimits, load_upright_rgb, validate
 from .labels import load_labels
 from .models import count_parameters, create_model, get_spec
 from .optimize import optimize_for_inference
-from .transforms import CROP_FRACTION, images_to_batch
+from .transforms import crop_to_array, normalize, resize_side
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,17 @@ class ClassifierConfig:
     compile: bool = True
     compile_mode: str = "default"
     batch_buckets: tuple[int, ...] = DEFAULT_BATCH_BUCKETS
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int = ImageLimits.max_pixels
+    max_aspect_ratio: float = ImageLimits.max_aspect_ratio
+    max_batch_pixels: int = ImageLimits.max_batch_pixels
+    fast_decode: bool = False
+    """Reduced-scale JPEG decode (libjpeg ``draft``): faster, but not the offline pixels."""
     top_k: int = 5
     device: str = "auto"
+
+    @property
+    def limits(self) -> ImageLimits:
+        return ImageLimits(self.max_pixels, self.max_aspect_ratio, self.max_batch_pixels)
 
     def __post_init__(self) -> None:
         get_spec(self.model)  # unknown names fail here, at load
@@ -52,6 +60,7 @@ class ClassifierConfig:
             raise ValueError(f"batch_buckets must be increasing positive sizes, got {buckets}")
         if not 1 <= self.top_k <= MAX_TOP_K:
             raise ValueError(f"top_k must be in 1..{MAX_TOP_K}, got {self.top_k}")
+        self.limits  # noqa: B018 -- validates the image limits at load
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], base_dir: Path) -> ClassifierConfig:
@@ -67,6 +76,22 @@ class ClassifierConfig:
         if "batch_buckets" in values:
             values["batch_buckets"] = tuple(values["batch_buckets"])
         return cls(**values)
+
+
+class BatchPixelBudget:
+    """Decoded pixels one batch may still spend; images past it fail alone (413)."""
+
+    def __init__(self, pixels: int) -> None:
+        self.left = pixels
+
+    def take(self, pixels: int) -> None:
+        if pixels > self.left:
+            raise ImageError(
+                "batch_too_large",
+                f"the batch's images exceed the worker's decoded-pixel budget ({pixels:,} "
+                f"pixels, {self.left:,} left); send fewer or smaller images at once",
+            )
+        self.left -= pixels
 
 
 @dataclass
@@ -115,23 +140,27 @@ class ImageClassifier:
     def classify(
         self, images: Sequence[bytes], top_k: int | Sequence[int] | None = None
     ) -> list[dict[str, Any]]:
-        """One entry per image, in order: ``{"predictions": [...]}`` or ``{"error": {...}}``."""
+        """One entry per image, in order: ``{"predictions": [...]}`` or ``{"error": {...}}``.
+
+        Each image is decoded and cropped inside its own error handling, right after the
+        previous one was reduced to its crop: a bad image fails alone, and memory holds one
+        full-size image at a time."""
         if top_k is None:
             top_k = self.config.top_k
         ks = list(top_k) if isinstance(top_k, Sequence) else [top_k] * len(images)
         results: list[dict[str, Any]] = [{} for _ in images]
-        decoded, positions = [], []
-        resize = math.ceil(self.input_size / CROP_FRACTION)
+        crops, positions = [], []
+        budget = BatchPixelBudget(self.config.limits.max_batch_pixels)
         for position, (data, k) in enumerate(zip(images, ks, strict=True)):
             try:
                 if not 1 <= k <= MAX_TOP_K:
                     raise ImageError("invalid_top_k", f"top_k must be in 1..{MAX_TOP_K}, got {k}")
-                decoded.append(decode_rgb(data, self.config.max_pixels, min_side=resize))
+                crops.append(self._crop(data, budget))
                 positions.append(position)
             except ImageError as exc:
                 results[position] = {"error": {"code": exc.code, "message": str(exc)}}
-        if decoded:
-            probabilities = self.predict(images_to_batch(decoded, self.input_size))
+        if crops:
+            probabilities = self.predict(normalize(np.stack(crops)))
             for row, position in zip(probabilities, positions, strict=True):
                 scores, indices = row.topk(min(ks[position], len(self.labels)))
                 results[position] = {
@@ -141,6 +170,20 @@ class ImageClassifier:
                     ]
                 }
         return results
+
+    def _crop(self, data: bytes, budget: BatchPixelBudget) -> np.ndarray:
+        image = validate(data, self.config.limits)
+        budget.take(image.width * image.height)
+        draft_side = resize_side(self.input_size) if self.config.fast_decode else 0
+        try:
+            return crop_to_array(load_upright_rgb(image, draft_side), self.input_size)
+        except MemoryError:
+            raise ImageError("image_too_large", "not enough worker memory to decode it") from None
+        except ImageError:
+            raise
+        except Exception:
+            log.exception("decoding a %s image failed", image.format)
+            raise ImageError("undecodable_image", f"cannot decode this {image.format}") from None
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities; pads each chunk up to a warmed-up bucket so no request

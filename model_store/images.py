@@ -1,19 +1,62 @@
-"""Image decoding for serving: format check, pixel limit before decoding, mode conversion.
+"""Image decoding for serving: what is refused from the header alone, and how pixels become RGB.
 
-Decompression bombs are refused from the header alone: ``Image.open`` reads only the header,
-so the pixel count is known before a single pixel is decoded.
+The gateway calls :func:`validate` (header and file structure, no pixel decoded); the worker calls
+it too, then :func:`load_upright_rgb` (a full decode, EXIF orientation, RGB). Every
+refusal is an :class:`ImageError` whose ``code`` the gateway maps to an HTTP status and whose
+message is written for the client: never an exception's repr or a Python object's address.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
-DEFAULT_MAX_PIXELS = 40_000_000
+"""Served formats (Pillow's name -> media type)."""
+SERVED = ", ".join(FORMATS)
+
+# Formats clients send that we do not serve, told apart by their first bytes (415, not 400).
+_OTHER_SIGNATURES = {
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"BM": "BMP",
+    b"\x00\x00\x01\x00": "ICO",
+    b"8BPS": "PSD",
+    b"\xff\x0a": "JPEG XL",
+    b"\x00\x00\x00\x0cJXL ": "JPEG XL",
+    b"\x00\x00\x00\x0cjP  ": "JPEG 2000",
+    b"%PDF": "PDF",
+}
+_ISO_BMFF_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"avif": "AVIF"}
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What one image may cost; the gateway and the worker read the same defaults from here.
+
+    ``max_aspect_ratio`` bounds the resize: the shorter side goes to 256, so the longer one
+    reaches at most ``256 * max_aspect_ratio`` (a 39000x1 PNG of 195 bytes would otherwise become
+    ~10 million x 256 pixels). ``max_batch_pixels`` bounds the decoding work of one batch.
+    """
+
+    max_pixels: int = 40_000_000
+    max_aspect_ratio: float = 32.0
+    max_batch_pixels: int = 100_000_000
+
+    def __post_init__(self) -> None:
+        if self.max_pixels < 1 or self.max_aspect_ratio < 1:
+            raise ValueError(f"need max_pixels >= 1 and max_aspect_ratio >= 1, got {self}")
+        if self.max_batch_pixels < self.max_pixels:
+            raise ValueError(
+                f"max_batch_pixels ({self.max_batch_pixels:,}) must be >= "
+                f"max_pixels ({self.max_pixels:,}) or a lone largest image could never be served"
+            )
 
 
 class ImageError(ValueError):
@@ -24,67 +67,146 @@ class ImageError(ValueError):
         self.code = code
 
 
-def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Read the header only: format and size are checked, no pixel is decoded yet."""
+def unsupported(what: str) -> ImageError:
+    return ImageError("unsupported_image_type", f"{what} images are not served; send {SERVED}")
+
+
+def sniff_format(data: bytes) -> str:
+    """The served format ``data`` claims by its signature; refuses everything else."""
     if not data:
-        raise ImageError("undecodable_image", "empty image")
+        raise ImageError("undecodable_image", "empty file")
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "WEBP"
+    for signature, name in _OTHER_SIGNATURES.items():
+        if data.startswith(signature):
+            raise unsupported(name)
+    if data[4:8] == b"ftyp" and (name := _ISO_BMFF_BRANDS.get(data[8:12])):
+        raise unsupported(name)
+    raise ImageError("undecodable_image", f"not an image: the content is not {SERVED}")
+
+
+def open_image(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Read the header only: format, frame count, pixels and aspect ratio are checked."""
+    image_format = sniff_format(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError("image_too_large", str(exc)) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError("undecodable_image", f"cannot identify image: {exc}") from None
-    if image.format not in FORMATS:
-        raise ImageError(
-            "unsupported_image_type",
-            f"{image.format} images are not served; send one of {', '.join(FORMATS)}",
-        )
+            image = Image.open(io.BytesIO(data), formats=[image_format])
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError("image_too_large", f"more than {limits.max_pixels:,} pixels") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+        raise ImageError("undecodable_image", f"not a valid {image_format} file") from None
+    if getattr(image, "n_frames", 1) > 1:
+        raise unsupported(f"animated {image_format}")
     width, height = image.size
-    if width * height > max_pixels:
+    if width * height > limits.max_pixels:
         raise ImageError(
             "image_too_large",
-            f"{width}x{height} = {width * height:,} pixels exceeds {max_pixels:,}",
+            f"{width}x{height} = {width * height:,} pixels exceeds {limits.max_pixels:,}",
+        )
+    if max(width, height) > limits.max_aspect_ratio * min(width, height):
+        raise ImageError(
+            "image_too_large",
+            f"{width}x{height}: aspect ratio above {limits.max_aspect_ratio:g}:1 is not served",
         )
     return image
 
 
-def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 0) -> Image.Image:
-    """Decode to 8-bit RGB. JPEGs decode at a reduced DCT scale when the shorter side stays
-    >= ``min_side`` (the resize target): the same result for the model, several times less work."""
-    image = open_image(data, max_pixels)
-    if min_side and image.format == "JPEG":
-        image.draft("RGB", (min_side, min_side))
-    try:
-        image.load()
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError("undecodable_image", f"corrupt or truncated image: {exc}") from None
-    return to_rgb(image)
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode -> RGB: 16-bit to 8-bit, alpha composited on white, CMYK/P/L converted."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey (PNG): keep the high byte
-        pixels = np.asarray(image).astype(np.int64) >> 8
-        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L")
-    if image.mode == "P" or image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB") if image.mode != "RGB" else image
-
-
-def check_complete(image_format: str | None, data: bytes) -> None:
-    """Refuse files cut short (the usual broken upload) from their structure, without decoding:
-    a JPEG ends with an EOI marker, a PNG with its IEND chunk, a WebP is as long as its RIFF
-    header says."""
-    truncated = (
-        (image_format == "JPEG" and b"\xff\xd9" not in data[-1024:])
-        or (image_format == "PNG" and b"IEND" not in data[-64:])
-        or (image_format == "WEBP" and int.from_bytes(data[4:8], "little") + 8 > len(data))
-    )
-    if truncated:
+def check_complete(image_format: str, data: bytes) -> None:
+    """Refuse files cut short, from their structure, without decoding. Bytes after the end of
+    the image (a phone's "motion photo" video after a JPEG's EOI, data after a PNG's IEND) are
+    allowed: the image itself is whole."""
+    complete = {"JPEG": _jpeg_complete, "PNG": _png_complete, "WEBP": _webp_complete}
+    if not complete[image_format](data):
         raise ImageError(
             "undecodable_image", f"truncated {image_format} file ({len(data):,} bytes)"
         )
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """Walk the marker segments to the first scan, then look for EOI: inside entropy-coded data
+    0xFF is always stuffed, so FF D9 there is the real end (an EXIF thumbnail's EOI sits inside a
+    segment we skipped)."""
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return False
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker == 0xD9:
+            return True
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            position += 2
+            continue
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker == 0xDA:
+            return data.find(b"\xff\xd9", position + 2 + length) != -1
+        position += 2 + length
+    return False
+
+
+def _png_complete(data: bytes) -> bool:
+    """Walk the chunks (length, type, data, CRC) until IEND."""
+    position = 8
+    while position + 12 <= len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        if data[position + 4 : position + 8] == b"IEND":
+            return True
+        position += 12 + length
+    return False
+
+
+def _webp_complete(data: bytes) -> bool:
+    return int.from_bytes(data[4:8], "little") + 8 <= len(data)
+
+
+def validate(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Everything that can be refused without decoding a pixel (the gateway's check)."""
+    check_complete(sniff_format(data), data)
+    return open_image(data, limits)
+
+
+def load_upright_rgb(image: Image.Image, draft_side: int = 0) -> Image.Image:
+    """A validated image, fully decoded to 8-bit RGB and rotated upright by its EXIF orientation
+    (as browsers show it).
+
+    ``draft_side`` > 0 lets libjpeg decode at a reduced DCT scale while the shorter side stays
+    >= it: several times less work, but different pixels, so it is an archive's explicit opt-in.
+    """
+    if draft_side and image.format == "JPEG":
+        image.draft("RGB", (draft_side, draft_side))
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError):
+        raise ImageError("undecodable_image", f"corrupt or truncated {image.format} file") from None
+    ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to rotate
+    return to_rgb(image)
+
+
+WHITE = (255, 255, 255)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB: 16-bit keeps its high byte, alpha is composited on white.
+
+    Written to hold few bytes per decoded pixel at once (no same-mode copies, no int64 arrays, no
+    RGBA background), so the worker's memory per image has a ceiling proportional to
+    ``max_pixels``: ``python -m bench.memory`` measures it.
+    """
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        pixels = np.asarray(image)
+        if pixels.dtype != np.uint16:
+            pixels = np.clip(pixels, 0, 65535).astype(np.uint16)
+        image = Image.fromarray((pixels >> 8).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+        rgb = Image.new("RGB", rgba.size, WHITE)
+        rgb.paste(rgba, mask=rgba)
+        return rgb
+    return image.convert("RGB") if image.mode != "RGB" else image

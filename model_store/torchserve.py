@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -39,6 +40,25 @@ def free_ports(count: int) -> list[int]:
     for s in sockets:
         s.close()
     return ports
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of this group still runs (zombies waiting to be reaped do not count)."""
+    proc = Path("/proc")
+    if not proc.is_dir():  # not Linux: a signal 0 to the group answers
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            return True
+    return False
 
 
 class TorchServeError(RuntimeError):
@@ -75,12 +95,15 @@ class TorchServe:
     inference_port: int = 8080
     management_port: int = 8081
     metrics_port: int = 8082
+    grpc_ports: tuple[int, int] = (7070, 7071)  # unused by us, but TorchServe always binds them
+    config_template: Path = CONFIG_TEMPLATE
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _tmp_dir: Path = field(default=Path(), init=False, repr=False)
 
     @classmethod
     def on_free_ports(cls, models: list[str], archive_dir: Path, run_dir: Path) -> TorchServe:
         """One on loopback ports nobody uses now (tests, benchmarks: several may run at once)."""
-        inference, management, metrics = free_ports(3)
+        inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
         return cls(
             models,
             archive_dir,
@@ -88,6 +111,7 @@ class TorchServe:
             inference_port=inference,
             management_port=management,
             metrics_port=metrics,
+            grpc_ports=(grpc_inference, grpc_management),
         )
 
     @property
@@ -111,8 +135,12 @@ class TorchServe:
         return self.run_dir / "logs" / "console.log"
 
     def keys(self) -> dict[str, str]:
-        """Current tokens: ``inference``, ``management`` and ``API`` (for renewing the others)."""
-        data = json.loads(self.key_file.read_text())
+        """Current tokens: ``inference``, ``management`` and ``API`` (for renewing the others);
+        none while TorchServe has not written them, or when token authorization is off."""
+        try:
+            data = json.loads(self.key_file.read_text())
+        except (OSError, ValueError):
+            return {}
         return {name: entry["key"] for name, entry in data.items()}
 
     def start(self) -> TorchServe:
@@ -126,7 +154,7 @@ class TorchServe:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.key_file.unlink(missing_ok=True)
         config = self.run_dir / "config.properties"
-        config.write_text(self._config_text())
+        config.write_text(self.config_text())
         torchserve = Path(sys.executable).parent / "torchserve"
         command = [
             str(torchserve),
@@ -140,9 +168,15 @@ class TorchServe:
             "--models",
             ",".join(f"{m}={m}.mar" for m in self.models),
         ]
+        # TorchServe's launcher refuses to start while another one's pid file sits in $TMPDIR,
+        # and its workers' sockets live in Java's tmpdir ($TEMP): a directory of our own lets
+        # several TorchServes run side by side (tests, benchmarks). Short, for socket paths.
+        self._tmp_dir = Path(tempfile.mkdtemp(prefix="ts-"))
         env = os.environ | {
             "LOG_LOCATION": str(self.run_dir / "logs"),
             "METRICS_LOCATION": str(self.run_dir / "logs"),
+            "TMPDIR": str(self._tmp_dir),
+            "TEMP": str(self._tmp_dir),
         }
         with self.log_file.open("ab") as console:
             self.process = subprocess.Popen(
@@ -156,8 +190,9 @@ class TorchServe:
         log.info("TorchServe starting (pid %d), log: %s", self.process.pid, self.log_file)
         return self
 
-    def _config_text(self) -> str:
-        text = CONFIG_TEMPLATE.read_text()
+    def config_text(self) -> str:
+        """The template with this server's host and ports."""
+        text = self.config_template.read_text()
         for name, port in (
             ("inference", self.inference_port),
             ("management", self.management_port),
@@ -169,7 +204,12 @@ class TorchServe:
                 text,
                 flags=re.M,
             )
-        return text
+        grpc_inference, grpc_management = self.grpc_ports
+        return (
+            f"{text.rstrip()}\n# gRPC (not used by the gateway) on ports of this server's own\n"
+            f"grpc_inference_address={self.host}\ngrpc_inference_port={grpc_inference}\n"
+            f"grpc_management_address={self.host}\ngrpc_management_port={grpc_management}\n"
+        )
 
     def wait_ready(self, timeout: float = 900.0, progress: Any = None) -> dict[str, Any]:
         """Block until every model has a READY worker; returns the management API's descriptions.
@@ -192,14 +232,13 @@ class TorchServe:
                 raise TorchServeError(
                     f"TorchServe exited during start-up; log tail:\n{self.log_tail()}"
                 )
-            if self.key_file.exists():
-                for model in self.models:
-                    if model not in ready and (description := self._describe(model)):
-                        workers = description[0].get("workers", [])
-                        if workers and all(w.get("status") == "READY" for w in workers):
-                            ready[model] = description[0]
-                if len(ready) == len(self.models):
-                    return ready
+            for model in self.models:
+                if model not in ready and (description := self._describe(model)):
+                    workers = description[0].get("workers", [])
+                    if workers and all(w.get("status") == "READY" for w in workers):
+                        ready[model] = description[0]
+            if len(ready) == len(self.models):
+                return ready
             if progress and time.monotonic() - last_report > 15:
                 waiting = [m for m in self.models if m not in ready]
                 progress(f"waiting for TorchServe models to load (compiling): {', '.join(waiting)}")
@@ -210,14 +249,15 @@ class TorchServe:
         )
 
     def _describe(self, model: str) -> list[dict[str, Any]] | None:
+        key = self.keys().get("management")
         request = urllib.request.Request(
             f"{self.management_url}/models/{model}",
-            headers={"Authorization": f"Bearer {self.keys()['management']}"},
+            headers={"Authorization": f"Bearer {key}"} if key else {},
         )
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
                 return json.loads(response.read())
-        except (urllib.error.URLError, ConnectionError, json.JSONDecodeError, KeyError):
+        except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
             return None
 
     def log_tail(self, lines: int = 40) -> str:
@@ -226,19 +266,25 @@ class TorchServe:
         return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM the process group (launcher, Java frontend, Python workers), then SIGKILL."""
-        if self.process is None or self.process.poll() is not None:
+        """SIGTERM the process group (launcher, Java frontend, Python workers) and wait until
+        every member has exited, not only the launcher: the frontend outlives it by a moment and
+        holds the ports. SIGKILL what is left after ``timeout``."""
+        if self.process is None:
             return
+        group = self.process.pid
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
             try:
-                os.killpg(self.process.pid, sig)
+                os.killpg(group, sig)
             except ProcessLookupError:
-                return
-            try:
-                self.process.wait(wait)
                 break
-            except subprocess.TimeoutExpired:
-                continue
+            deadline = time.monotonic() + wait
+            while _group_alive(group) and time.monotonic() < deadline:
+                self.process.poll()  # reap the launcher as soon as it exits
+                time.sleep(0.1)
+            if not _group_alive(group):
+                break
+        self.process.wait()
+        shutil.rmtree(self._tmp_dir, ignore_errors=True)
         log.info("TorchServe stopped")
 
     def __enter__(self) -> TorchServe:

@@ -1,14 +1,19 @@
 """Run the gateway: ``python -m service [--start-torchserve] [--host 127.0.0.1] [--port 8000]``.
 
 With ``--start-torchserve`` it also starts TorchServe on the archives (what ``make serve`` does)
-and stops it on Ctrl-C; without Java it says so and serves with the ``inprocess`` backend.
-Everything else comes from ``GATEWAY_*`` environment variables (see ``service/settings.py``).
+on the ports of ``GATEWAY_TORCHSERVE_*_URL``, and stops it on Ctrl-C or SIGTERM (systemd,
+``docker stop``, CI runners), also while the models are still loading; without Java it says so
+and serves with the ``inprocess`` backend. Everything else comes from ``GATEWAY_*`` environment
+variables (see ``service/settings.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
+from types import FrameType
+from urllib.parse import urlsplit
 
 import uvicorn
 
@@ -16,6 +21,14 @@ from .app import create_app
 from .settings import GatewaySettings
 
 log = logging.getLogger("service")
+
+
+def exit_on_sigterm(signum: int, _: FrameType | None) -> None:
+    """SIGTERM's default action kills the process before any ``finally`` runs, which orphans
+    TorchServe. As an exception it unwinds like Ctrl-C: uvicorn shuts down gracefully, saves
+    this handler and raises the signal again afterwards, and the launcher's ``finally`` stops
+    TorchServe."""
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,7 +45,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--start-torchserve", action="store_true", help="start TorchServe on the archives too"
     )
+    parser.add_argument(
+        "--torchserve-metrics-port", type=int, default=8082, help="with --start-torchserve"
+    )
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     settings = GatewaySettings()
     torchserve = None
     if args.start_torchserve and settings.backend == "torchserve":
@@ -47,17 +64,30 @@ def main(argv: list[str] | None = None) -> None:
             )
             settings = settings.model_copy(update={"backend": "inprocess"})
         else:
-            torchserve = TorchServe(settings.models, archive_dir=settings.archive_dir)
+            torchserve = TorchServe(
+                settings.models,
+                archive_dir=settings.archive_dir,
+                inference_port=urlsplit(settings.torchserve_inference_url).port or 8080,
+                management_port=urlsplit(settings.torchserve_management_url).port or 8081,
+                metrics_port=args.torchserve_metrics_port,
+            )
             settings = settings.model_copy(update={"torchserve_key_file": torchserve.key_file})
+    try:
+        if torchserve is not None:
             torchserve.start()
             torchserve.wait_ready(progress=log.info)
-    try:
         print(
             f"gateway on http://{args.host}:{args.port} ({settings.backend} backend); "
             "Ctrl-C stops it",
             flush=True,
         )
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+        uvicorn.run(
+            create_app(settings),
+            host=args.host,
+            port=args.port,
+            log_level="info",
+            timeout_graceful_shutdown=settings.shutdown_grace_s,
+        )
     finally:
         if torchserve is not None:
             torchserve.stop()

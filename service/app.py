@@ -19,7 +19,7 @@ from .backends.torchserve import TorchServeBackend, TorchServeKeys
 from .deps import Gateway
 from .dispatcher import Dispatcher
 from .errors import install_error_handlers
-from .metrics import GatewayMetrics
+from .metrics import GatewayMetrics, RequestMetrics
 from .routes import classify, health, models
 from .schemas import ModelInfo
 from .settings import GatewaySettings
@@ -29,14 +29,15 @@ log = logging.getLogger(__name__)
 
 def build_backend(settings: GatewaySettings) -> Backend:
     if settings.backend == "inprocess":
-        return InProcessBackend(settings.models, settings.archive_dir)
+        return InProcessBackend(settings.models, settings.archive_dir, settings.backend_timeout_s)
     return TorchServeBackend(
         settings.models,
         settings.torchserve_inference_url,
         settings.torchserve_management_url,
         TorchServeKeys(settings.torchserve_key_file, settings.torchserve_token),
         timeout_s=settings.backend_timeout_s,
-        breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s),
+        breakers=lambda: CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s),
+        readiness_timeout_s=settings.readiness_timeout_s,
         max_connections=len(settings.models) * settings.max_concurrent_batches + 8,
     )
 
@@ -84,6 +85,7 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(RequestMetrics, routes=[classify.CLASSIFY_ROUTE])
 
     @app.middleware("http")
     async def server_timing(

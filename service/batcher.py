@@ -1,12 +1,15 @@
 """Dynamic batching: concurrent submissions grouped into one call, each answered on its own future.
 
-After Ray Serve's ``@serve.batch`` and LitServe: independent of HTTP and of the model. Two knobs:
-``max_batch_size`` and ``max_wait_s`` (how long the first item of a batch waits for company).
-At most ``max_concurrent_batches`` batches are in flight; while they are, new items wait in a
-bounded queue (so batches grow under load), and when that queue is full ``submit`` fails at
-once with ``QueueFull`` instead of growing memory. A batch's exception reaches every future of
-that batch and no other; an item whose caller went away (cancelled) before dispatch is dropped,
-and after dispatch its answer is discarded without disturbing the rest of the batch.
+After Ray Serve's ``@serve.batch`` and LitServe: independent of HTTP and of the model. Knobs:
+``max_batch_size``, ``max_wait_s`` (how long the first item of a batch waits for company) and,
+optionally, a ``cost`` per item with ``max_batch_cost`` (an item that would push a batch past it
+starts the next batch instead). At most ``max_concurrent_batches`` batches are in flight; while
+they are, new items wait in a bounded queue (so batches grow under load), and when that queue
+cannot take a submission ``submit_many`` refuses all of it at once with ``QueueFull``, never
+part of it. A batch's exception reaches every future of that batch and no other; an item whose
+caller went away (cancelled) before dispatch is dropped, and after dispatch its answer is
+discarded without disturbing the rest of the batch. ``on_dequeue`` sees the queue wait of every
+item taken off the queue, answered or abandoned.
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ class Batcher(Generic[T, R]):
         max_wait_s: float,
         max_queue: int,
         max_concurrent_batches: int = 2,
+        cost: Callable[[T], int] = lambda _: 1,
+        max_batch_cost: int | None = None,
+        on_dequeue: Callable[[float], None] = lambda _: None,
         name: str = "batcher",
     ) -> None:
         if max_batch_size < 1:
@@ -69,12 +75,18 @@ class Batcher(Generic[T, R]):
             )
         if max_concurrent_batches < 1:
             raise ValueError(f"max_concurrent_batches must be >= 1, got {max_concurrent_batches}")
+        if max_batch_cost is not None and max_batch_cost < 1:
+            raise ValueError(f"max_batch_cost must be >= 1, got {max_batch_cost}")
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
+        self.cost = cost
+        self.max_batch_cost = max_batch_cost
+        self.on_dequeue = on_dequeue
         self.name = name
         self._queue: asyncio.Queue[_Pending[T, R]] = asyncio.Queue()
+        self._next: _Pending[T, R] | None = None  # taken off the queue, opens the next batch
         self._worker: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max_concurrent_batches)
@@ -82,7 +94,7 @@ class Batcher(Generic[T, R]):
     @property
     def depth(self) -> int:
         """Items waiting to be batched."""
-        return self._queue.qsize()
+        return self._queue.qsize() + (self._next is not None)
 
     def start(self) -> None:
         if self._worker is None:
@@ -94,35 +106,62 @@ class Batcher(Generic[T, R]):
             self._worker.cancel()
             await asyncio.gather(self._worker, *self._running, return_exceptions=True)
             self._worker = None
+        if self._next is not None:
+            self._next.future.cancel()
+            self._next = None
         while not self._queue.empty():
             self._queue.get_nowait().future.cancel()
 
-    async def submit(self, item: T) -> tuple[R, BatchInfo]:
-        """Queue ``item`` and wait for its own result (and the batch it went in)."""
-        if self._queue.qsize() >= self.max_queue:
+    def submit_many(self, items: Sequence[T]) -> list[asyncio.Future[tuple[R, BatchInfo]]]:
+        """Queue all of ``items`` or none (no await between the check and the queueing, so
+        concurrent callers cannot overfill the queue); await each future for its own result."""
+        if self.depth + len(items) > self.max_queue:
             raise QueueFull(
-                f"{self.name}: {self._queue.qsize()} items queued (limit {self.max_queue})"
+                f"{self.name}: {self.depth} items queued, {len(items)} more would exceed "
+                f"the limit of {self.max_queue}"
             )
         self.start()
-        pending = _Pending[T, R](item, asyncio.get_running_loop().create_future())
-        self._queue.put_nowait(pending)
-        return await pending.future
+        loop = asyncio.get_running_loop()
+        pending = [_Pending[T, R](item, loop.create_future()) for item in items]
+        for entry in pending:
+            self._queue.put_nowait(entry)
+        return [entry.future for entry in pending]
+
+    async def submit(self, item: T) -> tuple[R, BatchInfo]:
+        """Queue ``item`` and wait for its own result (and the batch it went in)."""
+        [future] = self.submit_many([item])
+        return await future
+
+    async def _take(self, timeout_s: float | None) -> _Pending[T, R]:
+        """The next item (``timeout_s`` 0: only one already waiting); reports its queue wait."""
+        if self._next is not None:
+            pending, self._next = self._next, None
+            return pending
+        if timeout_s is None:
+            pending = await self._queue.get()
+        elif timeout_s <= 0:
+            pending = self._queue.get_nowait()
+        else:
+            pending = await asyncio.wait_for(self._queue.get(), timeout_s)
+        self.on_dequeue(time.perf_counter() - pending.enqueued)
+        return pending
 
     async def _loop(self) -> None:
         while True:
             await self._slots.acquire()  # wait for a free slot before forming the next batch
-            batch = [await self._queue.get()]
+            batch = [await self._take(None)]
+            cost = self.cost(batch[0].item)
             deadline = time.perf_counter() + self.max_wait_s
             while len(batch) < self.max_batch_size:
-                remaining = deadline - time.perf_counter()
                 try:
-                    batch.append(
-                        self._queue.get_nowait()
-                        if remaining <= 0
-                        else await asyncio.wait_for(self._queue.get(), remaining)
-                    )
+                    pending = await self._take(deadline - time.perf_counter())
                 except (asyncio.QueueEmpty, TimeoutError):
                     break
+                cost += self.cost(pending.item)
+                if self.max_batch_cost is not None and cost > self.max_batch_cost:
+                    self._next = pending  # too costly to join: it opens the next batch
+                    break
+                batch.append(pending)
             live = [p for p in batch if not p.future.done()]  # callers that gave up are dropped
             if not live:
                 self._slots.release()

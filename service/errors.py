@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+CLIENT_CLOSED = 499
+"""nginx's "client closed request": counted in the metrics; the client is gone, nobody reads it."""
 
 
 class ApiError(Exception):
@@ -29,21 +36,12 @@ IMAGE_ERROR_STATUS = {
     "image_too_large": 413,
     "unsupported_image_type": 415,
     "invalid_top_k": 422,
+    "batch_too_large": 413,
 }
 
 
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
     return {"error": {"code": code, "message": message}}
-
-
-def count_rejected_classify(request: Request, status: int) -> None:
-    """Requests FastAPI refuses before the route runs (bad query parameters) still count."""
-    model = request.path_params.get("model")
-    gateway = getattr(request.app.state, "gateway", None)
-    if model is not None and gateway is not None:
-        gateway.metrics.requests.labels(
-            model if model in gateway.models else "_unknown", str(status)
-        ).inc()
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -52,8 +50,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(exc.code, exc.message), exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        count_rejected_classify(request, 422)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return JSONResponse(error_body("invalid_parameters", details), 422)
 
@@ -64,4 +61,12 @@ def install_error_handlers(app: FastAPI) -> None:
             error_body(code, str(exc.detail)),
             exc.status_code,
             headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        """The last resort: still JSON, still no internals in the answer (they go to the log)."""
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(
+            error_body("internal_error", "internal error in the gateway; see its log"), 500
         )

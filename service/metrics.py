@@ -3,9 +3,16 @@ several apps (tests) never share counters."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+UNKNOWN_MODEL = "_unknown"
+"""The ``model`` label of requests for a model that is not served (bounded label values)."""
 
 # Milliseconds to tens of seconds: CPU batches take ~0.1-3 s, GPU ones a few ms.
 LATENCY_BUCKETS = (
@@ -35,7 +42,7 @@ class GatewayMetrics:
         r = self.registry
         self.requests = Counter(
             "gateway_requests",
-            "HTTP classify requests by model and status code",
+            "Requests to model routes by model and the status code answered",
             ["model", "code"],
             registry=r,
         )
@@ -44,7 +51,7 @@ class GatewayMetrics:
         )
         self.request_duration = Histogram(
             "gateway_request_duration_seconds",
-            "Classify request latency, end to end",
+            "Model route latency, end to end, every status",
             ["model"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -76,3 +83,41 @@ class GatewayMetrics:
         self.queue_depth = Gauge(
             "gateway_queue_depth", "Images waiting in the batcher", ["model"], registry=r
         )
+
+
+class RequestMetrics:
+    """ASGI middleware: each request to a model route counted once, with the status its client
+    really got (401s, 422s and 404s included, decided after the answer was built), its latency,
+    and how many are in flight. ``routes``: path templates with a ``{model}`` parameter."""
+
+    def __init__(self, app: ASGIApp, routes: Sequence[str]) -> None:
+        self.app = app
+        self.patterns = [compile_path(route)[0] for route in routes]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = next(
+            (m for p in self.patterns if scope["type"] == "http" and (m := p.match(scope["path"]))),
+            None,
+        )
+        gateway = getattr(scope["app"].state, "gateway", None) if match else None
+        if match is None or gateway is None:
+            await self.app(scope, receive, send)
+            return
+        model = match["model"] if match["model"] in gateway.models else UNKNOWN_MODEL
+        metrics: GatewayMetrics = gateway.metrics
+        status = 500  # what the client gets if nothing is sent: the server error middleware's
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        started = time.perf_counter()
+        metrics.inflight.labels(model).inc()
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            metrics.inflight.labels(model).dec()
+            metrics.requests.labels(model, str(status)).inc()
+            metrics.request_duration.labels(model).observe(time.perf_counter() - started)

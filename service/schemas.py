@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+READY = "ready"
+"""A model's state when it has a worker that can take requests (anything else says why not)."""
+
 
 class Prediction(BaseModel):
     index: int = Field(description="class index")
@@ -46,9 +49,15 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: str = Field(description='"ready" or "not_ready"')
+    status: str = Field(description='"ready" (at least one model is) or "not_ready"')
     backend: str
-    models: dict[str, str]
+    models: dict[str, str] = Field(description='per model: "ready", or why not')
+
+
+class ModelReadiness(BaseModel):
+    model: str
+    ready: bool
+    status: str = Field(description='"ready", or why not')
 
 
 class ErrorDetail(BaseModel):

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from model_store.archive import WORKER_RESPONSE_TIMEOUT_S
+from model_store.images import ImageLimits
 from model_store.models import MODELS
 
 
@@ -34,16 +36,27 @@ class GatewaySettings(BaseSettings):
     max_concurrent_batches: int = Field(2, ge=1, le=64)
     queue_limit: int = Field(64, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
-    backend_timeout_s: float = Field(30.0, gt=0)
+    # the archives' TorchServe responseTimeout is never above this default (see model_store)
+    backend_timeout_s: float = Field(float(WORKER_RESPONSE_TIMEOUT_S), gt=0)
+    # per-model readiness check; the k8s readiness probe's timeoutSeconds is above it
+    readiness_timeout_s: float = Field(2.0, gt=0, le=10)
 
     # circuit breaker on the backend
     breaker_failures: int = Field(3, ge=1)
     breaker_cooldown_s: float = Field(5.0, gt=0)
 
-    # input limits
+    # input limits (image limits default to the worker's: model_store.images.ImageLimits)
     max_upload_bytes: int = Field(10 * 2**20, ge=1024)
-    max_pixels: int = Field(40_000_000, ge=1)
+    max_pixels: int = Field(ImageLimits.max_pixels, ge=1)
+    max_aspect_ratio: float = Field(ImageLimits.max_aspect_ratio, ge=1)
+    max_batch_pixels: int = Field(ImageLimits.max_batch_pixels, ge=1)
     max_images_per_request: int = Field(16, ge=1)
+    # uploads being read at once (each holds up to max_upload_bytes); more get 503 at once
+    max_concurrent_uploads: int = Field(64, ge=1)
+    # a request body must arrive within this, so a stalled upload cannot hold a slot (408)
+    upload_timeout_s: float = Field(30.0, gt=0)
+    # on SIGTERM, in-flight requests get this long to finish before the gateway exits
+    shutdown_grace_s: float = Field(20.0, gt=0)
 
     api_key: str | None = None  # when set, clients send it as "X-API-Key"
 
@@ -68,6 +81,15 @@ class GatewaySettings(BaseSettings):
         if unknown := [m for m in value if m not in MODELS]:
             raise ValueError(f"unknown models {unknown}; known: {', '.join(MODELS)}")
         return value
+
+    @property
+    def limits(self) -> ImageLimits:
+        return ImageLimits(self.max_pixels, self.max_aspect_ratio, self.max_batch_pixels)
+
+    @model_validator(mode="after")
+    def _limits_are_consistent(self) -> GatewaySettings:
+        self.limits  # noqa: B018 -- raises ValueError when max_batch_pixels < max_pixels
+        return self
 
     @model_validator(mode="after")
     def _queue_fits_a_batch(self) -> GatewaySettings:

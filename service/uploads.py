@@ -1,42 +1,67 @@
 """Reading and validating uploads before anything is queued.
 
-Limits are enforced while reading (a lying Content-Length cannot get more bytes in), image
-headers are checked for format and pixel count before any decoding (decompression bombs are
-refused at 413), and truncated files are caught from their structure (400).
+Limits are enforced while reading (a lying Content-Length cannot get more bytes in, a stalled
+upload is cut off after ``upload_timeout_s``), image headers are checked for format, pixels and
+aspect ratio before any decoding (bombs are refused at 413), and truncated files are caught from
+their structure (400).
 """
 
 from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 
-from model_store.images import ImageError, check_complete, open_image
+from model_store.images import FORMATS, ImageError, ImageLimits, validate
 
-from .errors import IMAGE_ERROR_STATUS, ApiError
+from .errors import CLIENT_CLOSED, IMAGE_ERROR_STATUS, ApiError
 from .settings import GatewaySettings
 
-IMAGE_CONTENT_TYPES = {"image/jpeg", "image/png", "image/webp"}
+IMAGE_CONTENT_TYPES = set(FORMATS.values())
 PART_CONTENT_TYPES = IMAGE_CONTENT_TYPES | {"application/octet-stream", ""}
+EXTRA_FORM_FIELDS = 16
+"""Non-file form fields tolerated besides the images."""
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+@dataclass(frozen=True)
+class Upload:
+    """One validated image: its bytes and its pixel count (what it costs a batch to decode)."""
+
+    data: bytes
+    pixels: int
+
+
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(
             413, "payload_too_large", f"request body of {int(declared):,} bytes exceeds {limit:,}"
         )
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "payload_too_large", f"request body exceeds {limit:,} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(
+                        413, "payload_too_large", f"request body exceeds {limit:,} bytes"
+                    )
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(
+            408, "upload_timeout", f"the request body did not arrive within {timeout_s:g} s"
+        ) from None
+    except ClientDisconnect:
+        raise ApiError(CLIENT_CLOSED, "client_closed_request", "the client went away") from None
     return b"".join(chunks)
 
 
-async def read_images(request: Request, settings: GatewaySettings) -> list[bytes]:
+async def read_images(request: Request, settings: GatewaySettings) -> list[Upload]:
     """The uploaded images, in order: multipart ``file`` fields, or one raw image body."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in IMAGE_CONTENT_TYPES and content_type != "multipart/form-data":
@@ -46,37 +71,43 @@ async def read_images(request: Request, settings: GatewaySettings) -> list[bytes
             "send multipart/form-data with 'file' fields or a raw body of type "
             f"{', '.join(sorted(IMAGE_CONTENT_TYPES))}; got {content_type or 'none'!r}",
         )
-    body = await read_body(request, settings.max_upload_bytes)
+    body = await read_body(request, settings.max_upload_bytes, settings.upload_timeout_s)
     if content_type != "multipart/form-data":
         images = [body]
     else:
         images = await _multipart_files(request, body, settings.max_images_per_request)
-    for index, data in enumerate(images):
-        validate_image(data, index, settings.max_pixels)
-    return images
+    return [validate_image(data, index, settings.limits) for index, data in enumerate(images)]
+
+
+def _too_many(count: int, limit: int) -> ApiError:
+    return ApiError(413, "too_many_images", f"{count} images in one request, limit {limit}")
 
 
 async def _multipart_files(request: Request, body: bytes, max_images: int) -> list[bytes]:
+    boundary = request.headers.get("content-type", "").partition("boundary=")[2].strip('"; ')
+    parts = body.count(b"--" + boundary.encode("latin-1")) - 1 if boundary else 0
+    if parts > max_images + EXTRA_FORM_FIELDS:  # counted before the parser would refuse it
+        raise _too_many(parts, max_images)
     request._body = body  # the form parser reads the already-limited body
     try:
-        form = await request.form(max_files=max_images + 1, max_fields=max_images + 16)
+        form = await request.form(
+            max_files=max_images + EXTRA_FORM_FIELDS, max_fields=max_images + EXTRA_FORM_FIELDS
+        )
     except (MultiPartException, HTTPException) as exc:  # Starlette wraps parser errors in a 400
         raise ApiError(
             400, "malformed_multipart", getattr(exc, "detail", None) or str(exc)
         ) from None
-    parts = form.getlist("file")
-    if not parts:
+    files = form.getlist("file")
+    if not files:
         raise ApiError(
             422,
             "invalid_parameters",
             "no 'file' field: send each image as a form field named 'file'",
         )
-    if len(parts) > max_images:
-        raise ApiError(
-            413, "too_many_images", f"{len(parts)} images in one request, limit {max_images}"
-        )
+    if len(files) > max_images:
+        raise _too_many(len(files), max_images)
     images = []
-    for index, part in enumerate(parts):
+    for index, part in enumerate(files):
         if not isinstance(part, UploadFile):
             raise ApiError(
                 422, "invalid_parameters", f"'file' field {index} is text, not a file upload"
@@ -92,9 +123,9 @@ async def _multipart_files(request: Request, body: bytes, max_images: int) -> li
     return images
 
 
-def validate_image(data: bytes, index: int, max_pixels: int) -> None:
+def validate_image(data: bytes, index: int, limits: ImageLimits) -> Upload:
     try:
-        image = open_image(data, max_pixels)
-        check_complete(image.format, data)
+        image = validate(data, limits)
     except ImageError as exc:
         raise ApiError(IMAGE_ERROR_STATUS[exc.code], exc.code, f"image {index}: {exc}") from None
+    return Upload(data, image.width * image.height)

@@ -3,10 +3,11 @@
 # MODELS picks the archives; CHECKPOINTS (MODEL=PATH,...) packages real weights from the build
 # context, otherwise the archives hold seeded random weights marked UNTRAINED.
 ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
+ARG MODELS=se_resnet50,eca_resnet50
 
 FROM ${PYTHON_IMAGE} AS build
 ARG VARIANT=cpu
-ARG MODELS=se_resnet50,eca_resnet50
+ARG MODELS
 ARG CHECKPOINTS=""
 WORKDIR /src
 RUN python -m venv /opt/venv
@@ -22,8 +23,9 @@ RUN set -e; ARGS=""; for c in $(echo "$CHECKPOINTS" | tr ',' ' '); do ARGS="$ARG
     python -m model_store build --models "$MODELS" --out /archives $ARGS
 
 FROM ${PYTHON_IMAGE}
-# TorchServe's frontend is Java 17.
-RUN apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+ARG MODELS
+# TorchServe's frontend is Java 17; tini is PID 1 (reaps zombies, forwards SIGTERM).
+RUN apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-headless tini \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --create-home torchserve
 COPY --from=build /opt/venv /opt/venv
@@ -35,6 +37,10 @@ WORKDIR /home/torchserve
 EXPOSE 8080 8081 8082
 HEALTHCHECK --interval=15s --timeout=3s --start-period=600s --retries=3 \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/ping', timeout=2)"
-# MODELS at run time: which archives to load (all built ones by default).
-ENV MODELS=all
-CMD ["sh", "-c", "exec torchserve --start --foreground --ncs --model-store archives --ts-config config.properties --models $MODELS"]
+# MODELS at run time: which archives to load (the built ones by default). The launcher, not
+# TorchServe's own, is the main process: TorchServe's frontend resets in-flight requests on
+# SIGTERM, so on a stop the launcher lets running batches finish for DRAIN_SECONDS, then stops
+# the frontend and its workers together (keep DRAIN_SECONDS below the stop grace period).
+ENV MODELS=${MODELS} DRAIN_SECONDS=10
+ENTRYPOINT ["/usr/bin/tini", "--"]
+CMD ["sh", "-c", "exec python -m model_store serve --host 0.0.0.0 --archives archives --config config.properties --run-dir run --models \"$MODELS\" --drain-seconds \"$DRAIN_SECONDS\""]

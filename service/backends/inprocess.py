@@ -14,11 +14,15 @@ from typing import Any
 from model_store.archive import load_archive
 from model_store.classifier import ImageClassifier
 
+from ..schemas import READY
+from .base import BackendTimeout, check_results
+
 
 class InProcessBackend:
-    def __init__(self, models: list[str], archive_dir: Path) -> None:
+    def __init__(self, models: list[str], archive_dir: Path, timeout_s: float) -> None:
         self.models = models
         self.archive_dir = archive_dir
+        self.timeout_s = timeout_s
         self._tmp = tempfile.TemporaryDirectory(prefix="gateway-inprocess-")
         self._classifiers: dict[str, ImageClassifier] = {}
         self._locks = {m: asyncio.Lock() for m in models}
@@ -40,12 +44,24 @@ class InProcessBackend:
         self._tmp.cleanup()
 
     async def classify(self, model: str, images: list[bytes], top_k: int) -> list[dict[str, Any]]:
-        classifier = self._classifiers[model]
-        async with self._locks[model]:  # torch already uses every core for one batch
-            return await asyncio.to_thread(classifier.classify, images, top_k)
+        """One batch at a time per model (torch already uses every core for one batch). A batch
+        that outlives ``timeout_s`` answers 504; the model stays locked until its thread ends,
+        so a late batch never runs beside the next one."""
+        lock = self._locks[model]
+        await lock.acquire()
+        work = asyncio.ensure_future(
+            asyncio.to_thread(self._classifiers[model].classify, images, top_k)
+        )
+        work.add_done_callback(lambda _: lock.release())
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                results = await asyncio.shield(work)
+        except TimeoutError:
+            raise BackendTimeout(f"the model did not answer within {self.timeout_s:g} s") from None
+        return check_results(results, len(images))
 
     async def readiness(self) -> dict[str, str]:
         return {
-            m: "ready" if m in self._classifiers else self._errors.get(m, "loading")
+            m: READY if m in self._classifiers else self._errors.get(m, "loading")
             for m in self.models
         }

@@ -1,24 +1,40 @@
 """The product path: batches go to TorchServe as one multipart request each.
 
 One pooled ``httpx.AsyncClient``; token authorization (keys from TorchServe's key file, renewed
-with its API key on a 401); a circuit breaker so a dead TorchServe means fast 503s. Retries only
-where nothing can have been computed twice: a refused connection, and a 401 after renewing the key.
+with its API key on a 401); a circuit breaker per model so a dead worker means fast 503s for its
+model only. TorchServe's raw answers go to the log, never into a client's error message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from .base import BackendTimeout, BackendUnavailable
+from ..schemas import READY
+from .base import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    BadBackendResponse,
+    check_results,
+)
 from .circuit import CircuitBreaker
 
 log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 2.0
+"""Past this, TorchServe counts as unreachable (503), never as slow (504)."""
+
+
+class LocalPoolExhausted(BackendUnavailable):
+    """Every pooled connection is busy: the gateway's own limit, no verdict on the worker."""
 
 
 class TorchServeKeys:
@@ -55,7 +71,8 @@ class TorchServeBackend:
         management_url: str,
         keys: TorchServeKeys,
         timeout_s: float,
-        breaker: CircuitBreaker,
+        breakers: Callable[[], CircuitBreaker],
+        readiness_timeout_s: float = 2.0,
         max_connections: int = 64,
     ) -> None:
         self.models = models
@@ -63,9 +80,10 @@ class TorchServeBackend:
         self.management_url = management_url.rstrip("/")
         self.keys = keys
         self.timeout_s = timeout_s
-        self.breaker = breaker
+        self.breakers = {model: breakers() for model in models}
+        self.readiness_timeout_s = readiness_timeout_s
         self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s, connect=2.0),
+            timeout=httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S),
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
@@ -79,16 +97,55 @@ class TorchServeBackend:
         await self._client.aclose()
 
     async def classify(self, model: str, images: list[bytes], top_k: int) -> list[dict[str, Any]]:
-        if (wait := self.breaker.retry_after()) is not None:
+        """One multipart request per batch, judged by this model's circuit breaker."""
+        breaker = self.breakers[model]
+        if (wait := breaker.acquire()) is not None:
             raise BackendUnavailable(
-                f"TorchServe is failing; circuit open for {wait:.1f} s more", wait
+                f"the {model} worker is failing; circuit open for {wait:.1f} s more", wait
             )
+        try:
+            response = await self._post(model, images, top_k)
+        except BackendError as exc:
+            if isinstance(exc, LocalPoolExhausted):
+                breaker.release()
+            else:
+                breaker.record_failure()
+            raise
+        except BaseException:  # cancelled: no verdict on the backend
+            breaker.release()
+            raise
+        status = response.status_code
+        if status != 200:
+            log.warning("TorchServe answered %d for %s: %.300s", status, model, response.text)
+            if status >= 500:
+                breaker.record_failure()
+                raise BackendUnavailable(
+                    f"the {model} worker failed (TorchServe HTTP {status})", 1.0, reached=True
+                )
+            breaker.release()  # a refusal of this request, not a sign of ill health
+            raise BadBackendResponse(f"TorchServe refused the batch with HTTP {status}")
+        try:
+            body = response.json()
+            results = check_results(
+                body.get("results") if isinstance(body, dict) else None, len(images)
+            )
+        except (ValueError, BadBackendResponse) as exc:
+            breaker.record_failure()
+            log.warning("malformed TorchServe answer for %s: %.300s", model, response.text)
+            if isinstance(exc, BadBackendResponse):
+                raise
+            raise BadBackendResponse("the worker's answer is not JSON") from None
+        breaker.record_success()
+        return results
+
+    async def _post(self, model: str, images: list[bytes], top_k: int) -> httpx.Response:
+        """Retries only where nothing can have been computed twice: a refused connection, and
+        a 401 after renewing the inference key."""
         files = [
             (f"image_{i:04d}", (f"{i}", data, "application/octet-stream"))
             for i, data in enumerate(images)
         ]
         url = f"{self.inference_url}/predictions/{model}"
-        response = None
         for attempt in range(2):
             try:
                 response = await self._client.post(
@@ -97,40 +154,28 @@ class TorchServeBackend:
                     data={"top_k": str(top_k)},
                     headers=self.keys.headers("inference"),
                 )
-            except httpx.ConnectError as exc:  # nothing reached TorchServe: safe to retry once
-                if attempt == 0:
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing reached it
+                if attempt == 0 and isinstance(exc, httpx.ConnectError):
                     continue
-                self.breaker.record_failure()
                 raise BackendUnavailable(
-                    f"cannot connect to TorchServe: {exc}", self.breaker.cooldown_s
+                    f"cannot reach TorchServe ({type(exc).__name__})",
+                    self.breakers[model].cooldown_s,
                 ) from None
+            except httpx.PoolTimeout:
+                raise LocalPoolExhausted("no free connection to TorchServe", 1.0) from None
             except httpx.TimeoutException:
-                self.breaker.record_failure()
                 raise BackendTimeout(
-                    f"TorchServe did not answer within {self.timeout_s:.0f} s"
+                    f"TorchServe did not answer within {self.timeout_s:g} s"
                 ) from None
-            except (
-                httpx.TransportError
-            ) as exc:  # connection dropped mid-request (worker or server died)
-                self.breaker.record_failure()
-                raise BackendUnavailable(f"TorchServe connection failed: {exc!r}", 1.0) from None
+            except httpx.TransportError as exc:  # connection dropped mid-request (worker died)
+                raise BackendUnavailable(
+                    f"TorchServe connection failed ({type(exc).__name__})", 1.0, reached=True
+                ) from None
             if response.status_code == 401 and attempt == 0:
                 await self._renew_inference_key()
                 continue
-            break
-        assert response is not None
-        if response.status_code != 200:
-            self.breaker.record_failure()
-            raise BackendUnavailable(
-                f"TorchServe answered {response.status_code}: {response.text[:200]}", 1.0
-            )
-        self.breaker.record_success()
-        results = response.json()["results"]
-        if len(results) != len(images):
-            raise BackendUnavailable(
-                f"TorchServe returned {len(results)} results for {len(images)} images"
-            )
-        return results
+            return response
+        return response
 
     async def _renew_inference_key(self) -> None:
         """Inference keys expire (token_expiration_min); the API key asks for a new one."""
@@ -144,26 +189,26 @@ class TorchServeBackend:
             log.warning("could not renew the TorchServe inference key: %s", exc)
 
     async def readiness(self) -> dict[str, str]:
-        """Per model: ready when TorchServe reports a READY worker (cached for one second)."""
+        """Per model: ready when TorchServe reports a READY worker. All models are asked at
+        once, each within ``readiness_timeout_s``; cached for one second."""
         checked_at, cached = self._readiness
         if time.monotonic() - checked_at < 1.0 and cached:
             return cached
-        status = {}
-        for model in self.models:
-            try:
-                response = await self._client.get(
-                    f"{self.management_url}/models/{model}",
-                    headers=self.keys.headers("management"),
-                    timeout=3.0,
-                )
-                workers = (
-                    response.json()[0].get("workers", []) if response.status_code == 200 else []
-                )
-                ready = any(w.get("status") == "READY" for w in workers)
-                status[model] = (
-                    "ready" if ready else f"no ready worker (HTTP {response.status_code})"
-                )
-            except (httpx.HTTPError, ValueError, IndexError, KeyError) as exc:
-                status[model] = f"TorchServe unreachable: {type(exc).__name__}"
+        states = await asyncio.gather(*(self._model_state(model) for model in self.models))
+        status = dict(zip(self.models, states, strict=True))
         self._readiness = (time.monotonic(), status)
         return status
+
+    async def _model_state(self, model: str) -> str:
+        try:
+            response = await self._client.get(
+                f"{self.management_url}/models/{model}",
+                headers=self.keys.headers("management"),
+                timeout=self.readiness_timeout_s,
+            )
+            workers = response.json()[0].get("workers", []) if response.status_code == 200 else []
+        except (httpx.HTTPError, ValueError, IndexError, KeyError, AttributeError) as exc:
+            return f"TorchServe unreachable: {type(exc).__name__}"
+        if any(w.get("status") == "READY" for w in workers):
+            return READY
+        return f"no ready worker (HTTP {response.status_code})"

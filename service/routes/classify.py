@@ -1,4 +1,7 @@
-"""``POST /v1/models/{model}/classify``: validate, enqueue, await. Nothing else."""
+"""``POST /v1/models/{model}/classify``: validate, enqueue, await, shape the answer.
+
+Counting requests by status is the ``RequestMetrics`` middleware's job, so refusals made before
+this function runs (401, 422) and errors raised after it (500) are counted with the rest."""
 
 from __future__ import annotations
 
@@ -7,12 +10,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from ..backends.base import BackendTimeout, BackendUnavailable
-from ..batcher import QueueFull
-from ..deps import ApiKeyDep, Gateway, GatewayDep
+from model_store.classifier import MAX_TOP_K
+
+from ..backends.base import BackendError, BackendUnavailable
+from ..batcher import BatchInfo, QueueFull
+from ..deps import ApiKeyDep, Gateway, GatewayDep, UploadSlotDep
 from ..errors import IMAGE_ERROR_STATUS, ApiError, unavailable
 from ..schemas import ClassifyResponse, ErrorResponse, ImageResult, Timing
-from ..uploads import IMAGE_CONTENT_TYPES, read_images
+from ..uploads import IMAGE_CONTENT_TYPES, Upload, read_images
+
+CLASSIFY_ROUTE = "/v1/models/{model}/classify"
 
 router = APIRouter(tags=["classify"])
 
@@ -40,17 +47,19 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         400: "undecodable or truncated image, malformed multipart",
         401: "missing or wrong API key (when one is configured)",
         404: "unknown model",
-        413: "too many bytes, pixels or images",
-        415: "not JPEG, PNG or WebP",
+        408: "the request body did not arrive within upload_timeout_s",
+        413: "too many bytes, pixels or images, or an aspect ratio past the limit",
+        415: "not a still JPEG, PNG or WebP",
         422: "bad parameters",
-        503: "queue full or backend down (see Retry-After)",
+        502: "the worker answered with something other than one result per image",
+        503: "queue full, too many uploads at once, or backend down (see Retry-After)",
         504: "backend timed out",
     }.items()
 }
 
 
 @router.post(
-    "/v1/models/{model}/classify",
+    CLASSIFY_ROUTE,
     response_model=ClassifyResponse,
     responses=ERRORS,
     openapi_extra=REQUEST_BODY,
@@ -61,65 +70,57 @@ async def classify(
     response: Response,
     gateway: GatewayDep,
     _: ApiKeyDep,
+    __: UploadSlotDep,
     model: Annotated[str, Path(description="a served model, see GET /v1/models")],
-    top_k: Annotated[int, Query(ge=1, le=20, description="predictions per image")] = 5,
+    top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K, description="predictions per image")] = 5,
 ) -> ClassifyResponse:
     started = time.perf_counter()
-    metrics = gateway.metrics
     if model not in gateway.models:
-        metrics.requests.labels("_unknown", "404").inc()
         raise ApiError(
             404,
             "model_not_found",
             f"model {model!r} is not served; served: {', '.join(gateway.models)}",
         )
-    status = 500
-    metrics.inflight.labels(model).inc()
-    try:
-        images = await read_images(request, gateway.settings)
-        answers = await _dispatch(gateway, model, images, top_k)
-        for index, (result, _info) in enumerate(answers):
-            if "error" in result:
-                code = result["error"]["code"]
-                raise ApiError(
-                    IMAGE_ERROR_STATUS.get(code, 400),
-                    code,
-                    f"image {index}: {result['error']['message']}",
-                )
-        total_ms = (time.perf_counter() - started) * 1000
-        timing = Timing(
-            queue_ms=max(info.queue_wait_s for _, info in answers) * 1000,
-            backend_ms=max(info.run_s for _, info in answers) * 1000,
-            total_ms=total_ms,
-            batch_sizes=[info.size for _, info in answers],
-        )
-        response.headers["Server-Timing"] = (
-            f"queue;dur={timing.queue_ms:.1f}, backend;dur={timing.backend_ms:.1f}, "
-            f"total;dur={total_ms:.1f}"
-        )
-        metrics.images.labels(model).inc(len(images))
-        status = 200
-        return ClassifyResponse(
-            model=model, results=[ImageResult(**result) for result, _ in answers], timing=timing
-        )
-    except ApiError as exc:
-        status = exc.status
-        raise
-    finally:
-        metrics.inflight.labels(model).dec()
-        metrics.requests.labels(model, str(status)).inc()
-        metrics.request_duration.labels(model).observe(time.perf_counter() - started)
+    uploads = await read_images(request, gateway.settings)
+    answers = await _dispatch(gateway, model, uploads, top_k)
+    for index, (result, _info) in enumerate(answers):
+        if "error" in result:
+            code = result["error"]["code"]
+            raise ApiError(
+                IMAGE_ERROR_STATUS.get(code, 400),
+                code,
+                f"image {index}: {result['error']['message']}",
+            )
+    timing = Timing(
+        queue_ms=max(info.queue_wait_s for _, info in answers) * 1000,
+        backend_ms=max(info.run_s for _, info in answers) * 1000,
+        total_ms=(time.perf_counter() - started) * 1000,
+        batch_sizes=[info.size for _, info in answers],
+    )
+    body = ClassifyResponse(
+        model=model, results=[ImageResult(**result) for result, _ in answers], timing=timing
+    )
+    response.headers["Server-Timing"] = (
+        f"queue;dur={timing.queue_ms:.1f}, backend;dur={timing.backend_ms:.1f}, "
+        f"total;dur={timing.total_ms:.1f}"
+    )
+    gateway.metrics.images.labels(model).inc(len(uploads))
+    return body
 
 
-async def _dispatch(gateway: Gateway, model: str, images: list[bytes], top_k: int) -> list[Any]:
+async def _dispatch(
+    gateway: Gateway, model: str, uploads: list[Upload], top_k: int
+) -> list[tuple[dict[str, Any], BatchInfo]]:
     """Backpressure and backend failures, as SPEC status codes."""
     try:
-        return await gateway.dispatcher.classify(model, images, top_k)
+        return await gateway.dispatcher.classify(model, uploads, top_k)
     except QueueFull as exc:
         raise unavailable(f"queue full: {exc}", 1.0) from None
     except BackendUnavailable as exc:
         raise unavailable(f"backend unavailable: {exc}", exc.retry_after_s) from None
-    except (BackendTimeout, TimeoutError) as exc:
+    except BackendError as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from None
+    except TimeoutError:
         raise ApiError(
-            504, "backend_timeout", str(exc) or "the backend did not answer in time"
+            504, "backend_timeout", f"no answer within {gateway.settings.request_timeout_s:g} s"
         ) from None

@@ -5,9 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from ..deps import GatewayDep
-from ..schemas import ErrorResponse, Health, Readiness
+from ..errors import ApiError
+from ..schemas import READY, ErrorResponse, Health, ModelReadiness, Readiness
 
 router = APIRouter(tags=["health"])
 
@@ -18,17 +20,35 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
+def not_ready(body: BaseModel) -> JSONResponse:
+    return JSONResponse(body.model_dump(), 503, headers={"Retry-After": "5"})
+
+
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(gateway: GatewayDep) -> Readiness | JSONResponse:
-    """Ready when the backend is reachable and every served model has a ready worker."""
+    """Ready while at least one served model has a ready worker: one model whose worker is down
+    must not take the others off the air. ``models`` says which are ready; per model, see
+    ``GET /v1/models/{model}/ready``."""
     models = await gateway.backend.readiness()
-    ready = all(state == "ready" for state in models.values())
+    ready = any(state == READY for state in models.values())
     body = Readiness(
-        status="ready" if ready else "not_ready", backend=gateway.settings.backend, models=models
+        status=READY if ready else "not_ready", backend=gateway.settings.backend, models=models
     )
-    if ready:
-        return body
-    return JSONResponse(body.model_dump(), 503, headers={"Retry-After": "5"})
+    return body if ready else not_ready(body)
+
+
+@router.get(
+    "/v1/models/{model}/ready",
+    response_model=ModelReadiness,
+    responses={404: {"model": ErrorResponse}, 503: {"model": ModelReadiness}},
+)
+async def model_ready(gateway: GatewayDep, model: str) -> ModelReadiness | JSONResponse:
+    """200 when this model has a ready worker, 503 (with the reason) when not."""
+    if model not in gateway.models:
+        raise ApiError(404, "model_not_found", f"model {model!r} is not served")
+    state = (await gateway.backend.readiness()).get(model, "unknown")
+    body = ModelReadiness(model=model, ready=state == READY, status=state)
+    return body if body.ready else not_ready(body)
 
 
 @router.get(

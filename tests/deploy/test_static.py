@@ -186,3 +186,50 @@ def test_dashboard_queries_use_recorded_or_exported_series():
     titles = " ".join(p["title"] for p in dashboard["panels"])
     for word in ("Requests", "p99", "batch", "Queue", "Error"):
         assert word in titles
+
+
+def test_compose_keeps_monitoring_local_and_grafana_without_a_default_password(compose):
+    services = compose["services"]
+    assert services["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
+    assert services["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
+    password = services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?.+\}", password)  # required, no default
+    worker, gateway = services["torchserve"], services["gateway"]
+    drain = int(worker["environment"]["DRAIN_SECONDS"])
+    assert int(worker["stop_grace_period"].rstrip("s")) > drain
+    grace = float(gateway["environment"]["GATEWAY_SHUTDOWN_GRACE_S"])
+    assert int(gateway["stop_grace_period"].rstrip("s")) > grace
+
+
+def test_worker_image_stops_through_the_draining_launcher():
+    text = (DEPLOY / "docker" / "worker.Dockerfile").read_text()
+    assert 'ENTRYPOINT ["/usr/bin/tini", "--"]' in text and " tini " in text
+    [command] = re.findall(r"^CMD (.+)$", text, flags=re.M)
+    assert "python -m model_store serve" in command and "--drain-seconds" in command
+    assert "--host 0.0.0.0" in command and "torchserve --start" not in command
+
+
+def test_timeouts_and_grace_periods_fit_together(manifests):
+    from model_store.archive import WORKER_RESPONSE_TIMEOUT_S, ArchiveSpec
+    from service.settings import GatewaySettings
+
+    defaults = GatewaySettings()
+    assert ArchiveSpec("eca_resnet50").model_config()["responseTimeout"] <= (
+        defaults.backend_timeout_s
+    )
+    properties = (ROOT / "model_store" / "config.properties").read_text()
+    assert f"default_response_timeout={WORKER_RESPONSE_TIMEOUT_S}\n" in properties
+    settings = by_kind(manifests, "ConfigMap", "gateway-settings")["data"]
+    assert float(settings["GATEWAY_BACKEND_TIMEOUT_S"]) >= WORKER_RESPONSE_TIMEOUT_S
+    pod = by_kind(manifests, "Deployment", "gateway")["spec"]["template"]["spec"]
+    [gateway] = pod["containers"]
+    assert gateway["readinessProbe"]["timeoutSeconds"] > float(
+        settings["GATEWAY_READINESS_TIMEOUT_S"]
+    )
+    pre_stop = gateway["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + float(
+        settings["GATEWAY_SHUTDOWN_GRACE_S"]
+    )
+    worker_pod = by_kind(manifests, "Deployment", "worker")["spec"]["template"]["spec"]
+    drain = next(e for e in worker_pod["containers"][0]["env"] if e["name"] == "DRAIN_SECONDS")
+    assert worker_pod["terminationGracePeriodSeconds"] > int(drain["value"])

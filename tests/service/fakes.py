@@ -7,14 +7,15 @@ from typing import Any
 
 import numpy as np
 
-from model_store.images import decode_rgb
+from model_store.images import ImageError, ImageLimits, load_upright_rgb, validate
 
 
 class FakeBackend:
     """Answers from the image itself: label = its mean colour's dominant channel.
 
     Decodes for real, so undecodable images fail per image, as in the worker. ``delay`` slows
-    every batch, ``fail`` raises an exception for every batch, ``ready`` drives readiness.
+    every batch, ``fail`` raises an exception for every batch (``fail_on``: only batches holding
+    that image), ``ready`` drives readiness per model.
     """
 
     labels = ("red", "green", "blue")
@@ -23,8 +24,10 @@ class FakeBackend:
         self.models = models
         self.delay = delay
         self.fail: Exception | None = None
-        self.ready = True
+        self.fail_on: bytes | None = None
+        self.ready: bool | dict[str, bool] = True
         self.batches: list[int] = []
+        self.images: list[bytes] = []
 
     async def start(self) -> None: ...
 
@@ -32,16 +35,17 @@ class FakeBackend:
 
     async def classify(self, model: str, images: list[bytes], top_k: int) -> list[dict[str, Any]]:
         self.batches.append(len(images))
+        self.images += images
         await asyncio.sleep(self.delay)
-        if self.fail is not None:
+        if self.fail is not None and (self.fail_on is None or self.fail_on in images):
             raise self.fail
         return [self._one(data, top_k) for data in images]
 
     def _one(self, data: bytes, top_k: int) -> dict[str, Any]:
         try:
-            image = decode_rgb(data)
-        except ValueError as exc:
-            return {"error": {"code": "undecodable_image", "message": str(exc)}}
+            image = load_upright_rgb(validate(data, ImageLimits()))
+        except ImageError as exc:
+            return {"error": {"code": exc.code, "message": str(exc)}}
         means = np.asarray(image, dtype=np.float64).mean(axis=(0, 1)).tolist()
         order = sorted(range(3), key=lambda i: -means[i])
         total = sum(means) or 1.0
@@ -53,4 +57,7 @@ class FakeBackend:
         }
 
     async def readiness(self) -> dict[str, str]:
-        return {m: "ready" if self.ready else "worker restarting" for m in self.models}
+        ready = (
+            self.ready if isinstance(self.ready, dict) else dict.fromkeys(self.models, self.ready)
+        )
+        return {m: "ready" if ready.get(m) else "worker restarting" for m in self.models}

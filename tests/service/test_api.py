@@ -15,9 +15,10 @@ from prometheus_client import generate_latest
 
 from model_store.synthetic import encode
 from service.app import create_app
-from service.backends.base import BackendUnavailable
+from service.backends.base import BackendTimeout, BackendUnavailable, BadBackendResponse
 from service.settings import GatewaySettings
 
+from ..checks import INTERNALS
 from .fakes import FakeBackend
 
 MODELS = ["se_resnet50", "eca_resnet50"]
@@ -232,9 +233,8 @@ def test_metrics_count_exactly_what_was_sent(client):
     assert value("gateway_requests_total", model="eca_resnet50", code="422") == 1
     assert value("gateway_requests_total", model="_unknown", code="404") == 1
     assert value("gateway_images_total", model="eca_resnet50") == 6
-    assert (
-        value("gateway_request_duration_seconds_count", model="eca_resnet50") == 4
-    )  # 422 never reached the route
+    # every answered request is timed, the 422 refused before the route ran included
+    assert value("gateway_request_duration_seconds_count", model="eca_resnet50") == 5
     assert value("gateway_batch_size_sum", model="eca_resnet50") == 6
     assert value("gateway_queue_wait_seconds_count", model="eca_resnet50") == 6
     assert value("gateway_backend_duration_seconds_count", model="eca_resnet50") == value(
@@ -321,3 +321,310 @@ def test_png_with_alpha_and_16_bit_grey_are_served(client):
     response = classify(client, files=as_files(rgba.getvalue(), grey16.getvalue()))
     assert response.status_code == 200, response.text
     assert response.json()["results"][0]["predictions"][0]["label"] == "green"
+
+
+# --- Honest failures and metrics that count what they say -----------------------------------
+
+
+def scrape(text: str, name: str, **labels: str) -> float:
+    label_text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    match = re.search(rf"^{name}\{{{re.escape(label_text)}\}} (\S+)$", text, flags=re.M)
+    return float(match[1]) if match else 0.0
+
+
+async def multipart_concurrently(
+    app, requests: list[list[bytes]], **params
+) -> list[httpx.Response]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=30) as http:
+            return await asyncio.gather(
+                *(
+                    http.post(
+                        "/v1/models/se_resnet50/classify", files=as_files(*images), params=params
+                    )
+                    for images in requests
+                )
+            )
+
+
+async def call_asgi(app, chunks: list[bytes], end: str, content_type: str = "image/jpeg") -> int:
+    """A raw ASGI request whose body arrives in ``chunks``, then ``end``: the client disconnects
+    ("disconnect") or stops sending ("stall"). Returns the status the gateway answered."""
+    messages = [{"type": "http.request", "body": c, "more_body": True} for c in chunks]
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop(0)
+        if end == "stall":
+            await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    path = "/v1/models/se_resnet50/classify"
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", content_type.encode()), (b"content-length", b"100000")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("gw", 80),
+    }
+    await app(scope, receive, send)
+    return next(m["status"] for m in sent if m["type"] == "http.response.start")
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "code"),
+    [
+        (encode(Image.new("P", (8, 8)), "GIF"), 415, "unsupported_image_type"),
+        (b"\x00\x00\x00\x18ftypheic" + b"\x00" * 40, 415, "unsupported_image_type"),
+        (b"II*\x00" + b"\x00" * 40, 415, "unsupported_image_type"),
+        (b"\xff\xd8\xff\xe0 junk", 400, "undecodable_image"),
+        (b"random bytes", 400, "undecodable_image"),
+        (encode(Image.new("L", (39000, 1)), "PNG"), 413, "image_too_large"),
+    ],
+    ids=["gif", "heic", "tiff", "jpeg-junk", "garbage", "aspect-bomb"],
+)
+def test_refusals_name_what_is_served_and_carry_no_internals(data, status, code):
+    backend = FakeBackend(MODELS)
+    with make_client(backend) as client:
+        response = classify(client, content=data, content_type="image/png")
+    assert response.status_code == status and response.json()["error"]["code"] == code
+    message = response.json()["error"]["message"]
+    assert not INTERNALS.search(message)
+    if status == 415:
+        assert "JPEG, PNG, WEBP" in message
+    assert backend.batches == []  # refused at the header, before any queue
+
+
+@pytest.mark.parametrize("count", [17, 18, 40])
+def test_too_many_files_is_413_at_any_count(count):
+    with make_client() as client:
+        response = classify(client, files=as_files(*[RED] * count))
+    assert response.status_code == 413 and response.json()["error"]["code"] == "too_many_images"
+    assert response.json()["error"]["message"] == f"{count} images in one request, limit 16"
+
+
+def test_too_many_files_with_a_quoted_boundary_is_still_413():
+    parts = b"".join(
+        b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n" + RED + b"\r\n"
+        for _ in range(40)
+    )
+    with make_client() as client:
+        response = classify(
+            client,
+            content=parts + b"--b0undary--\r\n",
+            content_type='multipart/form-data; boundary="b0undary"',
+        )
+    assert response.status_code == 413 and response.json()["error"]["code"] == "too_many_images"
+
+
+def test_non_ascii_api_key_is_401_and_counted():
+    with make_client(api_key="s3cret") as client:
+        response = client.post(
+            "/v1/models/se_resnet50/classify",
+            content=RED,
+            headers={"Content-Type": "image/jpeg", "X-API-Key": "clé-ünïcode".encode("latin-1")},
+        )
+        assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized"
+        assert (
+            classify(
+                client, model="se_resnet50", content=RED, content_type="image/jpeg"
+            ).status_code
+            == 401
+        )
+        text = client.get("/metrics").text
+    assert scrape(text, "gateway_requests_total", model="se_resnet50", code="401") == 2
+    assert scrape(text, "gateway_request_duration_seconds_count", model="se_resnet50") == 2
+
+
+def test_mixed_top_k_in_one_batch_each_get_their_own():
+    backend = FakeBackend(MODELS, delay=0.05)
+    app = create_app(make_settings(max_batch_delay_ms=100), backend)
+
+    async def both():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+                return await asyncio.gather(
+                    *(
+                        http.post(
+                            "/v1/models/se_resnet50/classify",
+                            content=image,
+                            headers={"Content-Type": "image/jpeg"},
+                            params={"top_k": k},
+                        )
+                        for image, k in ((RED, 1), (solid((10, 10, 220)), 3), (RED, 2))
+                    )
+                )
+
+    one, three, two = asyncio.run(both())
+    assert backend.batches == [3]  # one backend call, at the largest top_k
+    assert [len(r.json()["results"][0]["predictions"]) for r in (one, three, two)] == [1, 3, 2]
+    assert three.json()["results"][0]["predictions"][0]["label"] == "blue"
+
+
+def test_a_failed_image_withdraws_the_rest_of_its_request():
+    doomed, spared = solid((200, 0, 0), size=(40, 40)), solid((0, 200, 0), size=(40, 40))
+    backend = FakeBackend(MODELS, delay=0.05)
+    backend.fail, backend.fail_on = BackendUnavailable("worker died"), doomed
+    app = create_app(
+        make_settings(max_batch_size=1, max_concurrent_batches=1, max_batch_delay_ms=0), backend
+    )
+    [response] = asyncio.run(multipart_concurrently(app, [[doomed, spared, spared]]))
+    assert response.status_code == 503
+    assert backend.images == [doomed]  # the other two never reached the backend
+
+
+def test_multi_image_admission_is_all_or_nothing_under_concurrency():
+    backend = FakeBackend(MODELS, delay=0.05)
+    app = create_app(
+        make_settings(max_batch_size=2, queue_limit=6, max_concurrent_batches=1), backend
+    )
+    responses = asyncio.run(multipart_concurrently(app, [[RED, GREEN, BLUE]] * 10))
+    codes = [r.status_code for r in responses]
+    assert set(codes) == {200, 503}
+    assert len(backend.images) == 3 * codes.count(200)  # no refused request left images behind
+
+
+def test_unexpected_backend_exception_is_a_counted_json_500():
+    backend = FakeBackend(MODELS)
+    backend.fail = RuntimeError("boom at <_io.BytesIO object at 0x7f00>")
+    app = create_app(make_settings(), backend)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = classify(client, content=RED, content_type="image/jpeg")
+        text = client.get("/metrics").text
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error" and "boom" not in response.text
+    assert scrape(text, "gateway_requests_total", model="eca_resnet50", code="500") == 1
+    assert scrape(text, "gateway_requests_total", model="eca_resnet50", code="200") == 0
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code", "reached"),
+    [
+        (BackendUnavailable("connection refused"), 503, "unavailable", False),
+        (BackendUnavailable("worker 500", reached=True), 503, "unavailable", True),
+        (BackendTimeout("slow"), 504, "backend_timeout", True),
+        (BadBackendResponse("3 results for 1 image"), 502, "bad_backend_response", True),
+    ],
+)
+def test_backend_metrics_only_for_batches_that_reached_it(error, status, code, reached):
+    backend = FakeBackend(MODELS)
+    backend.fail = error
+    with make_client(backend) as client:
+        response = classify(client, model="se_resnet50", content=RED, content_type="image/jpeg")
+        text = client.get("/metrics").text
+    assert response.status_code == status and response.json()["error"]["code"] == code
+    observed = scrape(text, "gateway_backend_duration_seconds_count", model="se_resnet50")
+    assert observed == scrape(text, "gateway_batch_size_count", model="se_resnet50") == reached
+    assert scrape(text, "gateway_requests_total", model="se_resnet50", code=str(status)) == 1
+
+
+def test_queue_wait_is_observed_for_requests_that_timed_out_in_the_queue():
+    backend = FakeBackend(MODELS, delay=0.3)
+    settings = make_settings(
+        max_batch_size=1, max_concurrent_batches=1, max_batch_delay_ms=0, request_timeout_s=0.1
+    )
+    app = create_app(settings, backend)
+
+    async def with_drain():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+                responses = await asyncio.gather(
+                    *(
+                        http.post(
+                            "/v1/models/se_resnet50/classify",
+                            content=RED,
+                            headers={"Content-Type": "image/jpeg"},
+                        )
+                        for _ in range(3)
+                    )
+                )
+                await asyncio.sleep(0.5)  # the batcher drains what the timed-out callers left
+                return responses, (await http.get("/metrics")).text
+
+    responses, text = asyncio.run(with_drain())
+    assert [r.status_code for r in responses] == [504] * 3
+    assert scrape(text, "gateway_queue_wait_seconds_count", model="se_resnet50") == 3
+    assert scrape(text, "gateway_requests_total", model="se_resnet50", code="504") == 3
+
+
+def test_client_gone_mid_upload_is_counted_499():
+    app = create_app(make_settings(), FakeBackend(MODELS))
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            status = await call_asgi(app, [RED[:100]], end="disconnect")
+            return status, generate_latest(app.state.gateway.metrics.registry).decode()
+
+    status, text = asyncio.run(scenario())
+    assert status == 499
+    assert scrape(text, "gateway_requests_total", model="se_resnet50", code="499") == 1
+    assert scrape(text, "gateway_requests_total", model="se_resnet50", code="500") == 0
+
+
+def test_stalled_upload_is_cut_off_and_upload_slots_are_bounded():
+    app = create_app(
+        make_settings(upload_timeout_s=0.3, max_concurrent_uploads=1), FakeBackend(MODELS)
+    )
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            stalled = asyncio.create_task(call_asgi(app, [RED[:100]], end="stall"))
+            await asyncio.sleep(0.05)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+                crowded = await http.post(
+                    "/v1/models/se_resnet50/classify",
+                    content=RED,
+                    headers={"Content-Type": "image/jpeg"},
+                )
+                stalled_status = await stalled
+                after = await http.post(
+                    "/v1/models/se_resnet50/classify",
+                    content=RED,
+                    headers={"Content-Type": "image/jpeg"},
+                )
+            return crowded, stalled_status, after
+
+    crowded, stalled_status, after = asyncio.run(scenario())
+    assert crowded.status_code == 503 and crowded.headers["retry-after"]
+    assert stalled_status == 408
+    assert after.status_code == 200  # the slot was given back
+
+
+def test_readiness_is_per_model_and_ready_while_one_model_is():
+    backend = FakeBackend(MODELS)
+    backend.ready = {"se_resnet50": False, "eca_resnet50": True}
+    with make_client(backend) as client:
+        readyz = client.get("/readyz")
+        assert readyz.status_code == 200
+        assert readyz.json()["models"] == {
+            "se_resnet50": "worker restarting",
+            "eca_resnet50": "ready",
+        }
+        down = client.get("/v1/models/se_resnet50/ready")
+        assert down.status_code == 503 and down.headers["retry-after"]
+        assert down.json() == {
+            "model": "se_resnet50",
+            "ready": False,
+            "status": "worker restarting",
+        }
+        assert client.get("/v1/models/eca_resnet50/ready").json()["ready"] is True
+        assert client.get("/v1/models/vgg16/ready").status_code == 404
+        backend.ready = False
+        assert client.get("/readyz").status_code == 503

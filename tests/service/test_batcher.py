@@ -215,3 +215,94 @@ def test_stop_cancels_what_is_still_queued():
 def test_bad_knobs_fail_at_construction(knobs, message):
     with pytest.raises(ValueError, match=message):
         make(FakeBackend(), **knobs)
+
+
+def test_submit_many_admits_all_or_nothing():
+    async def scenario():
+        backend = FakeBackend(delay=0.2)
+        batcher = make(backend, max_batch_size=1, max_queue=5, max_concurrent_batches=1)
+        first = batcher.submit_many([1, 2, 3])
+        await asyncio.sleep(0.01)  # 1 is running, 2 and 3 wait
+        with pytest.raises(QueueFull):
+            batcher.submit_many([4, 5, 6, 7])  # 2 queued + 4 > 5: none of them is queued
+        assert batcher.depth == 2
+        second = batcher.submit_many([8, 9, 10])  # 2 + 3 == 5 fits exactly
+        results = await asyncio.gather(*first, *second)
+        await batcher.stop()
+        return backend, results
+
+    backend, results = run(scenario())
+    assert [value for value, _ in results] == [10, 20, 30, 80, 90, 100]
+    assert sorted(i for batch in backend.batches for i in batch) == [1, 2, 3, 8, 9, 10]
+
+
+def test_concurrent_multi_item_submissions_never_overfill_the_queue():
+    """Many callers at once: each is admitted whole or refused whole, and the queue never holds
+    more than its limit (the check and the queueing happen with no await between them)."""
+
+    async def scenario():
+        backend = FakeBackend(delay=0.05)
+        batcher = make(backend, max_batch_size=2, max_queue=6, max_concurrent_batches=1)
+        depths: list[int] = []
+
+        async def caller(base: int) -> str:
+            await asyncio.sleep(0)
+            try:
+                futures = batcher.submit_many([base, base + 1, base + 2])
+            except QueueFull:
+                return "refused"
+            depths.append(batcher.depth)
+            await asyncio.gather(*futures)
+            return "answered"
+
+        outcomes = await asyncio.gather(*(caller(100 * i) for i in range(12)))
+        await batcher.stop()
+        return backend, outcomes, depths
+
+    backend, outcomes, depths = run(scenario())
+    answered = outcomes.count("answered")
+    assert 0 < answered < 12 and max(depths) <= 6
+    assert sum(len(batch) for batch in backend.batches) == 3 * answered
+
+
+def test_batches_respect_the_cost_limit_and_a_costly_item_opens_the_next():
+    async def scenario():
+        backend = FakeBackend(delay=0.01)
+        batcher = make(
+            backend, max_batch_size=8, max_wait_s=0.05, cost=lambda i: i, max_batch_cost=10
+        )
+        results = await asyncio.gather(*(batcher.submit(i) for i in (4, 5, 3, 9, 1, 12)))
+        await batcher.stop()
+        return backend, results
+
+    backend, results = run(scenario())
+    assert [value for value, _ in results] == [40, 50, 30, 90, 10, 120]
+    assert all(sum(batch) <= 10 or len(batch) == 1 for batch in backend.batches)
+    assert [12] in backend.batches  # alone past the limit, still served
+    assert backend.batches[0] == [4, 5]  # 3 would make 12: it waited for the next batch
+
+
+def test_on_dequeue_sees_every_item_answered_or_abandoned():
+    async def scenario():
+        waits: list[float] = []
+        batcher = make(
+            FakeBackend(delay=0.1),
+            max_batch_size=1,
+            max_concurrent_batches=1,
+            on_dequeue=waits.append,
+        )
+        tasks = [asyncio.create_task(batcher.submit(i)) for i in range(3)]
+        await asyncio.sleep(0.02)
+        tasks[2].cancel()  # gives up while queued: dropped at dequeue, its wait still observed
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0.05)
+        await batcher.stop()
+        return waits
+
+    waits = run(scenario())
+    assert len(waits) == 3 and waits[2] >= 0.15
+
+
+def test_bad_cost_limit_is_refused_at_construction():
+    with pytest.raises(ValueError, match="max_batch_cost"):
+        make(FakeBackend(), max_batch_cost=0)

@@ -1,0 +1,211 @@
+"""The backends alone. The TorchServe client against scripted HTTP answers (httpx's
+MockTransport: real TorchServe is tested in test_gateway_torchserve): malformed answers are
+``BadBackendResponse``, 4xx never opens the circuit, 5xx and transport failures do, per model;
+a connect timeout is "unavailable", not "timeout". The in-process backend honours its timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from model_store.synthetic import encode
+from service.app import create_app
+from service.backends.base import (
+    BackendTimeout,
+    BackendUnavailable,
+    BadBackendResponse,
+    check_results,
+)
+from service.backends.circuit import CircuitBreaker
+from service.backends.inprocess import InProcessBackend
+from service.backends.torchserve import TorchServeBackend, TorchServeKeys
+from service.settings import GatewaySettings
+
+from ..checks import INTERNALS
+
+MODELS = ["se_resnet50", "eca_resnet50"]
+GOOD = {"predictions": [{"index": 1, "label": "cat", "score": 0.75}]}
+
+
+def backend_answering(answer: Callable[[httpx.Request], httpx.Response]) -> TorchServeBackend:
+    backend = TorchServeBackend(
+        MODELS,
+        "http://ts:8080",
+        "http://ts:8081",
+        TorchServeKeys(None, None),
+        timeout_s=5,
+        breakers=lambda: CircuitBreaker(2, cooldown_s=30),
+    )
+    backend._client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    return backend
+
+
+def results(*entries: object) -> Callable[[httpx.Request], httpx.Response]:
+    return lambda _: httpx.Response(200, json={"results": list(entries)})
+
+
+def classify(backend: TorchServeBackend, model: str = "se_resnet50", images: int = 1):
+    return asyncio.run(backend.classify(model, [b"img"] * images, 5))
+
+
+def test_well_formed_answer_is_returned():
+    assert classify(
+        backend_answering(results(GOOD, {"error": {"code": "x", "message": "y"}})), images=2
+    ) == [
+        GOOD,
+        {"error": {"code": "x", "message": "y"}},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (lambda _: httpx.Response(200, text="<html>oops</html>"), "not JSON"),
+        (lambda _: httpx.Response(200, json={"result": []}), "NoneType results"),
+        (results(GOOD, GOOD), "2 results for 1 images"),
+        (results(), "0 results for 1 images"),
+        (
+            lambda _: httpx.Response(
+                200,
+                content=b'{"results": [{"predictions": [{"index": 1, "label": "c", "score": NaN}'
+                b"]}]}",
+            ),
+            "score",
+        ),
+        (results({"predictions": [{"index": 1, "label": "cat", "score": 1.5}]}), "score"),
+        (results({"predictions": [{"label": "cat", "score": 0.5}]}), "index"),
+        (results({"surprise": True}), "malformed"),
+    ],
+    ids=["html", "no-results", "too-many", "too-few", "nan", "above-1", "no-index", "unknown"],
+)
+def test_malformed_answers_are_bad_backend_responses(answer, message):
+    def nan_safe(request: httpx.Request) -> httpx.Response:
+        response = answer(request)
+        return httpx.Response(
+            response.status_code, content=response.content.replace(b"NaN", b"NaN")
+        )
+
+    with pytest.raises(BadBackendResponse, match=message) as raised:
+        classify(backend_answering(nan_safe))
+    assert raised.value.reached and raised.value.status == 502
+
+
+def test_4xx_never_opens_the_circuit_and_its_body_stays_in_the_log():
+    backend = backend_answering(
+        lambda _: httpx.Response(400, text="java.lang.Exception at 0x7f3a2b1c")
+    )
+    for _ in range(5):
+        with pytest.raises(BadBackendResponse) as raised:
+            classify(backend)
+        assert "HTTP 400" in str(raised.value) and not INTERNALS.search(str(raised.value))
+    assert backend.breakers["se_resnet50"].acquire() is None
+
+
+def test_5xx_opens_the_circuit_of_that_model_only():
+    calls: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if request.url.path.endswith("se_resnet50"):
+            return httpx.Response(507, text="worker OOM: <traceback ...>")
+        return httpx.Response(200, json={"results": [GOOD]})
+
+    backend = backend_answering(answer)
+    for _ in range(2):
+        with pytest.raises(BackendUnavailable) as raised:
+            classify(backend, "se_resnet50")
+        assert raised.value.reached and "traceback" not in str(raised.value)
+    with pytest.raises(BackendUnavailable, match="circuit open"):
+        classify(backend, "se_resnet50")
+    assert calls.count("/predictions/se_resnet50") == 2  # the open circuit did not call
+    assert classify(backend, "eca_resnet50") == [GOOD]  # the other model is untouched
+
+
+def test_malformed_answers_count_as_failures_and_success_only_after_parsing():
+    answers = iter(
+        [httpx.Response(200, text="garbage"), httpx.Response(200, json={"results": []})] * 2
+    )
+    backend = backend_answering(lambda _: next(answers))
+    for _ in range(2):
+        with pytest.raises(BadBackendResponse):
+            classify(backend)
+    with pytest.raises(BackendUnavailable, match="circuit open"):
+        classify(backend)
+
+
+def test_connect_timeout_is_unavailable_not_timeout():
+    def answer(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectTimeout("timed out", request=request)
+
+    with pytest.raises(BackendUnavailable) as raised:
+        classify(backend_answering(answer))
+    assert not raised.value.reached and raised.value.status == 503
+
+
+def test_read_timeout_is_timeout():
+    def answer(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    with pytest.raises(BackendTimeout) as raised:
+        classify(backend_answering(answer))
+    assert raised.value.reached and raised.value.status == 504
+
+
+def test_malformed_worker_answer_is_a_json_502_at_the_gateway():
+    backend = backend_answering(lambda _: httpx.Response(200, text="Internal <b>error</b>"))
+    settings = GatewaySettings(models=MODELS, max_batch_delay_ms=1)
+
+    with TestClient(create_app(settings, backend)) as client:
+        response = client.post(
+            "/v1/models/se_resnet50/classify",
+            content=encode(Image.new("RGB", (32, 32)), "PNG"),
+            headers={"Content-Type": "image/png"},
+        )
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "bad_backend_response"
+    assert "<b>" not in response.text
+
+
+def test_readiness_asks_every_model_at_once_within_its_timeout():
+    async def answer(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.3)
+        workers = [{"status": "READY"}] if "eca" in request.url.path else []
+        return httpx.Response(200, json=[{"workers": workers}])
+
+    backend = backend_answering(answer)  # type: ignore[arg-type]
+    started = time.perf_counter()
+    states = asyncio.run(backend.readiness())
+    assert time.perf_counter() - started < 0.55  # both asked concurrently
+    assert states == {"se_resnet50": "no ready worker (HTTP 200)", "eca_resnet50": "ready"}
+
+
+class SlowClassifier:
+    def classify(self, images: list[bytes], top_k: int) -> list[dict]:
+        time.sleep(0.4)
+        return [GOOD for _ in images]
+
+
+def test_inprocess_backend_honours_its_timeout_and_keeps_the_model_locked():
+    backend = InProcessBackend(["se_resnet50"], archive_dir=None, timeout_s=0.1)  # type: ignore[arg-type]
+    backend._classifiers["se_resnet50"] = SlowClassifier()  # type: ignore[assignment]
+
+    async def scenario():
+        with pytest.raises(BackendTimeout):
+            await backend.classify("se_resnet50", [b"x"], 5)
+        assert backend._locks["se_resnet50"].locked()  # the late batch still holds the model
+        backend.timeout_s = 5
+        return await backend.classify("se_resnet50", [b"x", b"y"], 5)
+
+    assert asyncio.run(scenario()) == [GOOD, GOOD]
+
+
+def test_check_results_accepts_errors_and_predictions():
+    entries = [GOOD, {"error": {"code": "undecodable_image", "message": "bad"}}]
+    assert check_results(json.loads(json.dumps(entries)), 2) == entries
