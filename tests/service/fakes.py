@@ -28,6 +28,7 @@ class FakeBackend:
         self.ready: bool | dict[str, bool] = True
         self.batches: list[int] = []
         self.images: list[bytes] = []
+        self.top_ks: list[int] = []
 
     async def start(self) -> None: ...
 
@@ -36,6 +37,7 @@ class FakeBackend:
     async def classify(self, model: str, images: list[bytes], top_k: int) -> list[dict[str, Any]]:
         self.batches.append(len(images))
         self.images += images
+        self.top_ks.append(top_k)
         await asyncio.sleep(self.delay)
         if self.fail is not None and (self.fail_on is None or self.fail_on in images):
             raise self.fail

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import re
 
 import httpx
@@ -348,14 +349,20 @@ async def multipart_concurrently(
             )
 
 
-async def call_asgi(app, chunks: list[bytes], end: str, content_type: str = "image/jpeg") -> int:
-    """A raw ASGI request whose body arrives in ``chunks``, then ``end``: the client disconnects
-    ("disconnect") or stops sending ("stall"). Returns the status the gateway answered."""
+async def call_asgi(
+    app, chunks: list[bytes], end: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict]:
+    """A raw ASGI request whose body arrives in ``chunks``, then ``end``: the body is complete
+    ("complete"), the client disconnects ("disconnect") or stops sending ("stall"). Returns the
+    status the gateway answered and its JSON body."""
     messages = [{"type": "http.request", "body": c, "more_body": True} for c in chunks]
+    headers = headers or {"content-type": "image/jpeg", "content-length": "100000"}
 
     async def receive() -> dict:
         if messages:
             return messages.pop(0)
+        if end == "complete":
+            return {"type": "http.request", "body": b"", "more_body": False}
         if end == "stall":
             await asyncio.sleep(3600)
         return {"type": "http.disconnect"}
@@ -376,12 +383,14 @@ async def call_asgi(app, chunks: list[bytes], end: str, content_type: str = "ima
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"content-type", content_type.encode()), (b"content-length", b"100000")],
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
         "client": ("127.0.0.1", 5000),
         "server": ("gw", 80),
     }
     await app(scope, receive, send)
-    return next(m["status"] for m in sent if m["type"] == "http.response.start")
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(body) if body else {}
 
 
 @pytest.mark.parametrize(
@@ -416,19 +425,76 @@ def test_too_many_files_is_413_at_any_count(count):
     assert response.json()["error"]["message"] == f"{count} images in one request, limit 16"
 
 
-def test_too_many_files_with_a_quoted_boundary_is_still_413():
-    parts = b"".join(
-        b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
-        b"Content-Type: image/jpeg\r\n\r\n" + RED + b"\r\n"
-        for _ in range(40)
+def raw_multipart(parts: list[tuple[str, bytes]], boundary: str = "b0undary") -> bytes:
+    """A multipart body written by hand: each part's extra header lines, then its bytes."""
+    body = b"".join(
+        f"--{boundary}\r\n{headers}\r\n\r\n".encode() + data + b"\r\n" for headers, data in parts
     )
+    return body + f"--{boundary}--\r\n".encode()
+
+
+FILE_PART = 'Content-Disposition: form-data; name="file"; filename="x.jpg"'
+
+
+def test_too_many_files_with_a_quoted_boundary_is_still_413():
+    body = raw_multipart([(f"{FILE_PART}\r\nContent-Type: image/jpeg", RED)] * 40)
+    with make_client() as client:
+        response = classify(
+            client, content=body, content_type='multipart/form-data; boundary="b0undary"'
+        )
+    assert response.status_code == 413 and response.json()["error"]["code"] == "too_many_images"
+    assert response.json()["error"]["message"] == "40 images in one request, limit 16"
+
+
+def test_the_most_files_and_fields_allowed_are_served():
+    """16 images (the limit) plus 16 other form fields: right at every bound, still a 200."""
+    extra = [(f'Content-Disposition: form-data; name="note{i}"', b"hello") for i in range(16)]
+    files = [(f"{FILE_PART}\r\nContent-Type: image/jpeg", RED)] * 16
     with make_client() as client:
         response = classify(
             client,
-            content=parts + b"--b0undary--\r\n",
-            content_type='multipart/form-data; boundary="b0undary"',
+            content=raw_multipart(files + extra),
+            content_type="multipart/form-data; boundary=b0undary",
         )
-    assert response.status_code == 413 and response.json()["error"]["code"] == "too_many_images"
+    assert response.status_code == 200, response.text
+    assert len(response.json()["results"]) == 16
+
+
+@pytest.mark.parametrize(
+    ("part_headers", "status"),
+    [
+        (FILE_PART, 200),  # no Content-Type: treated as octet-stream
+        (f"{FILE_PART}\r\nContent-Type: image/jpeg; q=1", 200),  # parameters are ignored
+        (f"{FILE_PART}\r\nContent-Type: IMAGE/JPEG", 200),
+        (f"{FILE_PART}\r\nContent-Type: text/html", 415),
+    ],
+)
+def test_part_content_types(part_headers, status):
+    with make_client() as client:
+        response = classify(
+            client,
+            content=raw_multipart([(part_headers, RED)]),
+            content_type="multipart/form-data; boundary=b0undary",
+        )
+    assert response.status_code == status, response.text
+
+
+def test_a_text_file_field_and_a_missing_file_field_are_422_saying_why():
+    with make_client() as client:
+        text = classify(client, files={"file": (None, "just text")})
+        missing = classify(client, files={"picture": ("x.jpg", RED, "image/jpeg")})
+        broken = classify(client, content=b"--x\r\nbroken", content_type="multipart/form-data")
+    assert text.status_code == 422 and text.json()["error"] == {
+        "code": "invalid_parameters",
+        "message": "'file' field 0 is text, not a file upload",
+    }
+    assert missing.status_code == 422 and missing.json()["error"]["message"] == (
+        "no 'file' field: send each image as a form field named 'file'"
+    )
+    assert broken.status_code == 400 and broken.json()["error"] == {
+        "code": "malformed_multipart",
+        "message": "Missing boundary in multipart.",
+    }
 
 
 def test_non_ascii_api_key_is_401_and_counted():
@@ -471,7 +537,7 @@ def test_mixed_top_k_in_one_batch_each_get_their_own():
                 )
 
     one, three, two = asyncio.run(both())
-    assert backend.batches == [3]  # one backend call, at the largest top_k
+    assert backend.batches == [3] and backend.top_ks == [3]  # one call, at the largest top_k
     assert [len(r.json()["results"][0]["predictions"]) for r in (one, three, two)] == [1, 3, 2]
     assert three.json()["results"][0]["predictions"][0]["label"] == "blue"
 
@@ -568,7 +634,7 @@ def test_client_gone_mid_upload_is_counted_499():
 
     async def scenario():
         async with app.router.lifespan_context(app):
-            status = await call_asgi(app, [RED[:100]], end="disconnect")
+            status, _ = await call_asgi(app, [RED[:100]], end="disconnect")
             return status, generate_latest(app.state.gateway.metrics.registry).decode()
 
     status, text = asyncio.run(scenario())
@@ -593,17 +659,25 @@ def test_stalled_upload_is_cut_off_and_upload_slots_are_bounded():
                     content=RED,
                     headers={"Content-Type": "image/jpeg"},
                 )
-                stalled_status = await stalled
+                stalled_status, stalled_body = await stalled
                 after = await http.post(
                     "/v1/models/se_resnet50/classify",
                     content=RED,
                     headers={"Content-Type": "image/jpeg"},
                 )
-            return crowded, stalled_status, after
+            return crowded, (stalled_status, stalled_body), after
 
-    crowded, stalled_status, after = asyncio.run(scenario())
+    crowded, stalled, after = asyncio.run(scenario())
     assert crowded.status_code == 503 and crowded.headers["retry-after"]
-    assert stalled_status == 408
+    assert stalled == (
+        408,
+        {
+            "error": {
+                "code": "upload_timeout",
+                "message": "the request body did not arrive within 0.3 s",
+            }
+        },
+    )
     assert after.status_code == 200  # the slot was given back
 
 
@@ -628,3 +702,88 @@ def test_readiness_is_per_model_and_ready_while_one_model_is():
         assert client.get("/v1/models/vgg16/ready").status_code == 404
         backend.ready = False
         assert client.get("/readyz").status_code == 503
+
+
+def test_the_byte_limit_holds_while_streaming_whatever_content_length_says():
+    app = create_app(make_settings(max_upload_bytes=4096), FakeBackend(MODELS))
+    big = solid((1, 2, 3), "PNG", (512, 512)) + b"\0" * 5000
+    exact = RED + b"\0" * (4096 - len(RED))  # exactly the limit: trailing bytes are fine
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            chunks = [big[i : i + 1000] for i in range(0, len(big), 1000)]
+            unsized = await call_asgi(app, chunks, "complete", {"content-type": "image/png"})
+            lying = await call_asgi(
+                app, chunks, "complete", {"content-type": "image/png", "content-length": "100"}
+            )
+            at_limit = await call_asgi(
+                app, [exact], "complete", {"content-type": "image/jpeg", "content-length": "4096"}
+            )
+            declared = await call_asgi(
+                app, [big], "complete", {"content-type": "image/png", "content-length": "9999"}
+            )
+            return unsized, lying, at_limit, declared
+
+    unsized, lying, at_limit, declared = asyncio.run(scenario())
+    streamed_refusal = {
+        "error": {"code": "payload_too_large", "message": "request body exceeds 4,096 bytes"}
+    }
+    assert unsized == lying == (413, streamed_refusal)
+    assert at_limit[0] == 200, at_limit
+    assert declared == (
+        413,
+        {
+            "error": {
+                "code": "payload_too_large",
+                "message": "request body of 9,999 bytes exceeds 4,096",
+            }
+        },
+    )
+
+
+def corrupt_png() -> bytes:
+    """A header and structure that pass the gateway's checks, pixels that do not decode."""
+    data = bytearray(encode(Image.new("RGB", (64, 64), (5, 250, 5)), "PNG"))
+    data[60:120] = b"\0" * 60
+    return bytes(data)
+
+
+def test_an_image_the_worker_cannot_decode_fails_alone_in_its_shared_batch():
+    backend = FakeBackend(MODELS, delay=0.02)
+    app = create_app(make_settings(max_batch_delay_ms=100), backend)
+
+    async def both():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+                return await asyncio.gather(
+                    *(
+                        http.post(
+                            "/v1/models/se_resnet50/classify",
+                            content=body,
+                            headers={"Content-Type": "image/png"},
+                        )
+                        for body in (corrupt_png(), GREEN)
+                    )
+                ), (await http.get("/metrics")).text
+
+    (bad, good), text = asyncio.run(both())
+    assert backend.batches == [2]  # they shared one backend call
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "undecodable_image"
+    assert good.status_code == 200 and good.json()["results"][0]["predictions"][0]["label"] == (
+        "green"
+    )
+    duration = scrape(text, "gateway_backend_duration_seconds_sum", model="se_resnet50")
+    assert 0.02 <= duration < 5  # the backend call's own duration, measured once
+
+
+def test_gateway_batches_stay_within_the_decoded_pixel_budget():
+    backend = FakeBackend(MODELS, delay=0.05)
+    settings = make_settings(
+        max_batch_delay_ms=100, max_pixels=10_000, max_batch_pixels=25_000, max_batch_size=8
+    )
+    app = create_app(settings, backend)
+    square = solid((200, 20, 20), "PNG", (100, 100))  # 10,000 pixels
+    responses = asyncio.run(concurrently(app, [("se_resnet50", square)] * 5))
+    assert [r.status_code for r in responses] == [200] * 5
+    assert max(backend.batches) == 2 and sum(backend.batches) == 5

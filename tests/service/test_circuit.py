@@ -84,6 +84,12 @@ def test_a_probe_without_verdict_frees_the_slot(clock):
     assert breaker.acquire() is None  # the next probe
 
 
+def test_a_sub_second_cooldown_is_allowed(clock):
+    breaker = CircuitBreaker(1, cooldown_s=0.5, clock=clock)
+    breaker.record_failure()
+    assert breaker.acquire() == pytest.approx(0.5)
+
+
 def test_bad_knobs_are_refused():
     with pytest.raises(ValueError, match="failures"):
         CircuitBreaker(0, 1.0)
