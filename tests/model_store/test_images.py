@@ -183,10 +183,13 @@ def test_fast_decode_is_opt_in_and_changes_pixels(weights, monkeypatch):
 
 
 def jpeg_with_thumbnail_segment(data: bytes) -> bytes:
-    """An APP1 segment holding a whole little JPEG (as EXIF thumbnails do) right after SOI."""
+    """An APP1 segment holding a whole little JPEG (as EXIF thumbnails do) after the JFIF APP0
+    segment, where cameras put it."""
     thumbnail = encode(Image.new("RGB", (8, 8), (1, 2, 3)), "JPEG")
     payload = b"Exif\x00\x00" + thumbnail
-    return data[:2] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + data[2:]
+    app0_end = 4 + int.from_bytes(data[4:6], "big")
+    app1 = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    return data[:app0_end] + app1 + data[app0_end:]
 
 
 TRAILER = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 16 + b"\xff\xd9 motion photo"
@@ -346,3 +349,104 @@ def test_limits_are_validated():
         ImageLimits(max_pixels=10, max_batch_pixels=5)
     with pytest.raises(ValueError, match="max_aspect_ratio"):
         ImageLimits(max_aspect_ratio=0.5)
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "message"),
+    [
+        (b"", "undecodable_image", "empty file"),
+        (
+            b"RIFF\x10\x00\x00\x00WAVEfmt junk",
+            "undecodable_image",
+            "not an image: the content is not JPEG, PNG, WEBP",
+        ),
+        (
+            b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00",
+            "undecodable_image",
+            "not an image: the content is not JPEG, PNG, WEBP",
+        ),
+        (
+            UNSERVED["GIF"],
+            "unsupported_image_type",
+            "GIF images are not served; send JPEG, PNG, WEBP",
+        ),
+        (
+            UNSERVED["HEIC"],
+            "unsupported_image_type",
+            "HEIC images are not served; send JPEG, PNG, WEBP",
+        ),
+    ],
+    ids=["empty", "riff-wave", "mp4", "gif", "heic"],
+)
+def test_refusal_messages_say_exactly_what_is_wrong(data, code, message):
+    with pytest.raises(ImageError) as refused:
+        validate(data, LIMITS)
+    assert (refused.value.code, str(refused.value)) == (code, message)
+
+
+def test_pillows_bomb_warning_band_is_refused_too():
+    """Between Pillow's warning (89 M pixels) and its error (179 M) Pillow only warns: with a
+    limit above that band, the warning itself must refuse the image."""
+    limits = ImageLimits(max_pixels=150_000_000, max_batch_pixels=150_000_000)
+    band = encode(Image.new("1", (10_000, 10_000)), "PNG")  # 100 M pixels, a few KB
+    with pytest.raises(ImageError) as refused:
+        validate(band, limits)
+    assert (refused.value.code, str(refused.value)) == (
+        "image_too_large",
+        "more than 150,000,000 pixels",
+    )
+
+
+def test_limits_right_at_their_bounds_are_accepted():
+    limits = ImageLimits(max_pixels=1, max_aspect_ratio=1, max_batch_pixels=1)
+    validate(encode(Image.new("L", (1, 1)), "PNG"), limits)
+
+
+def jpeg_structure_ok(data: bytes) -> bool:
+    try:
+        check_complete("JPEG", data)
+    except ImageError:
+        return False
+    return True
+
+
+def test_jpeg_walker_follows_the_marker_syntax():
+    """Fill bytes and standalone markers between segments are legal; anything but a marker
+    where one belongs is not; an EOI before any scan ends the file."""
+    good = encode(photo((48, 32)), "JPEG")
+    soi, rest = good[:2], good[2:]
+    assert jpeg_structure_ok(good)
+    assert jpeg_structure_ok(soi + b"\xff\xff\xff" + rest)  # fill bytes before a marker
+    assert jpeg_structure_ok(soi + b"\xff\x01" + rest)  # TEM: no length field
+    assert jpeg_structure_ok(soi + b"\xff\xd0" + b"\xff\xd7" + rest)  # RST0..RST7 likewise
+    assert not jpeg_structure_ok(soi + b"\x00" + rest)  # a stray byte where a marker belongs
+    assert jpeg_structure_ok(soi + b"\xff\xd9" + b"\x00\x00")  # EOI right away
+    assert not jpeg_structure_ok(soi + b"\xff\xe0\x00\x10" + b"JFIF")  # segment runs off
+    assert not jpeg_structure_ok(soi + b"\xff\xe0\x00\x04\x00\x00" + b"\xff")  # ends in a marker
+
+
+@pytest.mark.parametrize(
+    ("data", "limits", "message"),
+    [
+        (  # complete (it has an IEND chunk) but no IHDR
+            b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x00IEND\xae\x42\x60\x82",
+            LIMITS,
+            "not a valid PNG file",
+        ),
+        (
+            UNSERVED["animated PNG"],
+            LIMITS,
+            "animated PNG images are not served; send JPEG, PNG, WEBP",
+        ),
+        (
+            encode(Image.new("1", (600, 500)), "PNG"),
+            ImageLimits(max_pixels=200_000, max_batch_pixels=200_000),
+            "600x500 = 300,000 pixels exceeds 200,000",
+        ),
+    ],
+    ids=["bad-png", "apng", "pixels"],
+)
+def test_header_refusal_messages(data, limits, message):
+    with pytest.raises(ImageError) as refused:
+        validate(data, limits)
+    assert str(refused.value) == message

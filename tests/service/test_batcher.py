@@ -120,7 +120,9 @@ def test_result_count_mismatch_fails_the_batch_loudly():
         await batcher.stop()
         return outcomes
 
-    assert all(isinstance(o, BatchSizeMismatch) for o in run(scenario()))
+    outcomes = run(scenario())
+    assert all(isinstance(o, BatchSizeMismatch) for o in outcomes)
+    assert str(outcomes[0]) == "batcher: 2 items in, 1 results out"
 
 
 def test_cancelled_caller_does_not_poison_the_batch():
@@ -306,3 +308,57 @@ def test_on_dequeue_sees_every_item_answered_or_abandoned():
 def test_bad_cost_limit_is_refused_at_construction():
     with pytest.raises(ValueError, match="max_batch_cost"):
         make(FakeBackend(), max_batch_cost=0)
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"max_wait_s": 10},
+        {"max_wait_s": 0},
+        {"max_queue": 4, "max_batch_size": 4},
+        {"max_batch_cost": 1},
+        {"max_concurrent_batches": 1},
+    ],
+)
+def test_knobs_right_at_their_bounds_are_accepted(knobs):
+    make(FakeBackend(), **knobs)
+
+
+def test_knobs_just_past_their_bounds_are_refused():
+    with pytest.raises(ValueError, match="max_wait_s"):
+        make(FakeBackend(), max_wait_s=10.5)
+
+
+def test_a_batch_may_cost_exactly_the_limit():
+    async def scenario():
+        backend = FakeBackend(delay=0.01)
+        batcher = make(backend, max_wait_s=0.05, cost=lambda i: i, max_batch_cost=10)
+        await asyncio.gather(*(batcher.submit(i) for i in (4, 6)))
+        await batcher.stop()
+        return backend.batches
+
+    assert run(scenario()) == [[4, 6]]
+
+
+def test_run_time_is_the_batch_call_duration():
+    async def scenario():
+        batcher = make(FakeBackend(delay=0.05))
+        _, info = await batcher.submit(1)
+        await batcher.stop()
+        return info
+
+    info = run(scenario())
+    assert 0.05 <= info.run_s < 1 and 0 <= info.queue_wait_s < 1
+
+
+def test_stop_waits_for_batches_already_running():
+    """A graceful stop: the batch in flight is answered, only queued items are cancelled."""
+
+    async def scenario():
+        batcher = make(FakeBackend(delay=0.2), max_batch_size=1, max_wait_s=0)
+        running = asyncio.ensure_future(batcher.submit(5))
+        await asyncio.sleep(0.05)
+        await batcher.stop()
+        return running.done() and not running.cancelled() and running.result()[0]
+
+    assert run(scenario()) == 50
