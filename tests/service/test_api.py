@@ -42,8 +42,9 @@ def make_client(backend: FakeBackend | None = None, **settings) -> TestClient:
     return TestClient(create_app(make_settings(**settings), backend or FakeBackend(MODELS)))
 
 
-async def concurrently(app, requests: list[tuple[str, bytes]]) -> list[httpx.Response]:
-    """Send (model, JPEG body) requests at once, with the app's lifespan in this event loop."""
+async def concurrently(app, requests: list[tuple[str, bytes, dict] | tuple[str, bytes]]):
+    """Send (model, raw image body[, query]) requests at once, with the app's lifespan in this
+    event loop."""
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=30) as http:
@@ -53,8 +54,9 @@ async def concurrently(app, requests: list[tuple[str, bytes]]) -> list[httpx.Res
                         f"/v1/models/{model}/classify",
                         content=body,
                         headers={"Content-Type": "image/jpeg"},
+                        params=query[0] if query else None,
                     )
-                    for model, body in requests
+                    for model, body, *query in requests
                 )
             )
 
@@ -519,24 +521,11 @@ def test_non_ascii_api_key_is_401_and_counted():
 def test_mixed_top_k_in_one_batch_each_get_their_own():
     backend = FakeBackend(MODELS, delay=0.05)
     app = create_app(make_settings(max_batch_delay_ms=100), backend)
-
-    async def both():
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
-                return await asyncio.gather(
-                    *(
-                        http.post(
-                            "/v1/models/se_resnet50/classify",
-                            content=image,
-                            headers={"Content-Type": "image/jpeg"},
-                            params={"top_k": k},
-                        )
-                        for image, k in ((RED, 1), (solid((10, 10, 220)), 3), (RED, 2))
-                    )
-                )
-
-    one, three, two = asyncio.run(both())
+    requests = [(RED, 1), (solid((10, 10, 220)), 3), (RED, 2)]
+    responses = asyncio.run(
+        concurrently(app, [("se_resnet50", image, {"top_k": k}) for image, k in requests])
+    )
+    one, three, two = responses
     assert backend.batches == [3] and backend.top_ks == [3]  # one call, at the largest top_k
     assert [len(r.json()["results"][0]["predictions"]) for r in (one, three, two)] == [1, 3, 2]
     assert three.json()["results"][0]["predictions"][0]["label"] == "blue"
@@ -751,23 +740,10 @@ def corrupt_png() -> bytes:
 def test_an_image_the_worker_cannot_decode_fails_alone_in_its_shared_batch():
     backend = FakeBackend(MODELS, delay=0.02)
     app = create_app(make_settings(max_batch_delay_ms=100), backend)
-
-    async def both():
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
-                return await asyncio.gather(
-                    *(
-                        http.post(
-                            "/v1/models/se_resnet50/classify",
-                            content=body,
-                            headers={"Content-Type": "image/png"},
-                        )
-                        for body in (corrupt_png(), GREEN)
-                    )
-                ), (await http.get("/metrics")).text
-
-    (bad, good), text = asyncio.run(both())
+    bad, good = asyncio.run(
+        concurrently(app, [("se_resnet50", corrupt_png()), ("se_resnet50", GREEN)])
+    )
+    text = generate_latest(app.state.gateway.metrics.registry).decode()
     assert backend.batches == [2]  # they shared one backend call
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "undecodable_image"
     assert good.status_code == 200 and good.json()["results"][0]["predictions"][0]["label"] == (
