@@ -114,6 +114,8 @@ class ImageClassifier:
         if len(self.labels) != model.num_classes:
             raise ValueError(f"{len(self.labels)} labels for {model.num_classes} classes")
         self.input_size: int = meta.get("input_size", 224)
+        self.limits = config.limits
+        self.draft_side = resize_side(self.input_size) if config.fast_decode else 0
         self.runner = optimize_for_inference(
             model, device=device, compile=config.compile, mode=config.compile_mode
         )
@@ -150,7 +152,7 @@ class ImageClassifier:
         ks = list(top_k) if isinstance(top_k, Sequence) else [top_k] * len(images)
         results: list[dict[str, Any]] = [{} for _ in images]
         crops, positions = [], []
-        budget = BatchPixelBudget(self.config.limits.max_batch_pixels)
+        budget = BatchPixelBudget(self.limits.max_batch_pixels)
         for position, (data, k) in enumerate(zip(images, ks, strict=True)):
             try:
                 if not 1 <= k <= MAX_TOP_K:
@@ -172,11 +174,10 @@ class ImageClassifier:
         return results
 
     def _crop(self, data: bytes, budget: BatchPixelBudget) -> np.ndarray:
-        image = validate(data, self.config.limits)
+        image = validate(data, self.limits)
         budget.take(image.width * image.height)
-        draft_side = resize_side(self.input_size) if self.config.fast_decode else 0
         try:
-            return crop_to_array(load_upright_rgb(image, draft_side), self.input_size)
+            return crop_to_array(load_upright_rgb(image, self.draft_side), self.input_size)
         except MemoryError:
             raise ImageError("image_too_large", "not enough worker memory to decode it") from None
         except ImageError:

@@ -89,9 +89,9 @@ def sniff_format(data: bytes) -> str:
     raise ImageError("undecodable_image", f"not an image: the content is not {SERVED}")
 
 
-def open_image(data: bytes, limits: ImageLimits) -> Image.Image:
-    """Read the header only: format, frame count, pixels and aspect ratio are checked."""
-    image_format = sniff_format(data)
+def open_image(data: bytes, image_format: str, limits: ImageLimits) -> Image.Image:
+    """Read the header only (as ``sniff_format`` named it): frame count, pixels and aspect
+    ratio are checked."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -120,8 +120,7 @@ def check_complete(image_format: str, data: bytes) -> None:
     """Refuse files cut short, from their structure, without decoding. Bytes after the end of
     the image (a phone's "motion photo" video after a JPEG's EOI, data after a PNG's IEND) are
     allowed: the image itself is whole."""
-    complete = {"JPEG": _jpeg_complete, "PNG": _png_complete, "WEBP": _webp_complete}
-    if not complete[image_format](data):
+    if not _COMPLETE[image_format](data):
         raise ImageError(
             "undecodable_image", f"truncated {image_format} file ({len(data):,} bytes)"
         )
@@ -166,10 +165,14 @@ def _webp_complete(data: bytes) -> bool:
     return int.from_bytes(data[4:8], "little") + 8 <= len(data)
 
 
+_COMPLETE = {"JPEG": _jpeg_complete, "PNG": _png_complete, "WEBP": _webp_complete}
+
+
 def validate(data: bytes, limits: ImageLimits) -> Image.Image:
     """Everything that can be refused without decoding a pixel (the gateway's check)."""
-    check_complete(sniff_format(data), data)
-    return open_image(data, limits)
+    image_format = sniff_format(data)
+    check_complete(image_format, data)
+    return open_image(data, image_format, limits)
 
 
 def load_upright_rgb(image: Image.Image, draft_side: int = 0) -> Image.Image:

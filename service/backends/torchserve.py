@@ -63,6 +63,15 @@ class TorchServeKeys:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
 
+def _results_field(response: httpx.Response) -> object:
+    """The answer's ``results``, whatever it holds (``check_results`` judges it)."""
+    try:
+        body = response.json()
+    except ValueError:
+        raise BadBackendResponse("the worker's answer is not JSON") from None
+    return body.get("results") if isinstance(body, dict) else None
+
+
 class TorchServeBackend:
     def __init__(
         self,
@@ -105,11 +114,11 @@ class TorchServeBackend:
             )
         try:
             response = await self._post(model, images, top_k)
-        except BackendError as exc:
-            if isinstance(exc, LocalPoolExhausted):
-                breaker.release()
-            else:
-                breaker.record_failure()
+        except LocalPoolExhausted:  # the gateway's own limit: no verdict on the backend
+            breaker.release()
+            raise
+        except BackendError:
+            breaker.record_failure()
             raise
         except BaseException:  # cancelled: no verdict on the backend
             breaker.release()
@@ -125,16 +134,11 @@ class TorchServeBackend:
             breaker.release()  # a refusal of this request, not a sign of ill health
             raise BadBackendResponse(f"TorchServe refused the batch with HTTP {status}")
         try:
-            body = response.json()
-            results = check_results(
-                body.get("results") if isinstance(body, dict) else None, len(images)
-            )
-        except (ValueError, BadBackendResponse) as exc:
+            results = check_results(_results_field(response), len(images))
+        except BadBackendResponse:
             breaker.record_failure()
             log.warning("malformed TorchServe answer for %s: %.300s", model, response.text)
-            if isinstance(exc, BadBackendResponse):
-                raise
-            raise BadBackendResponse("the worker's answer is not JSON") from None
+            raise
         breaker.record_success()
         return results
 
