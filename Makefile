@@ -57,6 +57,7 @@ loadtest: setup system-deps
 bench-all: bench
 	$(PY) -m bench.torchserve
 	$(PY) -m bench.gateway
+	$(PY) -m bench.capacity
 	$(PY) -m bench.memory
 	$(PY) -m bench.decode
 

@@ -5,7 +5,8 @@
 
 Every client sends one image per request. "torchserve-direct" relies on TorchServe's own
 batching (batchSize 8, maxBatchDelay 10 ms); "gateway+torchserve" batches in the gateway and
-sends one TorchServe request per batch; "gateway-inprocess" runs the same handler code inside the
+sends one TorchServe request per batch to a TorchServe of its own (batchSize 1: one batching
+layer); "gateway-inprocess" runs the same handler code inside the
 gateway process. The three alternate in short slices (A, B, C, A, B, C ...) so the machine's drift
 hits them alike; ratios are to torchserve-direct at the same concurrency, in the same run.
 """
@@ -14,48 +15,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from model_store.torchserve import free_ports
+from model_store.archive import GATEWAY_FED_BATCH_SIZE
+from model_store.classifier import DEFAULT_MAX_BATCH_SIZE
 
 from .common import report
 from .load import LoadResult, closed_loop
-from .torchserve import image_pool, progress, start_torchserve
+from .stack import build, start_gateway, start_torchserve
+from .torchserve import image_pool, progress
 
 TARGETS = ("torchserve-direct", "gateway+torchserve", "gateway-inprocess")
-
-
-def start_gateway(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_ports(1)[0]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--port", str(port)],
-            env=os.environ | env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gateway exited; log:\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    process.terminate()
-    raise RuntimeError(f"gateway not ready; log:\n{log_path.read_text()[-3000:]}")
 
 
 def make_sender(
@@ -145,10 +121,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--warmup", type=float, default=1.0, help="unmeasured seconds at the start of each slice"
     )
     parser.add_argument(
-        "--max-batch-size", type=int, default=8, help="gateway and TorchServe batch size"
+        "--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE, help="the gateway's"
     )
-    parser.add_argument("--max-batch-delay-ms", type=int, default=10)
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--max-batch-delay-ms", type=int, default=5, help="the gateway's")
     parser.add_argument("--tiny", action="store_true", help="tiny trained model (smoke runs)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -162,14 +137,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         workdir = Path(tmp)
-        ts_args = argparse.Namespace(
-            models=[args.model],
-            compile=args.compile,
-            batch_size=args.max_batch_size,
-            max_batch_delay_ms=args.max_batch_delay_ms,
-            tiny=args.tiny,
-        )
-        server = start_torchserve(ts_args, workdir)
+        fed = build(args, "gateway-fed", batch_size=GATEWAY_FED_BATCH_SIZE)
+        server, _ = start_torchserve(args.model, build(args, "direct", 8), workdir / "direct")
+        behind, _ = start_torchserve(args.model, fed, workdir / "gateway-fed")
         try:
             common = {
                 "GATEWAY_MODELS": args.model,
@@ -181,9 +151,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             gw_ts, gw_ts_url = start_gateway(
                 common
                 | {
-                    "GATEWAY_TORCHSERVE_INFERENCE_URL": server.inference_url,
-                    "GATEWAY_TORCHSERVE_MANAGEMENT_URL": server.management_url,
-                    "GATEWAY_TORCHSERVE_KEY_FILE": str(server.key_file),
+                    "GATEWAY_TORCHSERVE_INFERENCE_URL": behind.inference_url,
+                    "GATEWAY_TORCHSERVE_MANAGEMENT_URL": behind.management_url,
+                    "GATEWAY_TORCHSERVE_KEY_FILE": str(behind.key_file),
                 },
                 workdir / "gateway-ts.log",
             )
@@ -192,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 common
                 | {
                     "GATEWAY_BACKEND": "inprocess",
-                    "GATEWAY_ARCHIVE_DIR": str(workdir / "archives"),
+                    "GATEWAY_ARCHIVE_DIR": str(fed),
                 },
                 workdir / "gateway-inprocess.log",
             )
@@ -204,6 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 process.terminate()
                 process.wait(30)
             server.stop()
+            behind.stop()
     columns = [
         ("target", "target"),
         ("clients", "concurrency"),

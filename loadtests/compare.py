@@ -307,13 +307,18 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, out: Path
 @contextmanager
 def started_stack(models: list[str], tiny: bool) -> Iterator[str]:
     """TorchServe and the gateway on free loopback ports, for --start-stack."""
-    from bench.gateway import start_gateway
+    from bench.stack import start_gateway
     from bench.torchserve import start_torchserve
+    from model_store.archive import GATEWAY_FED_BATCH_SIZE
 
     with tempfile.TemporaryDirectory(prefix="loadtest-stack-") as tmp:
         workdir = Path(tmp)
         options = argparse.Namespace(
-            models=models, compile=True, batch_size=8, max_batch_delay_ms=10, tiny=tiny
+            models=models,
+            compile=True,
+            batch_size=GATEWAY_FED_BATCH_SIZE,
+            max_batch_delay_ms=10,
+            tiny=tiny,
         )
         server = start_torchserve(options, workdir)
         gateway = None

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .archive import DEFAULT_ARCHIVE_DIR, ArchiveSpec, build_archive
+from .archive import DEFAULT_ARCHIVE_DIR, GATEWAY_FED_BATCH_SIZE, ArchiveSpec, build_archive
 from .classifier import DEFAULT_BATCH_BUCKETS
 from .models import MODELS, parse_model_names
 from .torchserve import CONFIG_TEMPLATE, TorchServe, TorchServeError
@@ -57,6 +57,7 @@ def build(args: argparse.Namespace) -> None:
             checkpoint=checkpoints.get(model),
             compile=args.compile,
             compile_mode=args.compile_mode,
+            aot=args.aot,
             batch_buckets=args.batch_buckets,
             batch_size=args.batch_size,
             max_batch_delay_ms=args.max_batch_delay_ms,
@@ -160,12 +161,25 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--compile-mode", default="default")
     p.add_argument(
+        "--aot",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compile ahead of time here (AOTInductor, one package per bucket): workers start "
+        "in seconds; --no-aot compiles in every worker at load instead",
+    )
+    p.add_argument(
         "--batch-buckets",
         type=int_list,
         default=DEFAULT_BATCH_BUCKETS,
         help="padded batch sizes, warmed up at load",
     )
-    p.add_argument("--batch-size", type=int, default=8, help="TorchServe batchSize")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=GATEWAY_FED_BATCH_SIZE,
+        help="TorchServe batchSize: keep 1 behind the gateway (it batches); more only for "
+        "clients that call TorchServe directly with single images",
+    )
     p.add_argument("--max-batch-delay-ms", type=int, default=10, help="TorchServe maxBatchDelay")
     p.add_argument("--workers", type=int, default=1, help="workers per model")
     p.add_argument(

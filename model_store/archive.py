@@ -24,14 +24,17 @@ from typing import Any
 import torch
 import yaml
 
+from .aot import AOT_DIR, compile_packages, machine_key
 from .checkpoint import read_checkpoint, save_checkpoint
 from .classifier import DEFAULT_BATCH_BUCKETS, ClassifierConfig
 from .models import create_model, get_spec
+from .optimize import optimize_for_inference
 
 PACKAGE_DIR = Path(__file__).parent
 DEFAULT_ARCHIVE_DIR = PACKAGE_DIR / "archives"
 ARCHIVE_VERSION = "1.0"
 WORKER_RESPONSE_TIMEOUT_S = 30
+GATEWAY_FED_BATCH_SIZE = 1
 """TorchServe's ``responseTimeout``: never above the gateway's ``backend_timeout_s`` (which
 defaults to it), so no batch keeps a worker busy for clients that were already answered 504."""
 
@@ -46,13 +49,20 @@ class ArchiveSpec:
     compile: bool = True
     compile_mode: str = "default"
     batch_buckets: tuple[int, ...] = DEFAULT_BATCH_BUCKETS
-    batch_size: int = 8  # TorchServe batching of single-image clients
+    aot: bool = True  # compiled models: AOTInductor packages built here, JIT only as fallback
+    batch_size: int = GATEWAY_FED_BATCH_SIZE
+    """TorchServe's ``batchSize``. 1 behind the gateway, which forms the batches itself (one
+    batching layer); more only for single-image clients calling TorchServe directly."""
     max_batch_delay_ms: int = 10
     workers: int = 1
     fast_decode: bool = False  # reduced-scale JPEG decode: faster, not the offline pixels
     response_timeout_s: int = WORKER_RESPONSE_TIMEOUT_S
     startup_timeout_s: int = 900  # compiling every bucket on a 2-core CPU takes minutes
     extra: dict[str, Any] = field(default_factory=dict)  # more ``handler`` settings
+
+    @property
+    def compiles_ahead(self) -> bool:
+        return self.compile and self.aot
 
     def model_config(self) -> dict[str, Any]:
         return {
@@ -69,6 +79,7 @@ class ArchiveSpec:
                 "compile_mode": self.compile_mode,
                 "batch_buckets": list(self.batch_buckets),
                 "fast_decode": self.fast_decode,
+                **({"aot_dir": AOT_DIR} if self.compiles_ahead else {}),
                 **self.extra,
             },
         }
@@ -86,7 +97,7 @@ def _source_files() -> list[Path]:
 
 def fingerprint(spec: ArchiveSpec) -> str:
     digest = hashlib.sha256(json.dumps(asdict(spec), default=str, sort_keys=True).encode())
-    digest.update(torch.__version__.encode())
+    digest.update(json.dumps(machine_key(), sort_keys=True).encode())
     files = _source_files() + ([spec.checkpoint] if spec.checkpoint else [])
     for path in files:
         digest.update(str(path.name).encode())
@@ -117,6 +128,9 @@ def build_archive(
             target = code / "model_store" / path.relative_to(PACKAGE_DIR)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
+        if spec.compiles_ahead:
+            progress(f"{spec.model}: compiling ahead of time (AOTInductor), one package per bucket")
+            _compile_ahead(spec, weights, code / AOT_DIR, progress)
         progress(f"{spec.model}: packing {archive.name}")
         command = [
             str(Path(sys.executable).parent / "torch-model-archiver"),
@@ -137,6 +151,15 @@ def build_archive(
     return archive
 
 
+def _compile_ahead(
+    spec: ArchiveSpec, weights: Path, directory: Path, progress: Callable[[str], None]
+) -> None:
+    """The archive's own weights, optimised as the worker would, compiled per bucket."""
+    checkpoint = read_checkpoint(weights)
+    model = optimize_for_inference(create_model(spec.model, checkpoint=checkpoint), compile=False)
+    compile_packages(model.model, spec.batch_buckets, checkpoint.input_size, directory, progress)
+
+
 def _write_weights(spec: ArchiveSpec, path: Path) -> Path:
     if spec.checkpoint is not None:
         source = read_checkpoint(spec.checkpoint)
@@ -146,6 +169,12 @@ def _write_weights(spec: ArchiveSpec, path: Path) -> Path:
     torch.manual_seed(spec.seed)
     model = create_model(spec.model)
     return save_checkpoint(model, path, weights=f"UNTRAINED: seeded random init (seed {spec.seed})")
+
+
+def read_model_config(path: Path) -> dict[str, Any]:
+    """The ``model-config.yaml`` of a built archive (TorchServe's settings and ``handler``)."""
+    with zipfile.ZipFile(path) as archive:
+        return yaml.safe_load(archive.read("model-config.yaml")) or {}
 
 
 def load_archive(path: Path, extract_to: Path) -> ClassifierConfig:

@@ -44,11 +44,19 @@ class CheckpointError(ValueError):
     """The checkpoint cannot be read, or does not match the model it is loaded into."""
 
 
+DEFAULT_INPUT_SIZE = 224
+
+
 @dataclass
 class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     meta: dict[str, Any] = field(default_factory=dict)
     path: str = ""
+
+    @property
+    def input_size(self) -> int:
+        """The square crop the model was trained on (ImageNet's 224 unless the meta says)."""
+        return int(self.meta.get("input_size", DEFAULT_INPUT_SIZE))
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:

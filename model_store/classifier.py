@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .aot import AotMismatch, Runner, load_packages
 from .checkpoint import read_checkpoint
 from .images import ImageError, ImageLimits, load_upright_rgb, validate
 from .labels import load_labels
@@ -26,8 +28,11 @@ from .transforms import crop_to_array, normalize, resize_side
 log = logging.getLogger(__name__)
 
 MAX_TOP_K = 20
-DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16)
+DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8)
 """Batch sizes compiled and warmed up at load; a batch is padded up to the next one."""
+DEFAULT_MAX_BATCH_SIZE = DEFAULT_BATCH_BUCKETS[-1]
+"""The gateway's batches by default: never past the largest warmed bucket (a larger batch is
+split into several model calls, so batching past it buys nothing)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,9 @@ class ClassifierConfig:
     """Reduced-scale JPEG decode (libjpeg ``draft``): faster, but not the offline pixels."""
     top_k: int = 5
     device: str = "auto"
+    aot_dir: Path | None = None
+    """AOTInductor packages of the batch buckets (built with the archive), used when they match
+    this machine; otherwise the model is compiled just in time."""
 
     @property
     def limits(self) -> ImageLimits:
@@ -71,8 +79,9 @@ class ClassifierConfig:
             )
         values = dict(values)
         values["weights"] = base_dir / values["weights"]
-        if values.get("labels"):
-            values["labels"] = base_dir / values["labels"]
+        for key in ("labels", "aot_dir"):
+            if values.get(key):
+                values[key] = base_dir / values[key]
         if "batch_buckets" in values:
             values["batch_buckets"] = tuple(values["batch_buckets"])
         return cls(**values)
@@ -113,13 +122,14 @@ class ImageClassifier:
         self.labels = meta.get("labels") or load_labels(config.labels, model.num_classes)
         if len(self.labels) != model.num_classes:
             raise ValueError(f"{len(self.labels)} labels for {model.num_classes} classes")
-        self.input_size: int = meta.get("input_size", 224)
+        self.input_size = checkpoint.input_size
         self.limits = config.limits
         self.draft_side = resize_side(self.input_size) if config.fast_decode else 0
+        aot, self.aot_fallback = self._load_aot(torch.device(device))
         self.runner = optimize_for_inference(
-            model, device=device, compile=config.compile, mode=config.compile_mode
+            model, device=device, compile=config.compile, mode=config.compile_mode, aot=aot
         )
-        warmup = self.runner.warmup(config.batch_buckets, self.input_size)
+        warmup = self._warm_up()
         total, attention = count_parameters(model)
         self.info = {
             "model": config.model,
@@ -132,12 +142,41 @@ class ImageClassifier:
             "device": str(self.runner.device),
             "compile_requested": config.compile,
             "compiled": self.runner.compiled,
+            "runtime": self.runner.runtime,
+            "aot_fallback": self.aot_fallback,
             "compile_error": self.runner.compile_error,
             "batch_buckets": list(config.batch_buckets),
             "load_seconds": round(time.perf_counter() - started, 2),
-            "warmup_seconds": {str(k): round(v, 2) for k, v in warmup.items()},
+            "warmup_seconds": warmup,
         }
         log.info("loaded %s", self.info)
+
+    def _load_aot(self, device: torch.device) -> tuple[dict[int, Runner], str | None]:
+        """The archive's AOT packages, or none and why (then ``compile`` decides: JIT or eager)."""
+        config = self.config
+        if config.aot_dir is None or not config.compile:
+            return {}, None
+        try:
+            if device.type != "cpu":
+                raise AotMismatch(f"the packages are for CPU, the model runs on {device}")
+            return load_packages(config.aot_dir, config.batch_buckets, self.input_size), None
+        except AotMismatch as exc:
+            warnings.warn(f"AOT packages not used, compiling just in time: {exc}", stacklevel=3)
+            return {}, str(exc)
+
+    def _warm_up(self) -> dict[str, float]:
+        """Each bucket once, from the same preprocessing output and through the same padding
+        as requests, so a request finds every graph, kernel and buffer already made."""
+        seconds = {}
+        size = self.input_size
+        for bucket in self.config.batch_buckets:
+            started = time.perf_counter()
+            self.predict(normalize(np.zeros((bucket, size, size, 3), np.uint8)))
+            seconds[str(bucket)] = round(time.perf_counter() - started, 2)
+            log.info(
+                "warm-up batch %d: %.2f s (%s)", bucket, seconds[str(bucket)], self.runner.runtime
+            )
+        return seconds
 
     def classify(
         self, images: Sequence[bytes], top_k: int | Sequence[int] | None = None

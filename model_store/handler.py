@@ -4,19 +4,23 @@ A request is either one image as the raw body (``curl -T img.jpg``) or multipart
 each field one image, in field order (what the gateway sends: a whole batch in one request), plus
 an optional ``top_k`` field. TorchServe's own batching may hand several such requests at once;
 all their images run as one model batch. Each request gets
-``{"model": ..., "compiled": ..., "results": [{"predictions": [...]} | {"error": {...}}]}``.
+``{"model": ..., "runtime": ..., "results": [{"predictions": [...]} | {"error": {...}}]}``.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from model_store.classifier import ClassifierConfig, ImageClassifier
 
 PARAMETER_FIELDS = {"top_k"}
+
+log = logging.getLogger(__name__)
 
 
 def parse_top_k(value: Any) -> int | None:
@@ -39,7 +43,18 @@ class AttentionClassifierHandler(BaseHandler):
         if settings.get("device", "auto") == "auto" and gpu_id is not None:
             settings["device"] = f"cuda:{gpu_id}"
         self.classifier = ImageClassifier(ClassifierConfig.from_mapping(settings, model_dir))
+        log.info(
+            "%s serving with runtime %s, %d intra-op threads",
+            self.classifier.config.model,
+            self.classifier.runner.runtime,
+            torch.get_num_threads(),
+        )
         self.initialized = True
+
+    def describe_handle(self) -> dict[str, Any]:
+        """What the gateway checks and reports (``GET /models/{name}?customized=true``): the
+        runtime actually serving, the warmed batch buckets, the thread count."""
+        return {**self.classifier.info, "threads": torch.get_num_threads()}
 
     def preprocess(self, data: list[dict[str, Any]]) -> list[tuple[list[Any], int | None]]:
         """Per request: its image payloads in order, and its ``top_k``."""
@@ -72,6 +87,4 @@ class AttentionClassifierHandler(BaseHandler):
 
     def postprocess(self, grouped: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
         info = self.classifier.info
-        return [
-            {"model": info["model"], "compiled": info["compiled"], "results": r} for r in grouped
-        ]
+        return [{"model": info["model"], "runtime": info["runtime"], "results": r} for r in grouped]

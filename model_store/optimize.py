@@ -7,19 +7,16 @@ logits before and after.
 from __future__ import annotations
 
 import copy
-import logging
-import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Mapping
 from contextlib import nullcontext
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .aot import Runner
 from .resnet import ResNet
-
-log = logging.getLogger(__name__)
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 RECOMPILE_LIMIT = 64
@@ -64,9 +61,10 @@ def enable_inner_squeeze(model: ResNet) -> int:
 class InferenceModel:
     """An optimised classifier: float32 images in, float32 logits out, on ``device``.
 
-    The compiled path is tried on the first call for each input shape (``dynamic=False``: one
-    specialised graph per served batch size); if compilation fails the model warns once and
-    runs eager from then on. ``compiled`` says which path actually runs.
+    ``runtime`` says which path runs: ``aot`` (AOTInductor packages, one per batch size, given
+    as ``aot``), ``jit`` (``torch.compile``, tried on the first call for each input shape with
+    ``dynamic=False``: one specialised graph per served batch size; if compilation fails the
+    model warns once and runs eager from then on) or ``eager``.
     """
 
     def __init__(
@@ -77,8 +75,10 @@ class InferenceModel:
         dtype: torch.dtype | None,
         compile: bool,
         mode: str,
+        aot: Mapping[int, Runner] | None = None,
     ) -> None:
         self.model = model
+        self.aot = dict(aot or {})
         self.device = device
         self.dtype = dtype
         self.compile_requested = compile
@@ -93,8 +93,12 @@ class InferenceModel:
             self._compiled = torch.compile(model, dynamic=False, options=options)
 
     @property
+    def runtime(self) -> str:
+        return "aot" if self.aot else "jit" if self._compiled is not None else "eager"
+
+    @property
     def compiled(self) -> bool:
-        return self._compiled is not None
+        return self.runtime != "eager"
 
     def _autocast(self) -> torch.autocast | nullcontext[None]:
         if self.dtype is None or self.device.type == "cpu":
@@ -103,7 +107,12 @@ class InferenceModel:
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        """Always a fresh inference tensor as input: dynamo's guards include the tensor's
+        dispatch keys, so an input made outside inference mode and one made inside would each
+        compile their own graph (the first request after warm-up paid seconds for that)."""
+        x = images.to(self.device, memory_format=torch.channels_last, non_blocking=True, copy=True)
+        if (aot := self.aot.get(x.shape[0])) is not None:
+            return aot(x).float()
         with self._autocast():
             if self._compiled is not None:
                 try:
@@ -119,21 +128,6 @@ class InferenceModel:
         )
         self._compiled = None
 
-    def warmup(self, batch_sizes: Iterable[int], image_size: int = 224) -> dict[int, float]:
-        """Run each batch size once so no user request pays for compilation; seconds per size."""
-        seconds = {}
-        for batch_size in batch_sizes:
-            start = time.perf_counter()
-            self(torch.zeros(batch_size, 3, image_size, image_size))
-            seconds[batch_size] = time.perf_counter() - start
-            log.info(
-                "warm-up batch %d: %.1f s (compiled=%s)",
-                batch_size,
-                seconds[batch_size],
-                self.compiled,
-            )
-        return seconds
-
 
 def optimize_for_inference(
     model: ResNet,
@@ -144,6 +138,7 @@ def optimize_for_inference(
     dtype: torch.dtype | None = None,
     fold_bn: bool = True,
     squeeze_inner: bool = True,
+    aot: Mapping[int, Runner] | None = None,
 ) -> InferenceModel:
     """Eval mode, BN folded, SE/ECA squeezed early, channels_last, compiled; on CUDA, autocast
     to ``dtype`` (bf16 unless told otherwise). The caller's model is left untouched."""
@@ -160,4 +155,4 @@ def optimize_for_inference(
     model = model.to(device).to(memory_format=torch.channels_last)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    return InferenceModel(model, device=device, dtype=dtype, compile=compile, mode=mode)
+    return InferenceModel(model, device=device, dtype=dtype, compile=compile, mode=mode, aot=aot)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .archive import DEFAULT_ARCHIVE_DIR, PACKAGE_DIR
+from .archive import DEFAULT_ARCHIVE_DIR, PACKAGE_DIR, read_model_config
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,25 @@ def _group_alive(group: int) -> bool:
 
 class TorchServeError(RuntimeError):
     """TorchServe could not be started, or a model did not become ready."""
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (a
+    container's ``cpus`` / a pod's CPU limit, which ``os.cpu_count()`` does not see)."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+def threads_per_worker(workers: int) -> int:
+    """Intra-op threads per worker so that all workers together never oversubscribe the CPUs
+    (oversubscribed OpenMP threads spin against each other and lengthen every batch)."""
+    return max(1, available_cpus() // max(1, workers))
 
 
 def check_java() -> str:
@@ -172,12 +191,16 @@ class TorchServe:
         # and its workers' sockets live in Java's tmpdir ($TEMP): a directory of our own lets
         # several TorchServes run side by side (tests, benchmarks). Short, for socket paths.
         self._tmp_dir = Path(tempfile.mkdtemp(prefix="ts-"))
-        env = os.environ | {
-            "LOG_LOCATION": str(self.run_dir / "logs"),
-            "METRICS_LOCATION": str(self.run_dir / "logs"),
-            "TMPDIR": str(self._tmp_dir),
-            "TEMP": str(self._tmp_dir),
-        }
+        env = (
+            self._worker_defaults()
+            | os.environ
+            | {
+                "LOG_LOCATION": str(self.run_dir / "logs"),
+                "METRICS_LOCATION": str(self.run_dir / "logs"),
+                "TMPDIR": str(self._tmp_dir),
+                "TEMP": str(self._tmp_dir),
+            }
+        )
         with self.log_file.open("ab") as console:
             self.process = subprocess.Popen(
                 command,
@@ -189,6 +212,23 @@ class TorchServe:
             )
         log.info("TorchServe starting (pid %d), log: %s", self.process.pid, self.log_file)
         return self
+
+    def _worker_defaults(self) -> dict[str, str]:
+        """What the environment may override: threads that add up to the CPUs over every
+        worker of every archive, and an inductor cache that outlives this start (the JIT
+        fallback then compiles once per machine, not once per worker start)."""
+        workers = sum(
+            int(read_model_config(self.archive_dir / f"{m}.mar").get("minWorkers", 1))
+            for m in self.models
+        )
+        threads = threads_per_worker(workers)
+        log.info(
+            "%d workers on %d CPUs: %d intra-op threads each", workers, available_cpus(), threads
+        )
+        return {
+            "OMP_NUM_THREADS": str(threads),
+            "TORCHINDUCTOR_CACHE_DIR": str(self.run_dir / "inductor-cache"),
+        }
 
     def config_text(self) -> str:
         """The template with this server's host and ports."""
@@ -241,7 +281,7 @@ class TorchServe:
                 return ready
             if progress and time.monotonic() - last_report > 15:
                 waiting = [m for m in self.models if m not in ready]
-                progress(f"waiting for TorchServe models to load (compiling): {', '.join(waiting)}")
+                progress(f"waiting for TorchServe models to load and warm up: {', '.join(waiting)}")
                 last_report = time.monotonic()
             time.sleep(0.5)
         raise TorchServeError(

@@ -29,7 +29,12 @@ log = logging.getLogger(__name__)
 
 def build_backend(settings: GatewaySettings) -> Backend:
     if settings.backend == "inprocess":
-        return InProcessBackend(settings.models, settings.archive_dir, settings.backend_timeout_s)
+        return InProcessBackend(
+            settings.models,
+            settings.archive_dir,
+            settings.backend_timeout_s,
+            settings.max_batch_size,
+        )
     return TorchServeBackend(
         settings.models,
         settings.torchserve_inference_url,
@@ -38,6 +43,7 @@ def build_backend(settings: GatewaySettings) -> Backend:
         timeout_s=settings.backend_timeout_s,
         breakers=lambda: CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s),
         readiness_timeout_s=settings.readiness_timeout_s,
+        max_batch_size=settings.max_batch_size,
         max_connections=len(settings.models) * settings.max_concurrent_batches + 8,
     )
 
@@ -67,6 +73,7 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
         chosen = backend or build_backend(settings)
         await chosen.start()
         metrics = GatewayMetrics()
+        metrics.watch_runtimes(chosen.runtimes)
         dispatcher = Dispatcher(chosen, settings, metrics)
         app.state.gateway = Gateway(
             settings, chosen, dispatcher, metrics, describe_models(settings.models)

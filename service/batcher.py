@@ -1,7 +1,7 @@
 """Dynamic batching: concurrent submissions grouped into one call, each answered on its own future.
 
 After Ray Serve's ``@serve.batch`` and LitServe: independent of HTTP and of the model. Knobs:
-``max_batch_size``, ``max_wait_s`` (how long the first item of a batch waits for company) and,
+``max_batch_size``, ``max_wait_s`` (the longest the first item of a batch waits for company) and,
 optionally, a ``cost`` per item with ``max_batch_cost`` (an item that would push a batch past it
 starts the next batch instead). At most ``max_concurrent_batches`` batches are in flight; while
 they are, new items wait in a bounded queue (so batches grow under load), and when that queue
@@ -10,16 +10,27 @@ part of it. A batch's exception reaches every future of that batch and no other;
 caller went away (cancelled) before dispatch is dropped, and after dispatch its answer is
 discarded without disturbing the rest of the batch. ``on_dequeue`` sees the queue wait of every
 item taken off the queue, answered or abandoned.
+
+Two policies decide how long a batch waits for company:
+
+- ``fixed`` (TorchServe's, Triton's and Ray's): always ``max_wait_s`` after its first item.
+- ``deadline`` (the default): no wait at all while no batch is in flight (an idle backend gains
+  nothing from waiting); while one is, wait for more only until the backend is predicted free,
+  and never past the moment the batch's most urgent item would miss its deadline. A submission
+  whose deadline cannot be met given the work queued ahead is refused at once with
+  ``DeadlineUnmeetable``. Predictions come from ``estimate(n)``, the expected run time of a batch
+  of ``n`` (``None``: not known yet, so nothing is refused and the wait is ``max_wait_s``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +40,14 @@ R = TypeVar("R")
 
 class QueueFull(Exception):
     """The batcher holds ``max_queue`` items already; the caller should retry later."""
+
+
+class DeadlineUnmeetable(Exception):
+    """The work queued ahead would answer this submission after its deadline."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class BatchSizeMismatch(RuntimeError):
@@ -48,7 +67,11 @@ class BatchInfo:
 class _Pending(Generic[T, R]):
     item: T
     future: asyncio.Future[tuple[R, BatchInfo]]
+    deadline: float = math.inf  # time.perf_counter() by which its answer is useful
     enqueued: float = field(default_factory=time.perf_counter)
+
+
+Policy = Literal["deadline", "fixed"]
 
 
 class Batcher(Generic[T, R]):
@@ -59,10 +82,12 @@ class Batcher(Generic[T, R]):
         max_batch_size: int,
         max_wait_s: float,
         max_queue: int,
-        max_concurrent_batches: int = 2,
+        max_concurrent_batches: int = 1,
         cost: Callable[[T], int] = lambda _: 1,
         max_batch_cost: int | None = None,
         on_dequeue: Callable[[float], None] = lambda _: None,
+        policy: Policy = "deadline",
+        estimate: Callable[[int], float | None] = lambda _: None,
         name: str = "batcher",
     ) -> None:
         if max_batch_size < 1:
@@ -77,6 +102,8 @@ class Batcher(Generic[T, R]):
             raise ValueError(f"max_concurrent_batches must be >= 1, got {max_concurrent_batches}")
         if max_batch_cost is not None and max_batch_cost < 1:
             raise ValueError(f"max_batch_cost must be >= 1, got {max_batch_cost}")
+        if policy not in ("deadline", "fixed"):
+            raise ValueError(f"policy must be 'deadline' or 'fixed', got {policy!r}")
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -84,11 +111,14 @@ class Batcher(Generic[T, R]):
         self.cost = cost
         self.max_batch_cost = max_batch_cost
         self.on_dequeue = on_dequeue
+        self.policy = policy
+        self.estimate = estimate
+        self.max_concurrent_batches = max_concurrent_batches
         self.name = name
         self._queue: asyncio.Queue[_Pending[T, R]] = asyncio.Queue()
         self._next: _Pending[T, R] | None = None  # taken off the queue, opens the next batch
         self._worker: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: dict[asyncio.Task[None], tuple[float, int]] = {}  # -> (started, size)
         self._slots = asyncio.Semaphore(max_concurrent_batches)
 
     @property
@@ -112,17 +142,30 @@ class Batcher(Generic[T, R]):
         while not self._queue.empty():
             self._queue.get_nowait().future.cancel()
 
-    def submit_many(self, items: Sequence[T]) -> list[asyncio.Future[tuple[R, BatchInfo]]]:
-        """Queue all of ``items`` or none (no await between the check and the queueing, so
-        concurrent callers cannot overfill the queue); await each future for its own result."""
+    def submit_many(
+        self, items: Sequence[T], deadline: float = math.inf
+    ) -> list[asyncio.Future[tuple[R, BatchInfo]]]:
+        """Queue all of ``items`` or none (no await between the checks and the queueing, so
+        concurrent callers cannot overfill the queue); await each future for its own result.
+        ``deadline``: the ``time.perf_counter()`` after which nobody waits for the answers."""
         if self.depth + len(items) > self.max_queue:
             raise QueueFull(
                 f"{self.name}: {self.depth} items queued, {len(items)} more would exceed "
                 f"the limit of {self.max_queue}"
             )
+        if self.policy == "deadline" and deadline < math.inf:
+            finish = self.predicted_finish(len(items))
+            if finish is not None and finish > deadline:
+                now = time.perf_counter()
+                raise DeadlineUnmeetable(
+                    f"{self.name}: the work queued ahead would answer in "
+                    f"{(finish - now) * 1000:.0f} ms, past the deadline in "
+                    f"{max(deadline - now, 0) * 1000:.0f} ms",
+                    finish - now,
+                )
         self.start()
         loop = asyncio.get_running_loop()
-        pending = [_Pending[T, R](item, loop.create_future()) for item in items]
+        pending = [_Pending[T, R](item, loop.create_future(), deadline) for item in items]
         for entry in pending:
             self._queue.put_nowait(entry)
         return [entry.future for entry in pending]
@@ -131,6 +174,48 @@ class Batcher(Generic[T, R]):
         """Queue ``item`` and wait for its own result (and the batch it went in)."""
         [future] = self.submit_many([item])
         return await future
+
+    def _busy_until(self) -> list[float] | None:
+        """Predicted end of each batch in flight; ``None`` while their cost is not known."""
+        ends = []
+        for started, size in self._running.values():
+            if (run := self.estimate(size)) is None:
+                return None
+            ends.append(started + run)
+        return ends
+
+    def predicted_finish(self, extra: int) -> float | None:
+        """When ``extra`` items queued now would be answered: the queue ahead and then them, in
+        batches of ``max_batch_size``, each started on the first of ``max_concurrent_batches``
+        slots to come free (the batches in flight hold theirs until their predicted end)."""
+        ends = self._busy_until()
+        if ends is None:
+            return None
+        now = time.perf_counter()
+        slots = sorted(
+            [max(end, now) for end in ends] + [now] * (self.max_concurrent_batches - len(ends))
+        )
+        full, rest = divmod(self.depth + extra, self.max_batch_size)
+        finish = now
+        for size in [self.max_batch_size] * full + ([rest] if rest else []):
+            if (run := self.estimate(size)) is None:
+                return None
+            finish = slots.pop(0) + run
+            slots = sorted([*slots, finish])
+        return finish
+
+    def _wait_until(self, batch: list[_Pending[T, R]], formed: float) -> float:
+        """The latest moment this batch may still wait for company."""
+        latest = formed + self.max_wait_s
+        if self.policy == "fixed":
+            return latest
+        if not self._running:
+            return 0.0  # an idle backend gains nothing from waiting
+        if ends := self._busy_until():
+            latest = min(latest, min(ends))  # a batch in flight is predicted done
+        if (run := self.estimate(len(batch) + 1)) is not None:
+            latest = min(latest, min(p.deadline for p in batch) - run)
+        return latest
 
     async def _take(self, timeout_s: float | None) -> _Pending[T, R]:
         """The next item (``timeout_s`` 0: only one already waiting); reports its queue wait."""
@@ -151,10 +236,12 @@ class Batcher(Generic[T, R]):
             await self._slots.acquire()  # wait for a free slot before forming the next batch
             batch = [await self._take(None)]
             cost = self.cost(batch[0].item)
-            deadline = time.perf_counter() + self.max_wait_s
+            formed = time.perf_counter()
             while len(batch) < self.max_batch_size:
                 try:
-                    pending = await self._take(deadline - time.perf_counter())
+                    pending = await self._take(
+                        self._wait_until(batch, formed) - time.perf_counter()
+                    )
                 except (asyncio.QueueEmpty, TimeoutError):
                     break
                 cost += self.cost(pending.item)
@@ -167,11 +254,11 @@ class Batcher(Generic[T, R]):
                 self._slots.release()
                 continue
             task = asyncio.create_task(self._run(live))
-            self._running.add(task)
+            self._running[task] = (time.perf_counter(), len(live))
             task.add_done_callback(self._batch_done)
 
     def _batch_done(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
+        self._running.pop(task, None)
         self._slots.release()
 
     async def _run(self, batch: list[_Pending[T, R]]) -> None:

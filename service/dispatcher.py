@@ -15,7 +15,8 @@ from functools import partial
 from typing import Any
 
 from .backends.base import Backend, BackendError
-from .batcher import Batcher, BatchInfo
+from .batcher import Batcher, BatchInfo, DeadlineUnmeetable
+from .cost_model import BatchCostModel
 from .metrics import GatewayMetrics
 from .settings import GatewaySettings
 from .uploads import Upload
@@ -33,7 +34,8 @@ class Dispatcher:
     ) -> None:
         self.backend = backend
         self.metrics = metrics
-        self.request_timeout_s = settings.request_timeout_s
+        self.settings = settings
+        self.costs = {model: BatchCostModel() for model in settings.models}
         self.batchers: dict[str, Batcher[ImageJob, dict[str, Any]]] = {}
         for model in settings.models:
             batcher = Batcher(
@@ -45,6 +47,8 @@ class Dispatcher:
                 cost=lambda job: job.upload.pixels,
                 max_batch_cost=settings.max_batch_pixels,
                 on_dequeue=metrics.queue_wait.labels(model).observe,
+                policy=settings.batching,
+                estimate=self.costs[model].predict,
                 name=model,
             )
             self.batchers[model] = batcher
@@ -52,7 +56,10 @@ class Dispatcher:
 
     async def _run_batch(self, model: str, jobs: list[ImageJob]) -> list[dict[str, Any]]:
         """One backend call at the batch's largest top_k; each image trimmed to its own.
-        Duration and size are observed only for batches the backend received."""
+        Duration and size are observed only for batches the backend received; the cost model
+        learns from the batches that succeeded."""
+        if (predicted := self.costs[model].predict(len(jobs))) is not None:
+            self.metrics.backend_predicted.labels(model).observe(predicted)
         started = time.perf_counter()
         try:
             results = await self.backend.classify(
@@ -62,7 +69,7 @@ class Dispatcher:
             if exc.reached:
                 self._observe(model, started, len(jobs))
             raise
-        self._observe(model, started, len(jobs))
+        self.costs[model].observe(len(jobs), self._observe(model, started, len(jobs)))
         return [
             {"predictions": result["predictions"][: job.top_k]}
             if "predictions" in result
@@ -70,18 +77,28 @@ class Dispatcher:
             for result, job in zip(results, jobs, strict=True)
         ]
 
-    def _observe(self, model: str, started: float, size: int) -> None:
-        self.metrics.backend_duration.labels(model).observe(time.perf_counter() - started)
+    def _observe(self, model: str, started: float, size: int) -> float:
+        seconds = time.perf_counter() - started
+        self.metrics.backend_duration.labels(model).observe(seconds)
         self.metrics.batch_size.labels(model).observe(size)
+        return seconds
 
     async def classify(
-        self, model: str, uploads: list[Upload], top_k: int
+        self, model: str, uploads: list[Upload], top_k: int, timeout_s: float
     ) -> list[tuple[dict[str, Any], BatchInfo]]:
-        """Raises ``QueueFull``, ``TimeoutError``, or the backend's error for a failed batch;
-        then the request's other images are withdrawn."""
-        futures = self.batchers[model].submit_many([ImageJob(u, top_k) for u in uploads])
+        """Raises ``QueueFull``, ``DeadlineUnmeetable``, ``TimeoutError`` (past ``timeout_s``,
+        the request's deadline), or the backend's error for a failed batch; then the request's
+        other images are withdrawn, so nobody computes answers nobody waits for."""
+        deadline = time.perf_counter() + timeout_s
         try:
-            async with asyncio.timeout(self.request_timeout_s):
+            futures = self.batchers[model].submit_many(
+                [ImageJob(u, top_k) for u in uploads], deadline
+            )
+        except DeadlineUnmeetable:
+            self.metrics.deadline_refusals.labels(model).inc()
+            raise
+        try:
+            async with asyncio.timeout(timeout_s):
                 return list(await asyncio.gather(*futures))
         finally:
             for future in futures:

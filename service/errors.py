@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,8 +27,8 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def unavailable(message: str, retry_after_s: float) -> ApiError:
-    return ApiError(503, "unavailable", message, {"Retry-After": str(max(1, round(retry_after_s)))})
+def unavailable(message: str, retry_after_s: float, code: str = "unavailable") -> ApiError:
+    return ApiError(503, code, message, {"Retry-After": str(max(1, math.ceil(retry_after_s)))})
 
 
 # What the worker reports per image -> HTTP status at the gateway.

@@ -4,10 +4,12 @@ several apps (tests) never share counters."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -77,12 +79,47 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.backend_predicted = Histogram(
+            "gateway_backend_predicted_seconds",
+            "The cost model's prediction of each batch's backend time (compare with "
+            "gateway_backend_duration_seconds)",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.deadline_refusals = Counter(
+            "gateway_deadline_refusals",
+            "Requests refused at once (503 deadline_unmeetable): the work queued ahead would "
+            "have answered them after their deadline",
+            ["model"],
+            registry=r,
+        )
         self.inflight = Gauge(
             "gateway_inflight_requests", "Classify requests being handled", ["model"], registry=r
         )
         self.queue_depth = Gauge(
             "gateway_queue_depth", "Images waiting in the batcher", ["model"], registry=r
         )
+
+    def watch_runtimes(self, runtimes: Callable[[], dict[str, str]]) -> None:
+        """``gateway_model_runtime{model,runtime} 1`` for what each worker reports running
+        (``aot``; ``jit`` after an AOT package did not match the machine; ``eager``)."""
+        self.registry.register(_RuntimeCollector(runtimes))
+
+
+class _RuntimeCollector(Collector):
+    def __init__(self, runtimes: Callable[[], dict[str, str]]) -> None:
+        self.runtimes = runtimes
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "gateway_model_runtime",
+            "1 for the runtime each model's worker reports: aot, jit or eager",
+            labels=["model", "runtime"],
+        )
+        for model, runtime in sorted(self.runtimes().items()):
+            family.add_metric([model, runtime], 1)
+        yield family
 
 
 class RequestMetrics:

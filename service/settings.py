@@ -9,8 +9,11 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model_store.archive import WORKER_RESPONSE_TIMEOUT_S
+from model_store.classifier import DEFAULT_MAX_BATCH_SIZE
 from model_store.images import ImageLimits
 from model_store.models import MODELS
+
+from .batcher import Policy
 
 
 class GatewaySettings(BaseSettings):
@@ -30,12 +33,18 @@ class GatewaySettings(BaseSettings):
     # inprocess backend: the same archives, loaded into this process
     archive_dir: Path = Path("model_store/archives")
 
-    # batching and backpressure, per model
-    max_batch_size: int = Field(8, ge=1, le=256)
+    # batching and backpressure, per model (see service/batcher.py for the two policies)
+    batching: Policy = "deadline"
+    # never above the worker's largest warmed batch bucket (checked against the worker)
+    max_batch_size: int = Field(DEFAULT_MAX_BATCH_SIZE, ge=1, le=256)
+    # the longest a batch waits for company (always, with the fixed policy)
     max_batch_delay_ms: float = Field(5.0, ge=0, le=1000)
-    max_concurrent_batches: int = Field(2, ge=1, le=64)
+    # batches in flight per model: its worker count (one more only pipelines the HTTP hop)
+    max_concurrent_batches: int = Field(1, ge=1, le=64)
     queue_limit: int = Field(64, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
+    # a request's deadline when it sends no X-Request-Timeout-Ms: per model, else the timeout
+    model_deadline_ms: dict[str, float] = Field(default_factory=dict)
     # the archives' TorchServe responseTimeout is never above this default (see model_store)
     backend_timeout_s: float = Field(float(WORKER_RESPONSE_TIMEOUT_S), gt=0)
     # per-model readiness check; the k8s readiness probe's timeoutSeconds is above it
@@ -80,6 +89,21 @@ class GatewaySettings(BaseSettings):
             raise ValueError("at least one model must be served")
         if unknown := [m for m in value if m not in MODELS]:
             raise ValueError(f"unknown models {unknown}; known: {', '.join(MODELS)}")
+        return value
+
+    def deadline_s(self, model: str, requested_ms: float | None) -> float:
+        """Seconds a request may take: what it asked for, else its model's SLO, never past
+        ``request_timeout_s``."""
+        wanted_ms = requested_ms or self.model_deadline_ms.get(model)
+        return (
+            min(self.request_timeout_s, wanted_ms / 1000) if wanted_ms else self.request_timeout_s
+        )
+
+    @field_validator("model_deadline_ms")
+    @classmethod
+    def _positive_deadlines(cls, value: dict[str, float]) -> dict[str, float]:
+        if bad := {m: ms for m, ms in value.items() if m not in MODELS or ms <= 0}:
+            raise ValueError(f"deadlines need a known model and a positive time, got {bad}")
         return value
 
     @property

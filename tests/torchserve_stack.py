@@ -15,7 +15,7 @@ from model_store.torchserve import TorchServe, free_ports
 from service.app import create_app
 from service.settings import GatewaySettings
 
-# eca compiled (proves the compiled path runs inside a worker), se eager.
+# eca compiled ahead of time (proves the AOT packages serve inside a worker), se eager.
 STACK_MODELS = {"eca_resnet50": True, "se_resnet50": False}
 BUCKETS = (1, 2, 4, 8)
 
@@ -29,8 +29,6 @@ def build_tiny_archives(workdir: Path, trained) -> Path:
             checkpoint=checkpoint,
             compile=compile_,
             batch_buckets=BUCKETS,
-            batch_size=4,
-            max_batch_delay_ms=20,
         )
         build_archive(spec, archives, progress=lambda _: None)
     return archives

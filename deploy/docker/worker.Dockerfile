@@ -10,6 +10,10 @@ ARG VARIANT=cpu
 ARG MODELS
 ARG CHECKPOINTS=""
 WORKDIR /src
+# A C++ compiler for the archives' ahead-of-time compilation (AOTInductor), in this stage only:
+# the served image loads the compiled packages and needs none.
+RUN apt-get update && apt-get install -y --no-install-recommends g++ \
+ && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY pyproject.toml ./

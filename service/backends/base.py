@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from ..schemas import ErrorResponse, ImageResult
 
@@ -66,6 +66,31 @@ def check_results(results: object, count: int) -> list[dict[str, Any]]:
     return [entry.model_dump() for entry in parsed]
 
 
+class WorkerFacts(BaseModel):
+    """What a loaded worker reports about itself (the classifier's ``info``, TorchServe's
+    batching): the gateway checks its batching against it and exports the runtime."""
+
+    runtime: str = Field(description="aot, jit or eager: what actually runs the model")
+    batch_buckets: list[int] = Field(min_length=1)
+    batch_size: int = Field(1, description="TorchServe batchSize: 1 when the gateway batches")
+
+
+def serving_mismatch(facts: WorkerFacts, max_batch_size: int) -> str | None:
+    """Why the gateway's batching and this worker's disagree (None: they agree)."""
+    if facts.batch_size != 1:
+        return (
+            f"the worker's TorchServe batchSize is {facts.batch_size}: it would merge the "
+            "gateway's batches again; build the archive with batch_size 1 (the default)"
+        )
+    if max_batch_size > (largest := max(facts.batch_buckets)):
+        return (
+            f"the gateway's max_batch_size {max_batch_size} exceeds the worker's largest warmed "
+            f"batch bucket {largest}; lower GATEWAY_MAX_BATCH_SIZE or rebuild the archive "
+            "with larger buckets"
+        )
+    return None
+
+
 class Backend(Protocol):
     async def start(self) -> None: ...
 
@@ -77,5 +102,10 @@ class Backend(Protocol):
         ...
 
     async def readiness(self) -> dict[str, str]:
-        """Per served model: ``"ready"`` or why not."""
+        """Per served model: ``"ready"`` or why not (a worker whose batching disagrees with the
+        gateway's, see ``serving_mismatch``, is not ready)."""
+        ...
+
+    def runtimes(self) -> dict[str, str]:
+        """Per model whose worker has reported: the runtime serving it."""
         ...

@@ -15,27 +15,35 @@ from model_store.archive import load_archive
 from model_store.classifier import ImageClassifier
 
 from ..schemas import READY
-from .base import BackendTimeout, check_results
+from .base import BackendTimeout, WorkerFacts, check_results, serving_mismatch
 
 
 class InProcessBackend:
-    def __init__(self, models: list[str], archive_dir: Path, timeout_s: float) -> None:
+    def __init__(
+        self, models: list[str], archive_dir: Path, timeout_s: float, max_batch_size: int
+    ) -> None:
         self.models = models
         self.archive_dir = archive_dir
         self.timeout_s = timeout_s
+        self.max_batch_size = max_batch_size
         self._tmp = tempfile.TemporaryDirectory(prefix="gateway-inprocess-")
         self._classifiers: dict[str, ImageClassifier] = {}
         self._locks = {m: asyncio.Lock() for m in models}
         self._errors: dict[str, str] = {}
 
     async def start(self) -> None:
-        """Load (and compile, and warm up) every model before serving."""
+        """Load (and compile, and warm up) every model before serving; a model whose warmed
+        buckets are smaller than the gateway's batches stops the start with the reason."""
         for model in self.models:
             try:
                 config = load_archive(
                     self.archive_dir / f"{model}.mar", Path(self._tmp.name) / model
                 )
-                self._classifiers[model] = await asyncio.to_thread(ImageClassifier, config)
+                classifier = await asyncio.to_thread(ImageClassifier, config)
+                facts = WorkerFacts.model_validate(classifier.info)
+                if mismatch := serving_mismatch(facts, self.max_batch_size):
+                    raise ValueError(f"{model}: {mismatch}")
+                self._classifiers[model] = classifier
             except Exception as exc:
                 self._errors[model] = f"{type(exc).__name__}: {exc}"
                 raise
@@ -59,6 +67,9 @@ class InProcessBackend:
         except TimeoutError:
             raise BackendTimeout(f"the model did not answer within {self.timeout_s:g} s") from None
         return check_results(results, len(images))
+
+    def runtimes(self) -> dict[str, str]:
+        return {m: c.runner.runtime for m, c in self._classifiers.items()}
 
     async def readiness(self) -> dict[str, str]:
         return {

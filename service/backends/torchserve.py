@@ -23,7 +23,9 @@ from .base import (
     BackendTimeout,
     BackendUnavailable,
     BadBackendResponse,
+    WorkerFacts,
     check_results,
+    serving_mismatch,
 )
 from .circuit import CircuitBreaker
 
@@ -82,6 +84,7 @@ class TorchServeBackend:
         timeout_s: float,
         breakers: Callable[[], CircuitBreaker],
         readiness_timeout_s: float = 2.0,
+        max_batch_size: int = 1,
         max_connections: int = 64,
     ) -> None:
         self.models = models
@@ -91,6 +94,8 @@ class TorchServeBackend:
         self.timeout_s = timeout_s
         self.breakers = {model: breakers() for model in models}
         self.readiness_timeout_s = readiness_timeout_s
+        self.max_batch_size = max_batch_size
+        self.facts: dict[str, WorkerFacts] = {}  # per model, while its worker is ready
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S),
             limits=httpx.Limits(
@@ -203,16 +208,38 @@ class TorchServeBackend:
         self._readiness = (time.monotonic(), status)
         return status
 
+    def runtimes(self) -> dict[str, str]:
+        return {model: facts.runtime for model, facts in self.facts.items()}
+
+    async def _describe(self, model: str, customized: bool) -> tuple[int, dict[str, Any]]:
+        """TorchServe's description of ``model``; ``customized`` asks its worker too (the
+        handler's ``describe_handle``: a round trip to a worker that may be busy, so once)."""
+        response = await self._client.get(
+            f"{self.management_url}/models/{model}",
+            params={"customized": "true"} if customized else None,
+            headers=self.keys.headers("management"),
+            timeout=self.readiness_timeout_s,
+        )
+        return response.status_code, response.json()[0] if response.status_code == 200 else {}
+
     async def _model_state(self, model: str) -> str:
+        """Ready: a READY worker whose batching agrees with the gateway's (checked once per
+        worker start against what the worker itself reports)."""
         try:
-            response = await self._client.get(
-                f"{self.management_url}/models/{model}",
-                headers=self.keys.headers("management"),
-                timeout=self.readiness_timeout_s,
-            )
-            workers = response.json()[0].get("workers", []) if response.status_code == 200 else []
-        except (httpx.HTTPError, ValueError, IndexError, KeyError, AttributeError) as exc:
+            status, description = await self._describe(model, customized=False)
+            if not any(w.get("status") == "READY" for w in description.get("workers", [])):
+                self.facts.pop(model, None)
+                return f"no ready worker (HTTP {status})"
+            if model not in self.facts:
+                _, described = await self._describe(model, customized=True)
+                reported = described["customizedMetadata"]  # JSON text in some versions
+                self.facts[model] = WorkerFacts.model_validate(
+                    (json.loads(reported) if isinstance(reported, str) else reported)
+                    | {"batch_size": described["batchSize"]}
+                )
+        except (httpx.HTTPError, ValueError, TypeError, LookupError, AttributeError) as exc:
             return f"TorchServe unreachable: {type(exc).__name__}"
-        if any(w.get("status") == "READY" for w in workers):
-            return READY
-        return f"no ready worker (HTTP {response.status_code})"
+        if mismatch := serving_mismatch(self.facts[model], self.max_batch_size):
+            log.error("%s cannot be served as configured: %s", model, mismatch)
+            return f"misconfigured: {mismatch}"
+        return READY

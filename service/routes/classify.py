@@ -8,12 +8,12 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from model_store.classifier import MAX_TOP_K
 
 from ..backends.base import BackendError, BackendUnavailable
-from ..batcher import BatchInfo, QueueFull
+from ..batcher import BatchInfo, DeadlineUnmeetable, QueueFull
 from ..deps import ApiKeyDep, Gateway, GatewayDep, UploadSlotDep
 from ..errors import IMAGE_ERROR_STATUS, ApiError, unavailable
 from ..schemas import ClassifyResponse, ErrorResponse, ImageResult, Timing
@@ -52,8 +52,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         415: "not a still JPEG, PNG or WebP",
         422: "bad parameters",
         502: "the worker answered with something other than one result per image",
-        503: "queue full, too many uploads at once, or backend down (see Retry-After)",
-        504: "backend timed out",
+        503: "queue full, too many uploads at once, backend down, or the deadline cannot be "
+        "met given the work queued ahead (deadline_unmeetable); see Retry-After",
+        504: "no answer within the request's deadline or the backend's timeout",
     }.items()
 }
 
@@ -73,6 +74,10 @@ async def classify(
     __: UploadSlotDep,
     model: Annotated[str, Path(description="a served model, see GET /v1/models")],
     top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K, description="predictions per image")] = 5,
+    x_request_timeout_ms: Annotated[
+        float | None,
+        Header(gt=0, description="this request's deadline; default: the model's, see settings"),
+    ] = None,
 ) -> ClassifyResponse:
     started = time.perf_counter()
     if model not in gateway.models:
@@ -82,7 +87,8 @@ async def classify(
             f"model {model!r} is not served; served: {', '.join(gateway.models)}",
         )
     uploads = await read_images(request, gateway.settings)
-    answers = await _dispatch(gateway, model, uploads, top_k)
+    timeout_s = gateway.settings.deadline_s(model, x_request_timeout_ms)
+    answers = await _dispatch(gateway, model, uploads, top_k, timeout_s)
     for index, (result, _info) in enumerate(answers):
         if "error" in result:
             code = result["error"]["code"]
@@ -109,18 +115,18 @@ async def classify(
 
 
 async def _dispatch(
-    gateway: Gateway, model: str, uploads: list[Upload], top_k: int
+    gateway: Gateway, model: str, uploads: list[Upload], top_k: int, timeout_s: float
 ) -> list[tuple[dict[str, Any], BatchInfo]]:
-    """Backpressure and backend failures, as SPEC status codes."""
+    """Backpressure, deadlines and backend failures, as SPEC status codes."""
     try:
-        return await gateway.dispatcher.classify(model, uploads, top_k)
+        return await gateway.dispatcher.classify(model, uploads, top_k, timeout_s)
     except QueueFull as exc:
         raise unavailable(f"queue full: {exc}", 1.0) from None
+    except DeadlineUnmeetable as exc:
+        raise unavailable(str(exc), exc.retry_after_s, "deadline_unmeetable") from None
     except BackendUnavailable as exc:
         raise unavailable(f"backend unavailable: {exc}", exc.retry_after_s) from None
     except BackendError as exc:
         raise ApiError(exc.status, exc.code, str(exc)) from None
     except TimeoutError:
-        raise ApiError(
-            504, "backend_timeout", f"no answer within {gateway.settings.request_timeout_s:g} s"
-        ) from None
+        raise ApiError(504, "backend_timeout", f"no answer within {timeout_s:g} s") from None

@@ -45,7 +45,7 @@ def test_single_image_as_raw_body(torchserve, held_out):
     )
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["model"] == "eca_resnet50" and body["compiled"] is True
+    assert body["model"] == "eca_resnet50" and body["runtime"] == "aot"
     [result] = body["results"]
     predictions = result["predictions"]
     assert len(predictions) == len(CLASS_NAMES)  # top_k 5 clamped to the 4 classes
@@ -151,7 +151,7 @@ def test_management_api_reports_ready_workers(torchserve):
         timeout=30,
     )
     [description] = response.json()
-    assert description["batchSize"] == 4
+    assert description["batchSize"] == 1  # the gateway batches: one batching layer
     assert description["workers"] and all(w["status"] == "READY" for w in description["workers"])
 
 

@@ -58,6 +58,9 @@ class FakeBackend:
             ]
         }
 
+    def runtimes(self) -> dict[str, str]:
+        return dict.fromkeys(self.models, "eager")
+
     async def readiness(self) -> dict[str, str]:
         ready = (
             self.ready if isinstance(self.ready, dict) else dict.fromkeys(self.models, self.ready)

@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import re
+import time
 
 import httpx
 import pytest
@@ -160,7 +161,7 @@ def test_byte_and_count_limits(client):
 
 def test_a_bad_request_never_breaks_the_batch_it_would_have_joined():
     backend = FakeBackend(MODELS, delay=0.05)
-    app = create_app(make_settings(max_batch_delay_ms=50), backend)
+    app = create_app(make_settings(max_batch_delay_ms=50, batching="fixed"), backend)
     bodies = [
         RED if i % 3 else b"\xff\xd8\xff\xe0" + b"x" * 40 for i in range(12)
     ]  # every third is broken
@@ -520,7 +521,7 @@ def test_non_ascii_api_key_is_401_and_counted():
 
 def test_mixed_top_k_in_one_batch_each_get_their_own():
     backend = FakeBackend(MODELS, delay=0.05)
-    app = create_app(make_settings(max_batch_delay_ms=100), backend)
+    app = create_app(make_settings(max_batch_delay_ms=100, batching="fixed"), backend)
     requests = [(RED, 1), (solid((10, 10, 220)), 3), (RED, 2)]
     responses = asyncio.run(
         concurrently(app, [("se_resnet50", image, {"top_k": k}) for image, k in requests])
@@ -739,7 +740,7 @@ def corrupt_png() -> bytes:
 
 def test_an_image_the_worker_cannot_decode_fails_alone_in_its_shared_batch():
     backend = FakeBackend(MODELS, delay=0.02)
-    app = create_app(make_settings(max_batch_delay_ms=100), backend)
+    app = create_app(make_settings(max_batch_delay_ms=100, batching="fixed"), backend)
     bad, good = asyncio.run(
         concurrently(app, [("se_resnet50", corrupt_png()), ("se_resnet50", GREEN)])
     )
@@ -756,10 +757,92 @@ def test_an_image_the_worker_cannot_decode_fails_alone_in_its_shared_batch():
 def test_gateway_batches_stay_within_the_decoded_pixel_budget():
     backend = FakeBackend(MODELS, delay=0.05)
     settings = make_settings(
-        max_batch_delay_ms=100, max_pixels=10_000, max_batch_pixels=25_000, max_batch_size=8
+        max_batch_delay_ms=100,
+        batching="fixed",
+        max_pixels=10_000,
+        max_batch_pixels=25_000,
+        max_batch_size=8,
     )
     app = create_app(settings, backend)
     square = solid((200, 20, 20), "PNG", (100, 100))  # 10,000 pixels
     responses = asyncio.run(concurrently(app, [("se_resnet50", square)] * 5))
     assert [r.status_code for r in responses] == [200] * 5
     assert max(backend.batches) == 2 and sum(backend.batches) == 5
+
+
+def _post_with_deadline(client, deadline_ms: str):
+    return client.post(
+        "/v1/models/se_resnet50/classify",
+        content=RED,
+        headers={"Content-Type": "image/jpeg", "X-Request-Timeout-Ms": deadline_ms},
+    )
+
+
+@pytest.mark.parametrize("deadline_ms", ["0", "-5", "soon"])
+def test_a_malformed_deadline_header_is_422(client, deadline_ms):
+    response = _post_with_deadline(client, deadline_ms)
+    assert response.status_code == 422
+    assert "x-request-timeout-ms" in response.json()["error"]["message"]
+
+
+def test_a_request_that_cannot_meet_its_deadline_is_refused_at_once_with_503():
+    """Once the gateway has learnt the batch cost (0.2 s here), a request whose deadline falls
+    before the queued work ahead of it could be done is refused at once, not computed late."""
+    backend = FakeBackend(MODELS, delay=0.2)
+    app = create_app(make_settings(max_batch_size=1, queue_limit=16), backend)
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+
+                def post(deadline_ms: int | None = None):
+                    headers = {"Content-Type": "image/jpeg"}
+                    if deadline_ms:
+                        headers["X-Request-Timeout-Ms"] = str(deadline_ms)
+                    return http.post(
+                        "/v1/models/se_resnet50/classify", content=RED, headers=headers
+                    )
+
+                await post()  # the cost model learns one batch's time
+                backlog = [asyncio.ensure_future(post()) for _ in range(5)]  # ~1 s queued
+                await asyncio.sleep(0.05)
+                started = time.perf_counter()
+                refused = await post(deadline_ms=300)
+                refused_after = time.perf_counter() - started
+                patient = await post(deadline_ms=10_000)
+                await asyncio.gather(*backlog)
+                metrics = (await http.get("/metrics")).text
+                return refused, refused_after, patient, metrics
+
+    refused, refused_after, patient, metrics = asyncio.run(scenario())
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "deadline_unmeetable"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused_after < 0.3  # refused at admission, not after waiting out the deadline
+    assert patient.status_code == 200
+    assert 'gateway_deadline_refusals_total{model="se_resnet50"} 1.0' in metrics
+    assert 'gateway_backend_predicted_seconds_count{model="se_resnet50"}' in metrics
+
+
+def test_the_deadline_header_bounds_the_wait_with_504():
+    with make_client(FakeBackend(MODELS, delay=1.0)) as client:
+        response = _post_with_deadline(client, "100")
+    assert response.status_code == 504
+    assert "0.1 s" in response.json()["error"]["message"]
+
+
+def test_a_model_slo_is_the_deadline_of_requests_without_the_header():
+    settings = make_settings(model_deadline_ms={"se_resnet50": 100})
+    with TestClient(create_app(settings, FakeBackend(MODELS, delay=1.0))) as client:
+        slow = client.post(
+            "/v1/models/se_resnet50/classify", content=RED, headers={"Content-Type": "image/jpeg"}
+        )
+    assert slow.status_code == 504
+
+
+def test_unknown_models_or_non_positive_slos_are_refused_at_start():
+    with pytest.raises(ValueError, match="deadlines"):
+        make_settings(model_deadline_ms={"vgg16": 100})
+    with pytest.raises(ValueError, match="deadlines"):
+        make_settings(model_deadline_ms={"se_resnet50": 0})

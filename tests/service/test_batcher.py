@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
-from service.batcher import Batcher, BatchSizeMismatch, QueueFull
+from service.batcher import Batcher, BatchSizeMismatch, DeadlineUnmeetable, QueueFull
 
 
 class FakeBackend:
@@ -61,9 +62,9 @@ def test_batch_info_reports_size_and_waits():
     assert all(0 <= info.queue_wait_s < 1 and info.run_s >= 0.02 for info in infos)
 
 
-def test_lone_request_waits_at_most_max_wait():
+def test_lone_request_waits_at_most_max_wait_with_a_fixed_delay():
     async def scenario():
-        batcher = make(FakeBackend(), max_wait_s=0.05)
+        batcher = make(FakeBackend(), max_wait_s=0.05, policy="fixed")
         loop = asyncio.get_running_loop()
         start = loop.time()
         value, info = await batcher.submit(7)
@@ -362,3 +363,132 @@ def test_stop_waits_for_batches_already_running():
         return running.done() and not running.cancelled() and running.result()[0]
 
     assert run(scenario()) == 50
+
+
+class TimedBackend(FakeBackend):
+    """A backend of known cost: ``per_item`` seconds per item, and that cost as its estimate."""
+
+    def __init__(self, per_item: float) -> None:
+        super().__init__()
+        self.per_item = per_item
+
+    def estimate(self, size: int) -> float:
+        return self.per_item * size
+
+    async def __call__(self, items: list[int]) -> list[int]:
+        self.delay = self.per_item * len(items)
+        return await super().__call__(items)
+
+
+def test_deadline_policy_sends_a_lone_request_at_once():
+    async def scenario():
+        batcher = make(FakeBackend(), max_wait_s=1.0)
+        _, info = await batcher.submit(7)
+        await batcher.stop()
+        return info
+
+    info = run(scenario())
+    assert info.size == 1 and info.queue_wait_s < 0.5  # not the 1 s a fixed delay would wait
+
+
+def test_requests_arriving_while_the_backend_is_busy_form_the_next_batch():
+    async def scenario():
+        backend = TimedBackend(per_item=0.05)
+        batcher = make(backend, max_wait_s=1.0, estimate=backend.estimate)
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.01)  # batch [0] is running now
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 4)]
+        await asyncio.gather(first, *rest)
+        await batcher.stop()
+        return backend.batches
+
+    assert run(scenario()) == [[0], [1, 2, 3]]
+
+
+def test_with_a_free_slot_a_batch_waits_for_company_only_until_the_backend_is_free():
+    """Two batches may be in flight: the second waits while the first runs (that is when
+    batching pays), up to its predicted end, not the whole max_wait_s."""
+
+    async def scenario():
+        backend = TimedBackend(per_item=0.1)
+        batcher = make(backend, max_wait_s=5.0, max_concurrent_batches=2, estimate=backend.estimate)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0.02)
+        third = asyncio.ensure_future(batcher.submit(2))
+        await asyncio.gather(first, second, third)
+        elapsed = loop.time() - start
+        await batcher.stop()
+        return backend.batches, elapsed
+
+    batches, elapsed = run(scenario())
+    assert batches == [[0], [1, 2]]
+    assert elapsed < 2.0  # the 5 s max_wait_s was not waited out
+
+
+def test_a_waiting_batch_leaves_in_time_for_its_most_urgent_item():
+    async def scenario():
+        backend = TimedBackend(per_item=0.1)
+        batcher = make(
+            backend,
+            max_batch_size=32,
+            max_wait_s=5.0,
+            max_concurrent_batches=2,
+            estimate=backend.estimate,
+        )
+        busy = asyncio.ensure_future(batcher.submit_many(list(range(30)))[0])  # one 3 s batch
+        await asyncio.sleep(0.05)
+        deadline = time.perf_counter() + 0.6
+        [urgent] = batcher.submit_many([99], deadline=deadline)
+        _, info = await urgent
+        await busy
+        await batcher.stop()
+        return info
+
+    info = run(scenario())
+    assert info.queue_wait_s < 0.6  # left before the deadline, not when the backend freed
+
+
+def test_a_request_that_cannot_meet_its_deadline_is_refused_at_once():
+    async def scenario():
+        backend = TimedBackend(per_item=0.05)
+        batcher = make(backend, estimate=backend.estimate)
+        queued = batcher.submit_many(list(range(12)))  # ~0.6 s of work ahead
+        now = time.perf_counter()
+        with pytest.raises(DeadlineUnmeetable) as refused:
+            batcher.submit_many([100], deadline=now + 0.1)
+        depth_after_refusal = batcher.depth
+        admitted = batcher.submit_many([101], deadline=now + 5.0)
+        await asyncio.gather(*queued, *admitted)
+        await batcher.stop()
+        return refused.value, depth_after_refusal
+
+    refusal, depth = run(scenario())
+    assert depth == 12  # nothing of the refused submission was queued
+    assert 0.3 < refusal.retry_after_s < 2.0  # about the 0.6 s of work queued ahead
+    assert "deadline" in str(refusal)
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [{"policy": "fixed"}, {}],  # the fixed policy never refuses; no estimate yet: admit
+    ids=["fixed-policy", "cost-unknown"],
+)
+def test_nothing_is_refused_without_a_deadline_policy_or_a_known_cost(knobs):
+    async def scenario():
+        batcher = make(FakeBackend(delay=0.01), **knobs)
+        queued = batcher.submit_many(list(range(12)))
+        late = batcher.submit_many([100], deadline=time.perf_counter() + 0.001)
+        results = await asyncio.gather(*queued, *late)
+        await batcher.stop()
+        return results
+
+    assert len(run(scenario())) == 13
+
+
+def test_unknown_policy_is_refused_at_construction():
+    with pytest.raises(ValueError, match="policy"):
+        make(FakeBackend(), policy="lifo")

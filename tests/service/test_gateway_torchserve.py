@@ -14,6 +14,7 @@ import pytest
 
 from model_store.synthetic import CLASS_NAMES, encode, make_images
 from model_store.torchserve import free_ports
+from service.backends.inprocess import InProcessBackend
 from service.settings import GatewaySettings
 
 from ..torchserve_stack import GatewayThread, gateway_settings
@@ -213,3 +214,24 @@ def test_inprocess_backend_serves_the_same_archives(tiny_archives, gateway):
         assert mine.json()["results"][0]["predictions"][0]["score"] == pytest.approx(
             theirs.json()["results"][0]["predictions"][0]["score"], abs=1e-4
         )
+
+
+def test_the_gateway_exports_the_runtime_each_worker_reports(gateway):
+    assert httpx.get(f"{gateway.url}/readyz", timeout=30).status_code == 200
+    assert metric(gateway.url, "gateway_model_runtime", model="eca_resnet50", runtime="aot") == 1
+    assert metric(gateway.url, "gateway_model_runtime", model="se_resnet50", runtime="eager") == 1
+
+
+def test_gateway_batches_larger_than_the_workers_buckets_keep_the_model_not_ready(torchserve):
+    with GatewayThread(gateway_settings(torchserve, max_batch_size=16)) as misfit:
+        response = httpx.get(f"{misfit.url}/v1/models/eca_resnet50/ready", timeout=30)
+    assert response.status_code == 503
+    status = response.json()["status"]
+    assert status.startswith("misconfigured") and "largest warmed batch bucket 8" in status
+
+
+def test_the_inprocess_backend_refuses_to_start_with_batches_past_the_buckets(tiny_archives):
+    backend = InProcessBackend(["se_resnet50"], tiny_archives, timeout_s=30, max_batch_size=16)
+    with pytest.raises(ValueError, match="largest warmed batch bucket 8"):
+        asyncio.run(backend.start())
+    asyncio.run(backend.close())

@@ -1,0 +1,380 @@
+"""Capacity benchmark: open-loop load (Poisson arrivals at a sweep of offered rates), so queueing
+shows instead of being hidden by closed-loop clients that wait for their last answer.
+
+    python -m bench.capacity                                  # eca_resnet50, 4..24 img/s
+    python -m bench.capacity --rates 2,4,8 --duration 10 --tiny   # a smoke run in a minute
+
+Targets, measured interleaved at every rate (the order rotates from one rate to the next):
+
+- ``gateway-deadline``: the gateway with the deadline-aware batcher (the default) and the SLO as
+  its requests' deadline, in front of TorchServe (batchSize 1: the gateway batches);
+- ``gateway-fixed``: the same gateway and TorchServe with a fixed batching delay (5 ms, two
+  batches in flight: the previous defaults), no deadline;
+- ``torchserve-direct``: TorchServe alone with its own batching (batchSize 8, 10 ms);
+- ``inprocess``: the gateway running the same archive in its own process (deadline-aware).
+
+Latency is measured from each request's scheduled arrival (no coordinated omission). Per target
+and rate: achieved img/s, p50/p90/p99, 503 share (refused: queue full or deadline unmeetable),
+other errors, answers later than the SLO; capacity at SLO = the highest offered rate with p99 <=
+SLO and < 0.1% of requests not answered 200. Also: cold start (TorchServe start to ready, first
+request per batch bucket against the steady state) and the gateway alone over a null backend
+(images per second per CPU-second of the gateway process: how many workers one gateway feeds).
+Writes a table, a PNG of p99 vs offered load, and JSON under bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from model_store.archive import GATEWAY_FED_BATCH_SIZE, ArchiveSpec
+from model_store.torchserve import TorchServe, free_ports
+
+from .common import RESULTS_DIR, columns_table, environment, percentile, write_results
+from .stack import build, start_gateway, start_torchserve
+from .torchserve import progress
+
+TARGETS = ("gateway-deadline", "gateway-fixed", "torchserve-direct", "inprocess")
+ERROR_BUDGET = 0.001
+"""Share of requests that may fail (any status but 200) at a rate that counts as capacity."""
+
+Send = Callable[[bytes], Awaitable[int]]
+
+
+def camera_jpegs(count: int = 24, seed: int = 0) -> list[bytes]:
+    """Real-sized uploads: 0.3 to 3 megapixel JPEGs of smooth synthetic scenes."""
+    from model_store.synthetic import encode, make_images
+
+    sizes = [(640, 480), (1024, 768), (1280, 960), (1600, 1200), (2048, 1536)]
+    pool = []
+    for i in range(count):
+        [image], _ = make_images(1, seed=seed + i, size=sizes[i % len(sizes)])
+        pool.append(encode(image, "JPEG", quality=88))
+    return pool
+
+
+async def open_loop(send: Send, pool: list[bytes], rate: float, duration_s: float, seed: int):
+    """Poisson arrivals at ``rate``/s for ``duration_s``; every request is awaited to the end."""
+    rng = random.Random(seed)
+    start = time.perf_counter() + 0.05
+    scheduled = start
+    lags: list[float] = []
+    tasks = []
+
+    async def one(at: float, data: bytes) -> tuple[int, float]:
+        try:
+            status = await send(data)
+        except httpx.HTTPError:
+            status = 0
+        return status, time.perf_counter() - at
+
+    index = 0
+    while (scheduled := scheduled + rng.expovariate(rate)) < start + duration_s:
+        if (delay := scheduled - time.perf_counter()) > 0:
+            await asyncio.sleep(delay)
+        lags.append(time.perf_counter() - scheduled)
+        tasks.append(asyncio.create_task(one(scheduled, pool[index % len(pool)])))
+        index += 1
+    outcomes = await asyncio.gather(*tasks)
+    return outcomes, lags, time.perf_counter() - start
+
+
+def summarize(outcomes: list[tuple[int, float]], lags: list[float], elapsed: float, slo_s: float):
+    ok = [latency for status, latency in outcomes if status == 200]
+    total = len(outcomes) or 1
+    refused = sum(status == 503 for status, _ in outcomes)
+    failed = total - len(ok) - refused
+    nan = float("nan")
+    return {
+        "requests": len(outcomes),
+        "img_per_s": len(ok) / elapsed,
+        "p50_ms": percentile(ok, 50) * 1000 if ok else nan,
+        "p90_ms": percentile(ok, 90) * 1000 if ok else nan,
+        "p99_ms": percentile(ok, 99) * 1000 if ok else nan,
+        "refused_503": refused / total,
+        "errors": failed / total,
+        "late": sum(latency > slo_s for latency in ok) / total,
+        "generator_lag_p99_ms": percentile(lags, 99) * 1000 if lags else 0.0,
+    }
+
+
+def capacity_at_slo(rows: list[dict[str, Any]], target: str, slo_ms: float) -> float | None:
+    good = [
+        r["offered"]
+        for r in rows
+        if r["target"] == target
+        and r["p99_ms"] <= slo_ms
+        and r["refused_503"] + r["errors"] < ERROR_BUDGET
+    ]
+    return max(good) if good else None
+
+
+def first_calls(server: TorchServe, model: str, pool: list[bytes], buckets: tuple[int, ...]):
+    """Per bucket: the first request after ready, then the next (steady), in ms."""
+    rows = []
+    for bucket in buckets:
+        files = [(f"image_{i}", ("x.jpg", pool[i], "image/jpeg")) for i in range(bucket)]
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            response = httpx.post(
+                f"{server.inference_url}/predictions/{model}",
+                files=files,
+                headers={"Authorization": f"Bearer {server.keys()['inference']}"},
+                timeout=300,
+            )
+            response.raise_for_status()
+            times.append((time.perf_counter() - started) * 1000)
+        rows.append({"bucket": bucket, "first_ms": times[0], "steady_ms": min(times[1:])})
+        progress(f"  bucket {bucket}: first {times[0]:.0f} ms, steady {min(times[1:]):.0f} ms")
+    return rows
+
+
+def null_gateway_efficiency(seconds: float) -> dict[str, Any]:
+    """The gateway over a backend that answers at once: images per CPU-second of the gateway
+    (validation, batching, HTTP), loaded by 64 closed-loop clients from this process."""
+    port = free_ports(1)[0]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.null_gateway", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        from model_store.synthetic import encode, make_images
+
+        [image], _ = make_images(1, seed=5, size=(640, 480))
+        data = encode(image, "JPEG", quality=88)
+        gateway = psutil.Process(process.pid)
+
+        async def load() -> tuple[int, float]:
+            limits = httpx.Limits(max_connections=64)
+            async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+                done = 0
+                stop = time.perf_counter() + seconds
+
+                async def client_loop() -> None:
+                    nonlocal done
+                    while time.perf_counter() < stop:
+                        response = await client.post(
+                            "/v1/models/eca_resnet50/classify",
+                            content=data,
+                            headers={"Content-Type": "image/jpeg"},
+                        )
+                        done += response.status_code == 200
+
+                cpu_before = sum(gateway.cpu_times()[:2])
+                await asyncio.gather(*(client_loop() for _ in range(64)))
+                return done, sum(gateway.cpu_times()[:2]) - cpu_before
+
+        images, cpu_seconds = asyncio.run(load())
+    finally:
+        process.terminate()
+        process.wait(30)
+    return {
+        "images": images,
+        "wall_img_per_s": images / seconds,
+        "gateway_cpu_seconds": cpu_seconds,
+        "img_per_cpu_second": images / cpu_seconds if cpu_seconds else None,
+    }
+
+
+def make_senders(
+    client: httpx.AsyncClient, urls: dict[str, str], model: str, token: Callable[[], str]
+) -> dict[str, Send]:
+    def gateway(url: str) -> Send:
+        async def send(data: bytes) -> int:
+            response = await client.post(
+                f"{url}/v1/models/{model}/classify",
+                content=data,
+                headers={"Content-Type": "image/jpeg"},
+            )
+            return response.status_code
+
+        return send
+
+    async def direct(data: bytes) -> int:
+        response = await client.post(
+            f"{urls['torchserve-direct']}/predictions/{model}",
+            content=data,
+            headers={"Authorization": f"Bearer {token()}"},
+        )
+        return response.status_code
+
+    return {t: direct if t == "torchserve-direct" else gateway(urls[t]) for t in urls}
+
+
+async def sweep(
+    urls: dict[str, str], args: argparse.Namespace, pool: list[bytes], token: Callable[[], str]
+) -> list[dict[str, Any]]:
+    rows = []
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        senders = make_senders(client, urls, args.model, token)
+        for send in senders.values():  # warm every path once
+            await send(pool[0])
+        for index, rate in enumerate(args.rates):
+            order = list(senders)[index % len(senders) :] + list(senders)[: index % len(senders)]
+            for target in order:
+                progress(f"{rate:g} img/s offered for {args.duration:g} s: {target}")
+                outcomes, lags, elapsed = await open_loop(
+                    senders[target], pool, rate, args.duration, seed=index
+                )
+                row = {"target": target, "offered": rate}
+                row |= summarize(outcomes, lags, elapsed, args.slo_ms / 1000)
+                progress(
+                    f"    {row['img_per_s']:.1f} img/s, p50 {row['p50_ms']:.0f} ms, "
+                    f"p99 {row['p99_ms']:.0f} ms, 503 {row['refused_503']:.1%}, "
+                    f"late {row['late']:.1%}"
+                )
+                rows.append(row)
+                await asyncio.sleep(args.pause)
+    return rows
+
+
+def plot(rows: list[dict[str, Any]], slo_ms: float, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for target in TARGETS:
+        points = [(r["offered"], r["p99_ms"]) for r in rows if r["target"] == target]
+        if points:
+            axis.plot(*zip(*points, strict=True), marker="o", label=target)
+    axis.axhline(slo_ms, color="grey", linestyle="--", label=f"SLO {slo_ms:g} ms")
+    axis.set_yscale("log")
+    axis.set_xlabel("offered load (img/s, Poisson arrivals)")
+    axis.set_ylabel("p99 latency (ms)")
+    axis.set_title("p99 vs offered load: the knee is the capacity")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="eca_resnet50")
+    parser.add_argument("--rates", default="4,8,12,16,20,24", help="offered img/s, comma list")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per rate/target")
+    parser.add_argument("--pause", type=float, default=2.0, help="seconds between runs")
+    parser.add_argument("--slo-ms", type=float, default=1000.0)
+    parser.add_argument("--null-seconds", type=float, default=10.0)
+    parser.add_argument("--tiny", action="store_true", help="tiny trained model (smoke runs)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    args.rates = [float(r) for r in args.rates.split(",")]
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    pool = camera_jpegs()
+    fed = build(args, "gateway-fed", batch_size=GATEWAY_FED_BATCH_SIZE)
+    direct = build(args, "direct", batch_size=8)
+    processes: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-capacity-") as tmp:
+        workdir = Path(tmp)
+        progress("cold start: TorchServe (gateway-fed archive) to ready ...")
+        behind, ready_s = start_torchserve(args.model, fed, workdir / "ts-fed")
+        progress(f"  ready after {ready_s:.1f} s")
+        direct_server, _ = start_torchserve(args.model, direct, workdir / "ts-direct")
+        try:
+            buckets = ArchiveSpec(args.model).batch_buckets
+            cold = {
+                "torchserve_ready_s": ready_s,
+                "first_calls": first_calls(behind, args.model, pool, buckets),
+            }
+            base = {
+                "GATEWAY_MODELS": args.model,
+                "GATEWAY_TORCHSERVE_INFERENCE_URL": behind.inference_url,
+                "GATEWAY_TORCHSERVE_MANAGEMENT_URL": behind.management_url,
+                "GATEWAY_TORCHSERVE_KEY_FILE": str(behind.key_file),
+                "GATEWAY_QUEUE_LIMIT": "256",
+            }
+            slo = {"GATEWAY_MODEL_DEADLINE_MS": f'{{"{args.model}": {args.slo_ms}}}'}
+            gateways = {
+                "gateway-deadline": base | slo,
+                "gateway-fixed": base
+                | {"GATEWAY_BATCHING": "fixed", "GATEWAY_MAX_CONCURRENT_BATCHES": "2"},
+                "inprocess": base
+                | slo
+                | {"GATEWAY_BACKEND": "inprocess", "GATEWAY_ARCHIVE_DIR": str(fed)},
+            }
+            urls = {"torchserve-direct": direct_server.inference_url}
+            for target, env in gateways.items():
+                progress(f"starting {target} ...")
+                process, urls[target] = start_gateway(env, workdir / f"{target}.log")
+                processes.append(process)
+            urls = {t: urls[t] for t in TARGETS}
+            rows = asyncio.run(sweep(urls, args, pool, lambda: direct_server.keys()["inference"]))
+        finally:
+            for process in processes:
+                process.terminate()
+                process.wait(30)
+            behind.stop()
+            direct_server.stop()
+    progress("gateway alone over a null backend ...")
+    null = null_gateway_efficiency(args.null_seconds)
+    capacity = {t: capacity_at_slo(rows, t, args.slo_ms) for t in TARGETS}
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    png_path = args.out.with_suffix(".png") if args.out else RESULTS_DIR / f"capacity-{stamp}.png"
+    png = plot(rows, args.slo_ms, png_path)
+    columns = [
+        ("target", "target"),
+        ("offered img/s", "offered"),
+        ("achieved img/s", "img_per_s"),
+        ("p50 ms", "p50_ms"),
+        ("p90 ms", "p90_ms"),
+        ("p99 ms", "p99_ms"),
+        ("503", "refused_503"),
+        ("errors", "errors"),
+        ("late", "late"),
+        ("generator lag p99 ms", "generator_lag_p99_ms"),
+    ]
+    print(columns_table(columns, rows))
+    print(f"\ncapacity at p99 <= {args.slo_ms:g} ms and < {ERROR_BUDGET:.1%} errors (img/s):")
+    for target, value in capacity.items():
+        print(f"  {target}: {value if value is not None else 'below the lowest rate'}")
+    print(f"\ncold start: {cold}")
+    print(f"gateway over a null backend: {null}")
+    payload = {
+        "benchmark": "capacity",
+        "environment": environment("cpu") | {"cpus_usable": len(os.sched_getaffinity(0))},
+        "config": {k: v for k, v in vars(args).items() if k != "out"},
+        "results": rows,
+        "capacity_at_slo": capacity,
+        "cold_start": cold,
+        "null_backend_gateway": null,
+        "plot": str(png),
+    }
+    path = write_results("capacity", payload, args.out or png_path.with_suffix(".json"))
+    print(f"\nJSON: {path}\nPNG: {png}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""The capacity benchmark: its statistics, and a smoke run of the whole sweep on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.capacity import TARGETS, capacity_at_slo, main, summarize
+
+
+def test_summary_counts_refusals_errors_and_late_answers_apart():
+    outcomes = [(200, 0.1)] * 6 + [(200, 2.0), (503, 0.01), (504, 30.0), (0, 0.5)]
+    row = summarize(outcomes, lags=[0.001, 0.002], elapsed=2.0, slo_s=1.0)
+    assert row["requests"] == 10
+    assert row["img_per_s"] == 3.5  # 7 answered in 2 s
+    assert row["refused_503"] == 0.1 and row["errors"] == 0.2 and row["late"] == 0.1
+    assert row["p50_ms"] == pytest.approx(100) and row["p99_ms"] == pytest.approx(2000)
+
+
+def test_capacity_is_the_highest_rate_within_the_slo_and_the_error_budget():
+    rows = [
+        {"target": "t", "offered": 4, "p99_ms": 300, "refused_503": 0, "errors": 0},
+        {"target": "t", "offered": 8, "p99_ms": 900, "refused_503": 0, "errors": 0},
+        {"target": "t", "offered": 12, "p99_ms": 800, "refused_503": 0.05, "errors": 0},
+        {"target": "t", "offered": 16, "p99_ms": 4000, "refused_503": 0, "errors": 0},
+    ]
+    assert capacity_at_slo(rows, "t", 1000) == 8
+    assert capacity_at_slo(rows, "t", 100) is None
+
+
+@pytest.mark.slow
+def test_a_tiny_sweep_measures_every_target(tmp_path):
+    out = tmp_path / "capacity.json"
+    main(["--tiny", "--rates", "15", "--duration", "2", "--pause", "0", "--null-seconds", "2",
+          "--out", str(out)])  # fmt: skip
+    record = json.loads(out.read_text())
+    assert [row["target"] for row in record["results"]] == list(TARGETS)
+    assert all(row["requests"] > 0 and row["img_per_s"] > 0 for row in record["results"])
+    assert set(record["capacity_at_slo"]) == set(TARGETS)
+    assert [c["bucket"] for c in record["cold_start"]["first_calls"]] == [1, 2, 4, 8]
+    assert record["cold_start"]["torchserve_ready_s"] > 0
+    assert record["null_backend_gateway"]["img_per_cpu_second"] > 0
+    assert out.with_suffix(".png").stat().st_size > 0

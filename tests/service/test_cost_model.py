@@ -1,0 +1,48 @@
+"""The online batch cost model: what the deadline-aware batcher predicts with."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.cost_model import BatchCostModel
+
+
+def test_nothing_is_predicted_before_the_first_observation():
+    model = BatchCostModel()
+    assert model.predict(4) is None
+    assert model.predict(0) == 0.0
+
+
+def test_a_size_seen_is_predicted_by_its_smoothed_mean():
+    model = BatchCostModel(smoothing=0.5)
+    model.observe(4, 1.0)
+    assert model.predict(4) == 1.0
+    model.observe(4, 2.0)
+    assert model.predict(4) == pytest.approx(1.5)  # half way to the newest
+
+
+def test_one_size_seen_scales_in_proportion():
+    model = BatchCostModel()
+    model.observe(2, 0.2)
+    assert model.predict(8) == pytest.approx(0.8)
+    assert model.predict(1) == pytest.approx(0.1)
+
+
+def test_unseen_sizes_follow_the_line_through_the_sizes_seen():
+    model = BatchCostModel()
+    for size in (1, 2, 8):
+        model.observe(size, 0.03 + 0.02 * size)  # fixed cost 30 ms, 20 ms per item
+    assert model.predict(4) == pytest.approx(0.11)
+    assert model.predict(16) == pytest.approx(0.35)
+
+
+def test_noise_never_makes_a_bigger_batch_predict_faster():
+    model = BatchCostModel()
+    model.observe(1, 0.5)
+    model.observe(8, 0.1)
+    assert model.predict(16) >= model.predict(2) >= 0
+
+
+def test_bad_smoothing_is_refused():
+    with pytest.raises(ValueError, match="smoothing"):
+        BatchCostModel(smoothing=0)
