@@ -17,8 +17,9 @@ Latency is measured from each request's scheduled arrival (no coordinated omissi
 and rate: achieved img/s, p50/p90/p99, 503 share (refused: queue full or deadline unmeetable),
 other errors, answers later than the SLO; capacity at SLO = the highest offered rate with p99 <=
 SLO and < 0.1% of requests not answered 200. Also: cold start (TorchServe start to ready, first
-request per batch bucket against the steady state) and the gateway alone over a null backend
-(images per second per CPU-second of the gateway process: how many workers one gateway feeds).
+request per batch bucket against the steady state, a killed worker back to READY) and the
+gateway alone over a null backend (images per CPU-second of the gateway process: how many
+workers one gateway can feed).
 Writes a table, a PNG of p99 vs offered load, and JSON under bench/results/.
 """
 
@@ -28,6 +29,7 @@ import argparse
 import asyncio
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -140,6 +142,19 @@ def first_calls(server: TorchServe, model: str, pool: list[bytes], buckets: tupl
         rows.append({"bucket": bucket, "first_ms": times[0], "steady_ms": min(times[1:])})
         progress(f"  bucket {bucket}: first {times[0]:.0f} ms, steady {min(times[1:]):.0f} ms")
     return rows
+
+
+def crash_restart_s(server: TorchServe, model: str, timeout_s: float = 600) -> float:
+    """Seconds from a SIGKILL of ``model``'s worker to the READY worker TorchServe starts."""
+    [victim] = [int(w["pid"]) for w in server.workers(model)]
+    os.kill(victim, signal.SIGKILL)
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        workers = server.workers(model)
+        if any(w.get("status") == "READY" and int(w["pid"]) != victim for w in workers):
+            return time.perf_counter() - started
+        time.sleep(0.2)
+    raise RuntimeError(f"{model}: no worker READY {timeout_s:g} s after the crash")
 
 
 def null_gateway_efficiency(seconds: float) -> dict[str, Any]:
@@ -307,7 +322,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cold = {
                 "torchserve_ready_s": ready_s,
                 "first_calls": first_calls(behind, args.model, pool, buckets),
+                "crash_to_ready_s": crash_restart_s(behind, args.model),
             }
+            progress(f"  worker killed: READY again after {cold['crash_to_ready_s']:.1f} s")
             base = {
                 "GATEWAY_MODELS": args.model,
                 "GATEWAY_TORCHSERVE_INFERENCE_URL": behind.inference_url,

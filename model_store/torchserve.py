@@ -288,6 +288,11 @@ class TorchServe:
             f"models not ready after {timeout:.0f} s; log tail:\n{self.log_tail()}"
         )
 
+    def workers(self, model: str) -> list[dict[str, Any]]:
+        """``model``'s workers as the management API lists them (``pid``, ``status``...)."""
+        description = self._describe(model)
+        return description[0].get("workers", []) if description else []
+
     def _describe(self, model: str) -> list[dict[str, Any]] | None:
         key = self.keys().get("management")
         request = urllib.request.Request(

@@ -40,5 +40,6 @@ def test_a_tiny_sweep_measures_every_target(tmp_path):
     assert set(record["capacity_at_slo"]) == set(TARGETS)
     assert [c["bucket"] for c in record["cold_start"]["first_calls"]] == [1, 2, 4, 8]
     assert record["cold_start"]["torchserve_ready_s"] > 0
+    assert record["cold_start"]["crash_to_ready_s"] > 0
     assert record["null_backend_gateway"]["img_per_cpu_second"] > 0
     assert out.with_suffix(".png").stat().st_size > 0

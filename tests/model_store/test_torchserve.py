@@ -3,6 +3,7 @@ TorchServe's own batching, token authorization and its Prometheus metrics."""
 
 from __future__ import annotations
 
+import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,6 +12,7 @@ import pytest
 
 from model_store.classifier import ClassifierConfig, ImageClassifier
 from model_store.synthetic import CLASS_NAMES, encode, make_images
+from model_store.torchserve import threads_per_worker
 
 pytestmark = pytest.mark.slow
 
@@ -166,3 +168,18 @@ def test_metrics_endpoint_counts_inference_requests(torchserve, held_out):
     for _ in range(3):
         assert predict(torchserve, "se_resnet50", content=held_out[0][1]).status_code == 200
     assert inference_count(torchserve, "se_resnet50") - before == 3
+
+
+def test_workers_describe_their_runtime_and_threads_that_add_up(torchserve):
+    """Two workers on this machine (one per model): each gets its share of the CPUs."""
+    response = httpx.get(
+        f"{torchserve.management_url}/models/eca_resnet50",
+        params={"customized": "true"},
+        headers={"Authorization": f"Bearer {torchserve.keys()['management']}"},
+        timeout=60,
+    )
+    [description] = response.json()
+    facts = description["customizedMetadata"]
+    facts = json.loads(facts) if isinstance(facts, str) else facts
+    assert facts["runtime"] == "aot" and facts["batch_buckets"] == [1, 2, 4, 8]
+    assert facts["threads"] == threads_per_worker(workers=2)

@@ -173,17 +173,63 @@ def test_malformed_worker_answer_is_a_json_502_at_the_gateway():
     assert "<b>" not in response.text
 
 
-def test_readiness_asks_every_model_at_once_within_its_timeout():
+def describing(batch_size: int = 1, buckets: list[int] | None = None, metadata_as_text=False):
+    """TorchServe's management API: workers on the plain description, the worker's own facts
+    (``describe_handle``) with ``customized=true``; records how often each was asked."""
+    asked: list[str] = []
+    facts = {"runtime": "aot", "batch_buckets": buckets or [1, 2, 4, 8], "threads": 1}
+
     async def answer(request: httpx.Request) -> httpx.Response:
+        customized = request.url.params.get("customized") == "true"
+        asked.append(f"{request.url.path}{'?customized' if customized else ''}")
+        if customized:
+            metadata = json.dumps(facts) if metadata_as_text else facts
+            return httpx.Response(
+                200, json=[{"batchSize": batch_size, "customizedMetadata": metadata}]
+            )
         await asyncio.sleep(0.3)
         workers = [{"status": "READY"}] if "eca" in request.url.path else []
-        return httpx.Response(200, json=[{"workers": workers}])
+        return httpx.Response(200, json=[{"workers": workers, "batchSize": batch_size}])
 
+    return answer, asked
+
+
+def test_readiness_asks_every_model_at_once_within_its_timeout():
+    answer, _ = describing()
     backend = backend_answering(answer)  # type: ignore[arg-type]
     started = time.perf_counter()
     states = asyncio.run(backend.readiness())
     assert time.perf_counter() - started < 0.55  # both asked concurrently
     assert states == {"se_resnet50": "no ready worker (HTTP 200)", "eca_resnet50": "ready"}
+
+
+@pytest.mark.parametrize("metadata_as_text", [False, True])
+def test_a_ready_worker_is_described_once_and_its_runtime_exported(metadata_as_text):
+    answer, asked = describing(metadata_as_text=metadata_as_text)
+    backend = backend_answering(answer)  # type: ignore[arg-type]
+    for _ in range(2):
+        backend._readiness = (0.0, {})  # past the one-second cache
+        asyncio.run(backend.readiness())
+    assert asked.count("/models/eca_resnet50?customized") == 1  # not on every probe
+    assert "/models/se_resnet50?customized" not in asked  # no ready worker, nothing to ask
+    assert backend.runtimes() == {"eca_resnet50": "aot"}
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "buckets", "reason"),
+    [
+        (8, [1, 2, 4, 8], "TorchServe batchSize is 8"),
+        (1, [1, 2, 4], "max_batch_size 8 exceeds the worker's largest warmed batch bucket 4"),
+    ],
+)
+def test_a_worker_whose_batching_disagrees_with_the_gateways_is_not_ready(
+    batch_size, buckets, reason
+):
+    answer, _ = describing(batch_size, buckets)
+    backend = backend_answering(answer)  # type: ignore[arg-type]
+    backend.max_batch_size = 8
+    state = asyncio.run(backend.readiness())["eca_resnet50"]
+    assert state.startswith("misconfigured") and reason in state
 
 
 class SlowClassifier:
@@ -193,7 +239,7 @@ class SlowClassifier:
 
 
 def test_inprocess_backend_honours_its_timeout_and_keeps_the_model_locked():
-    backend = InProcessBackend(["se_resnet50"], archive_dir=None, timeout_s=0.1)  # type: ignore[arg-type]
+    backend = InProcessBackend(["se_resnet50"], None, timeout_s=0.1, max_batch_size=8)  # type: ignore[arg-type]
     backend._classifiers["se_resnet50"] = SlowClassifier()  # type: ignore[assignment]
 
     async def scenario():
