@@ -1,15 +1,23 @@
 """How long a backend batch of n items takes, learnt online from the batches it ran.
 
-An exponentially weighted mean per batch size seen (recent batches count most: the machine's
-speed drifts), and for sizes not seen yet a least-squares line ``t = a + b * n`` through those
-means; with a single size seen, time proportional to n. Nothing seen yet: no prediction, so the
-batcher admits everything until it has learnt.
+Per batch size seen, an exponentially weighted mean and mean absolute deviation (recent batches
+count most: the machine's speed drifts), as TCP estimates round-trip times (Jacobson/Karels).
+For sizes not seen yet, a least-squares line ``t = a + b * n`` through the sizes seen; with a
+single size seen, time proportional to n. Nothing seen yet: no prediction, so the batcher admits
+everything until it has learnt.
+
+``predict`` is the expected time (exported next to the measured one); ``bound`` adds
+``BOUND_SPREAD`` deviations, a time most batches stay under: admission control uses it, so
+that the requests it admits finish in time instead of being cut at their deadline after the
+backend spent work on them.
 """
 
 from __future__ import annotations
 
 SMOOTHING = 0.2
-"""Weight of the newest observation in a size's mean."""
+"""Weight of the newest observation in a size's mean and deviation."""
+BOUND_SPREAD = 2.0
+"""Deviations above the mean in ``bound`` (TCP's timeout uses 4 for a far rarer event)."""
 
 
 class BatchCostModel:
@@ -18,27 +26,40 @@ class BatchCostModel:
             raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
         self.smoothing = smoothing
         self.means: dict[int, float] = {}
+        self.deviations: dict[int, float] = {}
 
     def observe(self, size: int, seconds: float) -> None:
-        old = self.means.get(size)
-        self.means[size] = seconds if old is None else old + self.smoothing * (seconds - old)
+        if (mean := self.means.get(size)) is None:
+            # no spread assumed until seen: a fresh gateway admits rather than refuses
+            self.means[size], self.deviations[size] = seconds, 0.0
+            return
+        deviation = self.deviations[size]
+        self.deviations[size] = deviation + self.smoothing * (abs(seconds - mean) - deviation)
+        self.means[size] = mean + self.smoothing * (seconds - mean)
 
     def predict(self, size: int) -> float | None:
-        """Predicted seconds for a batch of ``size``; ``None`` before any observation."""
+        """Expected seconds for a batch of ``size``; ``None`` before any observation."""
+        return self._estimate(size, spread=0.0)
+
+    def bound(self, size: int) -> float | None:
+        """Seconds a batch of ``size`` most likely stays under; ``None`` before any."""
+        return self._estimate(size, spread=BOUND_SPREAD)
+
+    def _estimate(self, size: int, spread: float) -> float | None:
         if size <= 0:
             return 0.0
-        if size in self.means:
-            return self.means[size]
-        if not self.means:
+        times = {n: self.means[n] + spread * self.deviations[n] for n in self.means}
+        if size in times:
+            return times[size]
+        if not times:
             return None
-        if len(self.means) == 1:
-            [(seen, seconds)] = self.means.items()
+        if len(times) == 1:
+            [(seen, seconds)] = times.items()
             return seconds * size / seen
-        sizes, times = list(self.means), list(self.means.values())
-        n_mean = sum(sizes) / len(sizes)
-        t_mean = sum(times) / len(times)
-        slope = sum((n - n_mean) * (t - t_mean) for n, t in zip(sizes, times, strict=True)) / sum(
-            (n - n_mean) ** 2 for n in sizes
+        n_mean = sum(times) / len(times)
+        t_mean = sum(times.values()) / len(times)
+        slope = sum((n - n_mean) * (t - t_mean) for n, t in times.items()) / sum(
+            (n - n_mean) ** 2 for n in times
         )
         slope = max(slope, 0.0)  # noise must never make bigger batches predict faster
         return max(t_mean + slope * (size - n_mean), 0.0)

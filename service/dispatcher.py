@@ -48,7 +48,7 @@ class Dispatcher:
                 max_batch_cost=settings.max_batch_pixels,
                 on_dequeue=metrics.queue_wait.labels(model).observe,
                 policy=settings.batching,
-                estimate=self.costs[model].predict,
+                estimate=self.costs[model].bound,
                 name=model,
             )
             self.batchers[model] = batcher
@@ -84,12 +84,11 @@ class Dispatcher:
         return seconds
 
     async def classify(
-        self, model: str, uploads: list[Upload], top_k: int, timeout_s: float
+        self, model: str, uploads: list[Upload], top_k: int, deadline: float
     ) -> list[tuple[dict[str, Any], BatchInfo]]:
-        """Raises ``QueueFull``, ``DeadlineUnmeetable``, ``TimeoutError`` (past ``timeout_s``,
-        the request's deadline), or the backend's error for a failed batch; then the request's
+        """Raises ``QueueFull``, ``DeadlineUnmeetable``, ``TimeoutError`` (past ``deadline``, a
+        ``time.perf_counter()``), or the backend's error for a failed batch; then the request's
         other images are withdrawn, so nobody computes answers nobody waits for."""
-        deadline = time.perf_counter() + timeout_s
         try:
             futures = self.batchers[model].submit_many(
                 [ImageJob(u, top_k) for u in uploads], deadline
@@ -98,11 +97,16 @@ class Dispatcher:
             self.metrics.deadline_refusals.labels(model).inc()
             raise
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout_at(self._loop_time(deadline)):
                 return list(await asyncio.gather(*futures))
         finally:
             for future in futures:
                 future.cancel()
+
+    @staticmethod
+    def _loop_time(deadline: float) -> float:
+        """A ``time.perf_counter()`` deadline on the event loop's clock."""
+        return asyncio.get_running_loop().time() + deadline - time.perf_counter()
 
     async def stop(self) -> None:
         await asyncio.gather(*(b.stop() for b in self.batchers.values()))

@@ -88,7 +88,7 @@ async def classify(
         )
     uploads = await read_images(request, gateway.settings)
     timeout_s = gateway.settings.deadline_s(model, x_request_timeout_ms)
-    answers = await _dispatch(gateway, model, uploads, top_k, timeout_s)
+    answers = await _dispatch(gateway, model, uploads, top_k, started, timeout_s)
     for index, (result, _info) in enumerate(answers):
         if "error" in result:
             code = result["error"]["code"]
@@ -115,11 +115,17 @@ async def classify(
 
 
 async def _dispatch(
-    gateway: Gateway, model: str, uploads: list[Upload], top_k: int, timeout_s: float
+    gateway: Gateway,
+    model: str,
+    uploads: list[Upload],
+    top_k: int,
+    arrived: float,
+    timeout_s: float,
 ) -> list[tuple[dict[str, Any], BatchInfo]]:
-    """Backpressure, deadlines and backend failures, as SPEC status codes."""
+    """Backpressure, deadlines (counted from the request's arrival: reading the upload spends
+    the same budget) and backend failures, as SPEC status codes."""
     try:
-        return await gateway.dispatcher.classify(model, uploads, top_k, timeout_s)
+        return await gateway.dispatcher.classify(model, uploads, top_k, arrived + timeout_s)
     except QueueFull as exc:
         raise unavailable(f"queue full: {exc}", 1.0) from None
     except DeadlineUnmeetable as exc:

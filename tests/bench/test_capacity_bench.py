@@ -15,6 +15,7 @@ def test_summary_counts_refusals_errors_and_late_answers_apart():
     assert row["requests"] == 10
     assert row["img_per_s"] == 3.5  # 7 answered in 2 s
     assert row["refused_503"] == 0.1 and row["errors"] == 0.2 and row["late"] == 0.1
+    assert row["goodput_img_per_s"] == 3.0  # the 6 answered within the SLO
     assert row["p50_ms"] == pytest.approx(100) and row["p99_ms"] == pytest.approx(2000)
 
 

@@ -43,6 +43,18 @@ def test_noise_never_makes_a_bigger_batch_predict_faster():
     assert model.predict(16) >= model.predict(2) >= 0
 
 
+def test_the_bound_sits_above_the_mean_by_the_spread_of_what_was_seen():
+    steady, jumpy = BatchCostModel(), BatchCostModel()
+    for seconds in [0.2] * 20:
+        steady.observe(8, seconds)
+    for seconds in [0.1, 0.3] * 10:
+        jumpy.observe(8, seconds)
+    assert steady.bound(8) == steady.predict(8) == pytest.approx(0.2)  # no spread
+    assert jumpy.predict(8) == pytest.approx(0.2, abs=0.03)
+    assert jumpy.bound(8) > jumpy.predict(8) + 0.1  # about two deviations of 0.1 above
+    assert jumpy.bound(4) is not None and jumpy.bound(4) > jumpy.predict(4)
+
+
 def test_bad_smoothing_is_refused():
     with pytest.raises(ValueError, match="smoothing"):
         BatchCostModel(smoothing=0)
