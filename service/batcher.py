@@ -18,8 +18,9 @@ Two policies decide how long a batch waits for company:
   nothing from waiting); while one is, wait for more only until the backend is predicted free,
   and never past the moment the batch's most urgent item would miss its deadline. A submission
   whose deadline cannot be met given the work queued ahead is refused at once with
-  ``DeadlineUnmeetable``. Predictions come from ``estimate(n)``, the expected run time of a batch
-  of ``n`` (``None``: not known yet, so nothing is refused and the wait is ``max_wait_s``).
+  ``DeadlineUnmeetable``. Predictions come from ``estimate(n)``, the run time a batch of ``n``
+  most likely stays under (``None``: not known yet, so nothing is refused and the wait is
+  ``max_wait_s``).
 """
 
 from __future__ import annotations
