@@ -34,9 +34,10 @@ PACKAGE_DIR = Path(__file__).parent
 DEFAULT_ARCHIVE_DIR = PACKAGE_DIR / "archives"
 ARCHIVE_VERSION = "1.0"
 WORKER_RESPONSE_TIMEOUT_S = 30
-GATEWAY_FED_BATCH_SIZE = 1
 """TorchServe's ``responseTimeout``: never above the gateway's ``backend_timeout_s`` (which
 defaults to it), so no batch keeps a worker busy for clients that were already answered 504."""
+GATEWAY_FED_BATCH_SIZE = 1
+"""TorchServe's ``batchSize`` behind the gateway: the gateway forms the batches (one layer)."""
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,7 @@ class ArchiveSpec:
     compile_mode: str = "default"
     batch_buckets: tuple[int, ...] = DEFAULT_BATCH_BUCKETS
     aot: bool = True  # compiled models: AOTInductor packages built here, JIT only as fallback
-    batch_size: int = GATEWAY_FED_BATCH_SIZE
-    """TorchServe's ``batchSize``. 1 behind the gateway, which forms the batches itself (one
-    batching layer); more only for single-image clients calling TorchServe directly."""
+    batch_size: int = GATEWAY_FED_BATCH_SIZE  # more only for clients calling TorchServe directly
     max_batch_delay_ms: int = 10
     workers: int = 1
     fast_decode: bool = False  # reduced-scale JPEG decode: faster, not the offline pixels

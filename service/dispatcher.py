@@ -34,7 +34,6 @@ class Dispatcher:
     ) -> None:
         self.backend = backend
         self.metrics = metrics
-        self.settings = settings
         self.costs = {model: BatchCostModel() for model in settings.models}
         self.batchers: dict[str, Batcher[ImageJob, dict[str, Any]]] = {}
         for model in settings.models:
