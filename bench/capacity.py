@@ -34,7 +34,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -45,11 +44,11 @@ import httpx
 import psutil
 
 from model_store.archive import GATEWAY_FED_BATCH_SIZE, ArchiveSpec
-from model_store.torchserve import TorchServe, free_ports
+from model_store.torchserve import TorchServe
 
 from .common import RESULTS_DIR, columns_table, environment, percentile, write_results
 from .stack import build, start_gateway, start_torchserve
-from .torchserve import progress
+from .torchserve import image_pool, progress
 
 TARGETS = (
     "gateway-deadline",
@@ -64,16 +63,8 @@ ERROR_BUDGET = 0.001
 Send = Callable[[bytes], Awaitable[int]]
 
 
-def camera_jpegs(count: int = 24, seed: int = 0) -> list[bytes]:
-    """Real-sized uploads: 0.3 to 3 megapixel JPEGs of smooth synthetic scenes."""
-    from model_store.synthetic import encode, make_images
-
-    sizes = [(640, 480), (1024, 768), (1280, 960), (1600, 1200), (2048, 1536)]
-    pool = []
-    for i in range(count):
-        [image], _ = make_images(1, seed=seed + i, size=sizes[i % len(sizes)])
-        pool.append(encode(image, "JPEG", quality=88))
-    return pool
+CAMERA_UPLOADS = ((640, 480), (1024, 768), (1280, 960), (1600, 1200), (2048, 1536))
+"""Real-sized uploads: 0.3 to 3 megapixels."""
 
 
 async def open_loop(send: Send, pool: list[bytes], rate: float, duration_s: float, seed: int):
@@ -170,50 +161,35 @@ def crash_restart_s(server: TorchServe, model: str, timeout_s: float = 600) -> f
 def null_gateway_efficiency(seconds: float) -> dict[str, Any]:
     """The gateway over a backend that answers at once: images per CPU-second of the gateway
     (validation, batching, HTTP), loaded by 64 closed-loop clients from this process."""
-    port = free_ports(1)[0]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.null_gateway", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        from model_store.synthetic import encode, make_images
+    [data] = image_pool(1, CAMERA_UPLOADS, quality=88)
 
-        [image], _ = make_images(1, seed=5, size=(640, 480))
-        data = encode(image, "JPEG", quality=88)
-        gateway = psutil.Process(process.pid)
+    async def load(url: str, gateway: psutil.Process) -> tuple[int, float]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+            done = 0
+            stop = time.perf_counter() + seconds
 
-        async def load() -> tuple[int, float]:
-            limits = httpx.Limits(max_connections=64)
-            async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-                done = 0
-                stop = time.perf_counter() + seconds
+            async def client_loop() -> None:
+                nonlocal done
+                while time.perf_counter() < stop:
+                    response = await client.post(
+                        "/v1/models/eca_resnet50/classify",
+                        content=data,
+                        headers={"Content-Type": "image/jpeg"},
+                    )
+                    done += response.status_code == 200
 
-                async def client_loop() -> None:
-                    nonlocal done
-                    while time.perf_counter() < stop:
-                        response = await client.post(
-                            "/v1/models/eca_resnet50/classify",
-                            content=data,
-                            headers={"Content-Type": "image/jpeg"},
-                        )
-                        done += response.status_code == 200
+            cpu_before = sum(gateway.cpu_times()[:2])
+            await asyncio.gather(*(client_loop() for _ in range(64)))
+            return done, sum(gateway.cpu_times()[:2]) - cpu_before
 
-                cpu_before = sum(gateway.cpu_times()[:2])
-                await asyncio.gather(*(client_loop() for _ in range(64)))
-                return done, sum(gateway.cpu_times()[:2]) - cpu_before
-
-        images, cpu_seconds = asyncio.run(load())
-    finally:
-        process.terminate()
-        process.wait(30)
+    with tempfile.TemporaryDirectory(prefix="bench-null-") as tmp:
+        process, url = start_gateway({}, Path(tmp) / "gateway.log", module="bench.null_gateway")
+        try:
+            images, cpu_seconds = asyncio.run(load(url, psutil.Process(process.pid)))
+        finally:
+            process.terminate()
+            process.wait(30)
     return {
         "images": images,
         "wall_img_per_s": images / seconds,
@@ -317,7 +293,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    pool = camera_jpegs()
+    pool = image_pool(24, CAMERA_UPLOADS, quality=88)
     fed = build(args, "gateway-fed", batch_size=GATEWAY_FED_BATCH_SIZE)
     direct = build(args, "direct", batch_size=8)
     processes: list[subprocess.Popen[bytes]] = []

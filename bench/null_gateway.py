@@ -1,9 +1,9 @@
 """The gateway over a backend that answers at once: what the gateway alone costs per image
-(``bench.capacity`` runs it as ``python -m bench.null_gateway PORT``)."""
+(``bench.capacity`` runs it as ``python -m bench.null_gateway --port PORT``)."""
 
 from __future__ import annotations
 
-import sys
+import argparse
 from typing import Any
 
 import uvicorn
@@ -34,6 +34,8 @@ class NullBackend:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
     settings = GatewaySettings(models=["eca_resnet50"], queue_limit=1024)
     app = create_app(settings, NullBackend(settings.models))  # type: ignore[arg-type]
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+    uvicorn.run(app, host="127.0.0.1", port=parser.parse_args().port, log_level="warning")

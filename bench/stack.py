@@ -46,11 +46,14 @@ def start_torchserve(model: str, archives: Path, run_dir: Path) -> tuple[TorchSe
     return server, time.perf_counter() - started
 
 
-def start_gateway(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_gateway(
+    env: dict[str, str], log_path: Path, module: str = "service"
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``python -m module --port PORT`` on a free port, once its /readyz answers 200."""
     port = free_ports(1)[0]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--port", str(port)],
+            [sys.executable, "-m", module, "--port", str(port)],
             env=os.environ | env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -17,6 +17,7 @@ import asyncio
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +29,19 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def image_pool(count: int = 32) -> list[bytes]:
-    """Varied synthetic JPEGs around camera-upload sizes, generated once."""
+SMALL_UPLOADS = ((320, 240), (640, 480), (500, 500), (800, 600))
+
+
+def image_pool(
+    count: int = 32, sizes: Sequence[tuple[int, int]] = SMALL_UPLOADS, quality: int = 90
+) -> list[bytes]:
+    """Varied synthetic JPEGs, cycling through ``sizes``, generated once."""
     from model_store.synthetic import encode, make_images
 
-    sizes = [(320, 240), (640, 480), (500, 500), (800, 600)]
     pool = []
     for i in range(count):
         [image], _ = make_images(1, seed=i, size=sizes[i % len(sizes)])
-        pool.append(encode(image, "JPEG", quality=90))
+        pool.append(encode(image, "JPEG", quality=quality))
     return pool
 
 

@@ -26,6 +26,7 @@ Two policies decide how long a batch waits for company:
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import math
 import time
@@ -192,17 +193,20 @@ class Batcher(Generic[T, R]):
         ends = self._busy_until()
         if ends is None:
             return None
-        now = time.perf_counter()
-        slots = sorted(
-            [max(end, now) for end in ends] + [now] * (self.max_concurrent_batches - len(ends))
-        )
         full, rest = divmod(self.depth + extra, self.max_batch_size)
-        finish = now
-        for size in [self.max_batch_size] * full + ([rest] if rest else []):
+        sizes = [self.max_batch_size] * full + ([rest] if rest else [])
+        runs: dict[int, float] = {}
+        for size in set(sizes):  # each size estimated once, however deep the queue
             if (run := self.estimate(size)) is None:
                 return None
-            finish = slots.pop(0) + run
-            slots = sorted([*slots, finish])
+            runs[size] = run
+        now = time.perf_counter()
+        slots = [max(end, now) for end in ends] + [now] * (self.max_concurrent_batches - len(ends))
+        heapq.heapify(slots)
+        finish = now
+        for size in sizes:
+            finish = heapq.heappop(slots) + runs[size]
+            heapq.heappush(slots, finish)
         return finish
 
     def _wait_until(self, batch: list[_Pending[T, R]], formed: float) -> float:

@@ -48,11 +48,11 @@ class BatchCostModel:
     def _estimate(self, size: int, spread: float) -> float | None:
         if size <= 0:
             return 0.0
-        times = {n: self.means[n] + spread * self.deviations[n] for n in self.means}
-        if size in times:
-            return times[size]
-        if not times:
+        if size in self.means:
+            return self.means[size] + spread * self.deviations[size]
+        if not self.means:
             return None
+        times = {n: self.means[n] + spread * self.deviations[n] for n in self.means}
         if len(times) == 1:
             [(seen, seconds)] = times.items()
             return seconds * size / seen

@@ -86,12 +86,7 @@ def test_multi_image_request_through_torchserve(gateway):
 
 
 def worker_pid(torchserve, model: str) -> int:
-    description = httpx.get(
-        f"{torchserve.management_url}/models/{model}",
-        headers={"Authorization": f"Bearer {torchserve.keys()['management']}"},
-        timeout=10,
-    ).json()[0]
-    return int(description["workers"][0]["pid"])
+    return int(torchserve.workers(model)[0]["pid"])
 
 
 def test_killing_a_worker_mid_load_gives_answers_or_clear_errors_then_recovers(gateway, torchserve):
