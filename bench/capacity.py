@@ -3,6 +3,7 @@ shows instead of being hidden by closed-loop clients that wait for their last an
 
     python -m bench.capacity                                  # eca_resnet50, 4..24 img/s
     python -m bench.capacity --rates 2,4,8 --duration 10 --tiny   # a smoke run in a minute
+    python -m bench.capacity --runtimes inductor,openvino         # served img/s per runtime
 
 Targets, measured interleaved at every rate (the order rotates from one rate to the next):
 
@@ -13,7 +14,10 @@ Targets, measured interleaved at every rate (the order rotates from one rate to 
 - ``gateway-fixed``: the same gateway and TorchServe with a fixed batching delay (5 ms, two
   batches in flight: the previous defaults), no deadline;
 - ``torchserve-direct``: TorchServe alone with its own batching (batchSize 8, 10 ms);
-- ``inprocess``: the gateway running the same archive in its own process (deadline-aware).
+- ``inprocess``: the gateway running the same archive in its own process (deadline-aware);
+- ``gateway-deadline@RUNTIME``: with ``--runtimes inductor,openvino``, ``gateway-deadline`` again
+  in front of a TorchServe serving the archive built for each further runtime: served img/s per
+  runtime, in the same interleaved sweep (the other targets use the first runtime).
 
 Latency is measured from each request's scheduled arrival (no coordinated omission). Per target
 and rate: achieved img/s, p50/p90/p99, 503 share (refused: queue full or deadline unmeetable),
@@ -44,6 +48,7 @@ import httpx
 import psutil
 
 from model_store.archive import GATEWAY_FED_BATCH_SIZE, ArchiveSpec
+from model_store.runtimes import DEFAULT_RUNTIME, RUNTIMES
 from model_store.torchserve import TorchServe
 
 from .common import RESULTS_DIR, columns_table, environment, percentile, write_results
@@ -251,14 +256,14 @@ async def sweep(
     return rows
 
 
-def plot(rows: list[dict[str, Any]], slo_ms: float, path: Path) -> Path:
+def plot(rows: list[dict[str, Any]], targets: list[str], slo_ms: float, path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    for target in TARGETS:
+    for target in targets:
         points = [(r["offered"], r["p99_ms"]) for r in rows if r["target"] == target]
         if points:
             axis.plot(*zip(*points, strict=True), marker="o", label=target)
@@ -274,6 +279,33 @@ def plot(rows: list[dict[str, Any]], slo_ms: float, path: Path) -> Path:
     return path
 
 
+def gateway_env(model: str, server: TorchServe) -> dict[str, str]:
+    """A gateway in front of ``server``, queue deep enough for the highest rates."""
+    return {
+        "GATEWAY_MODELS": model,
+        "GATEWAY_TORCHSERVE_INFERENCE_URL": server.inference_url,
+        "GATEWAY_TORCHSERVE_MANAGEMENT_URL": server.management_url,
+        "GATEWAY_TORCHSERVE_KEY_FILE": str(server.key_file),
+        "GATEWAY_QUEUE_LIMIT": "256",
+    }
+
+
+def served_per_runtime(
+    rows: list[dict[str, Any]], runtimes: list[str], capacity: dict[str, float | None]
+) -> dict[str, dict[str, float | None]]:
+    """Per runtime, through the same production path (``gateway-deadline``): the most img/s it
+    answered at any offered rate, and its capacity at the SLO."""
+    result = {}
+    for index, runtime in enumerate(runtimes):
+        target = "gateway-deadline" if index == 0 else f"gateway-deadline@{runtime}"
+        achieved = [r["img_per_s"] for r in rows if r["target"] == target]
+        result[runtime] = {
+            "max_achieved_img_per_s": max(achieved, default=None),
+            "capacity_at_slo": capacity.get(target),
+        }
+    return result
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -284,40 +316,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pause", type=float, default=2.0, help="seconds between runs")
     parser.add_argument("--slo-ms", type=float, default=1000.0)
     parser.add_argument("--null-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--runtimes",
+        default=DEFAULT_RUNTIME,
+        help=f"comma list of {', '.join(RUNTIMES)}: the first serves every target, each "
+        "further one adds a gateway-deadline@RUNTIME target",
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny trained model (smoke runs)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     args.rates = [float(r) for r in args.rates.split(",")]
+    args.runtimes = args.runtimes.split(",")
+    if unknown := set(args.runtimes) - set(RUNTIMES):
+        parser.error(f"unknown runtimes {sorted(unknown)}; choose from {list(RUNTIMES)}")
     return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     pool = image_pool(24, CAMERA_UPLOADS, quality=88)
-    fed = build(args, "gateway-fed", batch_size=GATEWAY_FED_BATCH_SIZE)
-    direct = build(args, "direct", batch_size=8)
+    first, *others = args.runtimes
+    fed = build(args, f"gateway-fed-{first}", GATEWAY_FED_BATCH_SIZE, first)
+    direct = build(args, f"direct-{first}", 8, first)
+    others_fed = {r: build(args, f"gateway-fed-{r}", GATEWAY_FED_BATCH_SIZE, r) for r in others}
+    targets = [*TARGETS, *(f"gateway-deadline@{runtime}" for runtime in others)]
     processes: list[subprocess.Popen[bytes]] = []
+    servers: list[TorchServe] = []
     with tempfile.TemporaryDirectory(prefix="bench-capacity-") as tmp:
         workdir = Path(tmp)
-        progress("cold start: TorchServe (gateway-fed archive) to ready ...")
-        behind, ready_s = start_torchserve(args.model, fed, workdir / "ts-fed")
-        progress(f"  ready after {ready_s:.1f} s")
+        ready_s = {}
+        for runtime, archives in {first: fed, **others_fed}.items():
+            progress(f"cold start: TorchServe ({runtime}, gateway-fed archive) to ready ...")
+            server, ready_s[runtime] = start_torchserve(args.model, archives, workdir / runtime)
+            servers.append(server)
+            progress(f"  ready after {ready_s[runtime]:.1f} s")
+        behind, *others_behind = servers
         direct_server, _ = start_torchserve(args.model, direct, workdir / "ts-direct")
+        servers.append(direct_server)
         try:
             buckets = ArchiveSpec(args.model).batch_buckets
             cold = {
-                "torchserve_ready_s": ready_s,
+                "torchserve_ready_s": ready_s[first],
+                "torchserve_ready_s_per_runtime": ready_s,
                 "first_calls": first_calls(behind, args.model, pool, buckets),
                 "crash_to_ready_s": crash_restart_s(behind, args.model),
             }
             progress(f"  worker killed: READY again after {cold['crash_to_ready_s']:.1f} s")
-            base = {
-                "GATEWAY_MODELS": args.model,
-                "GATEWAY_TORCHSERVE_INFERENCE_URL": behind.inference_url,
-                "GATEWAY_TORCHSERVE_MANAGEMENT_URL": behind.management_url,
-                "GATEWAY_TORCHSERVE_KEY_FILE": str(behind.key_file),
-                "GATEWAY_QUEUE_LIMIT": "256",
-            }
+            base = gateway_env(args.model, behind)
             slo = {"GATEWAY_MODEL_DEADLINE_MS": f'{{"{args.model}": {args.slo_ms}}}'}
             gateways = {
                 "gateway-deadline": base | slo,
@@ -327,26 +372,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "inprocess": base
                 | slo
                 | {"GATEWAY_BACKEND": "inprocess", "GATEWAY_ARCHIVE_DIR": str(fed)},
+            } | {
+                f"gateway-deadline@{runtime}": gateway_env(args.model, server) | slo
+                for runtime, server in zip(others, others_behind, strict=True)
             }
             urls = {"torchserve-direct": direct_server.inference_url}
             for target, env in gateways.items():
                 progress(f"starting {target} ...")
                 process, urls[target] = start_gateway(env, workdir / f"{target}.log")
                 processes.append(process)
-            urls = {t: urls[t] for t in TARGETS}
+            urls = {t: urls[t] for t in targets}
             rows = asyncio.run(sweep(urls, args, pool, lambda: direct_server.keys()["inference"]))
         finally:
             for process in processes:
                 process.terminate()
                 process.wait(30)
-            behind.stop()
-            direct_server.stop()
+            for server in servers:
+                server.stop()
     progress("gateway alone over a null backend ...")
     null = null_gateway_efficiency(args.null_seconds)
-    capacity = {t: capacity_at_slo(rows, t, args.slo_ms) for t in TARGETS}
+    capacity = {t: capacity_at_slo(rows, t, args.slo_ms) for t in targets}
+    per_runtime = served_per_runtime(rows, args.runtimes, capacity)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     png_path = args.out.with_suffix(".png") if args.out else RESULTS_DIR / f"capacity-{stamp}.png"
-    png = plot(rows, args.slo_ms, png_path)
+    png = plot(rows, targets, args.slo_ms, png_path)
     columns = [
         ("target", "target"),
         ("offered img/s", "offered"),
@@ -364,6 +413,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"\ncapacity at p99 <= {args.slo_ms:g} ms and < {ERROR_BUDGET:.1%} errors (img/s):")
     for target, value in capacity.items():
         print(f"  {target}: {value if value is not None else 'below the lowest rate'}")
+    print("\nserved by each runtime (gateway-deadline in front of TorchServe):")
+    for runtime, served in per_runtime.items():
+        print(f"  {runtime}: {served}")
     print(f"\ncold start: {cold}")
     print(f"gateway over a null backend: {null}")
     payload = {
@@ -372,6 +424,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": {k: v for k, v in vars(args).items() if k != "out"},
         "results": rows,
         "capacity_at_slo": capacity,
+        "served_per_runtime": per_runtime,
         "cold_start": cold,
         "null_backend_gateway": null,
         "plot": str(png),

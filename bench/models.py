@@ -1,8 +1,17 @@
-"""Model benchmark: img/s, latency, memory and compile time per model, eager vs compiled.
+"""Model benchmark: img/s, latency, memory and compile time per model and runtime.
 
     python -m bench.models                                  # CPU, all models, batch 1/8/32
     python -m bench.models --models resnet50,eca_resnet50 --batch-sizes 8 --iters 10
+    python -m bench.models --modes compiled,openvino,onnxruntime,timm-compiled   # runtimes
     python -m bench.models --device cuda                    # adds batch 256, bf16 autocast
+
+Modes: ``eager``; ``compiled`` (our inductor path, what the ``inductor`` runtime serves);
+``compiled-no-inner-squeeze`` (ablation); ``openvino`` (what the ``openvino`` runtime serves);
+``onnxruntime`` (a peer, not served: the same optimised model exported to ONNX);
+``timm-compiled`` (a peer: timm's own ResNet-50 with the same attention, ``torch.compile`` with
+freezing; only when timm is importable, which needs torchvision: run it from a separate venv,
+see bench/README.md). With several runtimes a second table gives img/s per runtime side by side
+and ours over the fastest peer.
 
 Shared CPUs drift (steal time here often reads 100%), so every (model, mode) variant is built
 in this one process and timed in interleaved rounds: A, B, C, A, B, C ... Medians over rounds
@@ -14,17 +23,30 @@ on CPU it is this process's peak RSS (all variants together).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import resource
 import sys
+import tempfile
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .common import environment, markdown_table, summarize_latencies, write_results
 
-MODES = ("eager", "compiled", "compiled-no-inner-squeeze")
+OURS = "compiled"
+PEERS = ("openvino", "onnxruntime", "timm-compiled")
+MODES = ("eager", OURS, "compiled-no-inner-squeeze", *PEERS)
 GATE_FROM_MEAN = {"se_resnet50", "eca_resnet50"}  # the only models the ablation changes
+TIMM_ATTENTION = {
+    "resnet50": None,
+    "se_resnet50": "se",
+    "eca_resnet50": "eca",
+    "cbam_resnet50": "cbam",
+}
+"""timm's name for each of our attention kinds (timm has no SA block)."""
 
 
 @dataclass
@@ -33,8 +55,13 @@ class Variant:
     mode: str
     params: int
     attention_params: int
-    run: Any  # InferenceModel
+    run: Callable[[Any], Any]
+    inductor: Any = None  # the InferenceModel for eager/compiled modes: compile state, kernels
     results: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def compiled(self) -> bool:
+        return self.inductor.compiled if self.inductor is not None else True
 
 
 def progress(message: str) -> None:
@@ -47,22 +74,99 @@ def build_variants(args: argparse.Namespace) -> list[Variant]:
     from model_store import TINY_ARCH, count_parameters, create_model, optimize_for_inference
 
     variants = []
+    size = input_size(args)
     for name in args.models:
         torch.manual_seed(0)
         model = create_model(name, **(TINY_ARCH if args.tiny else {}))
+        counts = count_parameters(model)
         for mode in args.modes:
             if mode == "compiled-no-inner-squeeze" and name not in GATE_FROM_MEAN:
                 continue
-            run = optimize_for_inference(
+            if mode == "timm-compiled" and name not in TIMM_ATTENTION:
+                continue
+            if mode in ("openvino", "onnxruntime"):
+                optimized = optimize_for_inference(model, compile=False).model
+                run = PEER_BUILDERS[mode](optimized, args.batch_sizes, size)
+                variants.append(Variant(name, mode, *counts, run))
+                continue
+            if mode == "timm-compiled":
+                variants.append(Variant(name, mode, *counts, timm_compiled(name, args)))
+                continue
+            inductor = optimize_for_inference(
                 model,
                 device=args.device,
                 compile=mode != "eager",
                 mode=args.compile_mode,
                 fold_bn=mode != "eager",
-                squeeze_inner=mode == "compiled",
+                squeeze_inner=mode == OURS,
             )
-            variants.append(Variant(name, mode, *count_parameters(model), run))
+            variants.append(Variant(name, mode, *counts, inductor, inductor))
     return variants
+
+
+def input_size(args: argparse.Namespace) -> int:
+    return 64 if args.tiny else 224
+
+
+def openvino_runner(model: Any, batch_sizes: list[int], size: int) -> Callable[[Any], Any]:
+    """The ``openvino`` runtime exactly as an archive serves it: converted, saved, reloaded."""
+    from model_store.openvino_ir import export_ir, load_ir
+
+    directory = Path(tempfile.mkdtemp(prefix="bench-openvino-"))
+    export_ir(model, size, directory)
+    runners = load_ir(directory, batch_sizes, size)
+    return lambda x: runners[x.shape[0]](x)
+
+
+def onnxruntime_runner(model: Any, batch_sizes: list[int], size: int) -> Callable[[Any], Any]:
+    """ONNX Runtime on the same optimised model, as many threads as torch. Its threads stop
+    spinning between calls: by default they spin on, and took half the CPU from whichever
+    variant ran next in the interleaved rounds (measured)."""
+    import io
+
+    import onnxruntime
+    import torch
+
+    exported = io.BytesIO()
+    with warnings.catch_warnings():  # the TorchScript exporter's notices, not our problems
+        warnings.filterwarnings("ignore", "You are using the legacy", DeprecationWarning)
+        warnings.filterwarnings("ignore", "Constant folding", UserWarning)
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 3, size, size),),
+            exported,
+            dynamo=False,
+            input_names=["images"],
+            dynamic_axes={"images": {0: "batch"}},
+        )
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(exported.getvalue(), options)
+    return lambda x: torch.from_numpy(session.run(None, {"images": x.contiguous().numpy()})[0])
+
+
+PEER_BUILDERS = {"openvino": openvino_runner, "onnxruntime": onnxruntime_runner}
+
+
+def timm_compiled(name: str, args: argparse.Namespace) -> Callable[[Any], Any]:
+    """timm's ResNet-50 with the same attention kind, compiled as timm users would (freezing on
+    while tracing, like ours). Needs timm, which needs torchvision: see bench/README.md."""
+    import torch
+    from timm.models.resnet import Bottleneck, ResNet
+
+    torch.manual_seed(0)
+    block_args = {"attn_layer": TIMM_ATTENTION[name]} if TIMM_ATTENTION[name] else {}
+    model = ResNet(Bottleneck, [3, 4, 6, 3], block_args=block_args).eval()
+    model = model.to(memory_format=torch.channels_last)
+    compiled = torch.compile(model, dynamic=False)
+
+    @torch.inference_mode()
+    def run(x: Any) -> Any:
+        with torch._inductor.config.patch(freezing=True):
+            return compiled(x.contiguous(memory_format=torch.channels_last))
+
+    return run
 
 
 def measure(variants: list[Variant], args: argparse.Namespace) -> None:
@@ -71,7 +175,7 @@ def measure(variants: list[Variant], args: argparse.Namespace) -> None:
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    size = 64 if args.tiny else 224
+    size = input_size(args)
     started = time.perf_counter()
     for batch_size in args.batch_sizes:
         x = torch.randn(batch_size, 3, size, size, device=device)
@@ -112,7 +216,7 @@ def measure(variants: list[Variant], args: argparse.Namespace) -> None:
                     "img_per_s": batch_size / (stats["median_ms"] / 1000),
                     "memory_mb": peaks.get(index, peak_rss),
                     "warmup_s": warmup_s,
-                    "inductor_kernels": kernels if variant.run.compile_requested else None,
+                    "inductor_kernels": kernels if "compiled" in variant.mode else None,
                 }
             )
 
@@ -137,8 +241,8 @@ def to_records(variants: list[Variant], baseline: str = "resnet50") -> list[dict
                 "mode": v.mode,
                 "params": v.params,
                 "attention_params": v.attention_params,
-                "compiled": v.run.compiled,
-                "compile_error": v.run.compile_error,
+                "compiled": v.compiled,
+                "compile_error": v.inductor.compile_error if v.inductor is not None else None,
                 "results": v.results,
             }
         )
@@ -181,6 +285,47 @@ def table(records: list[dict[str, Any]]) -> str:
     return markdown_table(headers, rows)
 
 
+def runtime_comparison(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model and batch size: img/s of our compiled path and of each peer runtime measured,
+    and ours over the fastest peer (all from the same interleaved rounds)."""
+    rates: dict[tuple[str, int], dict[str, float]] = {}
+    for r in records:
+        if r["mode"] in (OURS, *PEERS):
+            for row in r["results"]:
+                rates.setdefault((r["model"], row["batch_size"]), {})[r["mode"]] = row["img_per_s"]
+    rows = []
+    for (model, batch_size), by_runtime in sorted(rates.items(), key=lambda kv: kv[0][::-1]):
+        peers = {m: v for m, v in by_runtime.items() if m != OURS}
+        best = max(peers, key=peers.__getitem__) if peers else None
+        ours = by_runtime.get(OURS)
+        rows.append(
+            {
+                "model": model,
+                "batch_size": batch_size,
+                "img_per_s": by_runtime,
+                "fastest_peer": best,
+                "ours_over_fastest_peer": ours / peers[best] if best and ours else None,
+            }
+        )
+    return rows
+
+
+def runtime_table(comparison: list[dict[str, Any]]) -> str:
+    runtimes = [m for m in (OURS, *PEERS) if any(m in row["img_per_s"] for row in comparison)]
+    headers = ["model", "batch", *[f"{m} img/s" for m in runtimes], "fastest peer", "ours / it"]
+    rows = [
+        [
+            row["model"],
+            row["batch_size"],
+            *[row["img_per_s"].get(m) for m in runtimes],
+            row["fastest_peer"],
+            row["ours_over_fastest_peer"],
+        ]
+        for row in comparison
+    ]
+    return markdown_table(headers, rows)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     import torch
 
@@ -216,6 +361,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.modes = args.modes.split(",")
     if unknown := [m for m in args.modes if m not in MODES]:
         parser.error(f"unknown modes {unknown}; choose from {list(MODES)}")
+    if "timm-compiled" in args.modes and importlib.util.find_spec("timm") is None:
+        parser.error("timm-compiled needs timm (and torchvision): see bench/README.md")
     default_sizes = "1,8,32,256" if args.device == "cuda" else "1,8,32"
     args.batch_sizes = [int(b) for b in (args.batch_sizes or default_sizes).split(",")]
     args.iters = args.iters or (50 if args.device == "cuda" else 5)
@@ -227,15 +374,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     variants = build_variants(args)
     measure(variants, args)
     records = to_records(variants)
+    comparison = runtime_comparison(records)
     config = {k: v for k, v in vars(args).items() if k != "out"}
     payload = {
         "benchmark": "models",
         "environment": environment(args.device),
         "config": config,
         "records": records,
+        "runtimes": comparison,
     }
     path = write_results(f"models-{args.device}", payload, args.out)
     print(table(records))
+    if len({m for row in comparison for m in row["img_per_s"]}) > 1:
+        print("\nRuntimes side by side (img/s, same interleaved rounds):\n")
+        print(runtime_table(comparison))
     print(f"\nJSON: {path}")
     return payload
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from model_store.archive import ArchiveSpec, build_archive
+from model_store.runtimes import DEFAULT_RUNTIME
 from model_store.torchserve import TorchServe, free_ports
 
 from .torchserve import progress
@@ -21,9 +22,12 @@ BENCH_DIR = Path(".run/bench")
 """Archives are kept here between runs (an AOT build of a full model takes minutes)."""
 
 
-def build(args: argparse.Namespace, name: str, batch_size: int) -> Path:
+def build(
+    args: argparse.Namespace, name: str, batch_size: int, runtime: str = DEFAULT_RUNTIME
+) -> Path:
     """``args.model``'s archive (tiny trained with ``args.tiny``) in ``BENCH_DIR/name``, with
-    TorchServe ``batch_size``: 1 behind a gateway, more for direct clients."""
+    TorchServe ``batch_size``: 1 behind a gateway, more for direct clients; served by
+    ``runtime``."""
     from model_store.tiny import save_tiny, train_tiny
 
     directory = BENCH_DIR / ("tiny-" if args.tiny else "") / name
@@ -33,7 +37,7 @@ def build(args: argparse.Namespace, name: str, batch_size: int) -> Path:
         if not checkpoint.exists():
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             save_tiny(train_tiny(args.model), checkpoint)
-    spec = ArchiveSpec(args.model, checkpoint=checkpoint, batch_size=batch_size)
+    spec = ArchiveSpec(args.model, checkpoint=checkpoint, batch_size=batch_size, runtime=runtime)
     build_archive(spec, directory, progress=progress)
     return directory
 

@@ -1,6 +1,6 @@
 """Command line: build archives, serve them with TorchServe, train a tiny demo model.
 
-python -m model_store build [--models all] [--checkpoint [MODEL=]PATH] [--no-compile]
+python -m model_store build [--models all] [--checkpoint [MODEL=]PATH] [--runtime auto]
 python -m model_store serve [--models all] [--inference-port 8080 ...] [--drain-seconds 10]
 python -m model_store train-tiny --model eca_resnet50 --out tiny.pt
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 from .archive import DEFAULT_ARCHIVE_DIR, GATEWAY_FED_BATCH_SIZE, ArchiveSpec, build_archive
 from .classifier import DEFAULT_BATCH_BUCKETS
 from .models import MODELS, parse_model_names
+from .runtimes import DEFAULT_RUNTIME, RUNTIME_CHOICES
 from .torchserve import CONFIG_TEMPLATE, TorchServe, TorchServeError
 
 
@@ -57,6 +58,7 @@ def build(args: argparse.Namespace) -> None:
             checkpoint=checkpoints.get(model),
             compile=args.compile,
             compile_mode=args.compile_mode,
+            runtime=args.runtime,
             aot=args.aot,
             batch_buckets=args.batch_buckets,
             batch_size=args.batch_size,
@@ -160,6 +162,13 @@ def main(argv: list[str] | None = None) -> None:
         help="torch.compile in the worker",
     )
     p.add_argument("--compile-mode", default="default")
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIME_CHOICES,
+        default=DEFAULT_RUNTIME,
+        help="what serves on CPU: inductor (torch.compile), openvino (converted here), or auto "
+        "(both built and measured here, the faster kept; the numbers go in the archive)",
+    )
     p.add_argument(
         "--aot",
         action=argparse.BooleanOptionalAction,

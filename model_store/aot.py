@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .runtimes import Runner
+
 AOT_DIR = "aoti"
 """Where the packages sit inside an archive (and in the classifier's ``aot_dir`` setting)."""
 MANIFEST = "manifest.json"
-
-Runner = Callable[[torch.Tensor], torch.Tensor]
 
 
 class AotMismatch(RuntimeError):
@@ -52,7 +52,8 @@ def compile_packages(
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Export ``model`` (already optimised, eval, channels_last, on CPU) once per batch size and
-    compile each with inductor's CPU freezing (prepacked oneDNN weights), as the JIT path does."""
+    compile each with inductor's CPU freezing (prepacked oneDNN weights), as the JIT path does.
+    Freezing only happens with gradients off: export and compile both run under ``no_grad``."""
     directory.mkdir(parents=True, exist_ok=True)
     seconds = {}
     for batch_size in batch_sizes:
@@ -63,13 +64,13 @@ def compile_packages(
         with warnings.catch_warnings():
             # torch's own pickling of the export spec warns about its own deprecated API
             warnings.filterwarnings("ignore", "`isinstance.*LeafSpec", FutureWarning)
-            with torch.inference_mode():
+            with torch.no_grad():
                 exported = torch.export.export(model, (example,))
-            torch._inductor.aoti_compile_and_package(
-                exported,
-                package_path=str(_package(directory, batch_size)),
-                inductor_configs={"freezing": True},
-            )
+                torch._inductor.aoti_compile_and_package(
+                    exported,
+                    package_path=str(_package(directory, batch_size)),
+                    inductor_configs={"freezing": True},
+                )
         seconds[str(batch_size)] = round(time.perf_counter() - started, 1)
         progress(f"  AOTInductor batch {batch_size}: {seconds[str(batch_size)]} s")
     manifest = {

@@ -24,11 +24,24 @@ from typing import Any
 import torch
 import yaml
 
-from .aot import AOT_DIR, compile_packages, machine_key
+from .aot import AOT_DIR, compile_packages, load_packages, machine_key
 from .checkpoint import read_checkpoint, save_checkpoint
 from .classifier import DEFAULT_BATCH_BUCKETS, ClassifierConfig
 from .models import create_model, get_spec
+from .openvino_ir import OPENVINO_DIR, export_ir, load_ir
 from .optimize import optimize_for_inference
+from .runtimes import (
+    AUTO,
+    DEFAULT_RUNTIME,
+    RUNTIME_CHOICES,
+    RUNTIME_REPORT,
+    RUNTIMES,
+    Prebuilt,
+    RuntimeCheckFailed,
+    fastest,
+    images_per_second,
+    max_logit_error,
+)
 
 PACKAGE_DIR = Path(__file__).parent
 DEFAULT_ARCHIVE_DIR = PACKAGE_DIR / "archives"
@@ -38,6 +51,9 @@ WORKER_RESPONSE_TIMEOUT_S = 30
 defaults to it), so no batch keeps a worker busy for clients that were already answered 504."""
 GATEWAY_FED_BATCH_SIZE = 1
 """TorchServe's ``batchSize`` behind the gateway: the gateway forms the batches (one layer)."""
+
+PREBUILT_DIRS = {"inductor": ("aot_dir", AOT_DIR), "openvino": ("openvino_dir", OPENVINO_DIR)}
+"""Per runtime: the classifier setting naming its prebuilt models, and their folder."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +66,8 @@ class ArchiveSpec:
     compile: bool = True
     compile_mode: str = "default"
     batch_buckets: tuple[int, ...] = DEFAULT_BATCH_BUCKETS
-    aot: bool = True  # compiled models: AOTInductor packages built here, JIT only as fallback
+    runtime: str = DEFAULT_RUNTIME  # or openvino, or auto: both built and measured, faster kept
+    aot: bool = True  # inductor: AOTInductor packages built here, JIT only as fallback
     batch_size: int = GATEWAY_FED_BATCH_SIZE  # more only for clients calling TorchServe directly
     max_batch_delay_ms: int = 10
     workers: int = 1
@@ -59,11 +76,23 @@ class ArchiveSpec:
     startup_timeout_s: int = 900  # compiling every bucket on a 2-core CPU takes minutes
     extra: dict[str, Any] = field(default_factory=dict)  # more ``handler`` settings
 
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIME_CHOICES:
+            raise ValueError(f"runtime must be one of {RUNTIME_CHOICES}, got {self.runtime!r}")
+        if self.runtime != DEFAULT_RUNTIME and not self.compiles_ahead:
+            raise ValueError(
+                f"the {self.runtime} runtime is built with the archive: it needs compile and aot"
+            )
+
     @property
     def compiles_ahead(self) -> bool:
         return self.compile and self.aot
 
-    def model_config(self) -> dict[str, Any]:
+    def model_config(self, runtime: str = DEFAULT_RUNTIME) -> dict[str, Any]:
+        """TorchServe's settings and the classifier's, for the runtime that serves (``auto``
+        is resolved when the archive is built)."""
+        setting, directory = PREBUILT_DIRS[runtime]
+        prebuilt = {setting: directory} if self.compiles_ahead else {}
         return {
             "minWorkers": self.workers,
             "maxWorkers": self.workers,
@@ -78,7 +107,8 @@ class ArchiveSpec:
                 "compile_mode": self.compile_mode,
                 "batch_buckets": list(self.batch_buckets),
                 "fast_decode": self.fast_decode,
-                **({"aot_dir": AOT_DIR} if self.compiles_ahead else {}),
+                "runtime": runtime,
+                **prebuilt,
                 **self.extra,
             },
         }
@@ -120,16 +150,18 @@ def build_archive(
         staging = Path(tmp)
         progress(f"{spec.model}: writing weights")
         weights = _write_weights(spec, staging / "weights.pt")
-        config = staging / "model-config.yaml"
-        config.write_text(yaml.safe_dump(spec.model_config(), sort_keys=False))
         code = staging / "code"
         for path in _source_files():
             target = code / "model_store" / path.relative_to(PACKAGE_DIR)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
+        runtime = DEFAULT_RUNTIME
         if spec.compiles_ahead:
-            progress(f"{spec.model}: compiling ahead of time (AOTInductor), one package per bucket")
-            _compile_ahead(spec, weights, code / AOT_DIR, progress)
+            report = build_runtimes(spec, weights, code, progress)
+            (code / RUNTIME_REPORT).write_text(json.dumps(report, indent=2) + "\n")
+            runtime = report["serving"]
+        config = staging / "model-config.yaml"
+        config.write_text(yaml.safe_dump(spec.model_config(runtime), sort_keys=False))
         progress(f"{spec.model}: packing {archive.name}")
         command = [
             str(Path(sys.executable).parent / "torch-model-archiver"),
@@ -150,13 +182,54 @@ def build_archive(
     return archive
 
 
-def _compile_ahead(
-    spec: ArchiveSpec, weights: Path, directory: Path, progress: Callable[[str], None]
-) -> None:
-    """The archive's own weights, optimised as the worker would, compiled per bucket."""
+def build_runtimes(
+    spec: ArchiveSpec, weights: Path, code: Path, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """The archive's own weights, optimised as the worker would, built for the asked runtime
+    (both for ``auto``) under ``code``, each checked against the eager model; for ``auto`` the
+    faster is measured here and the other removed. Returns the report stored in the archive."""
     checkpoint = read_checkpoint(weights)
-    model = optimize_for_inference(create_model(spec.model, checkpoint=checkpoint), compile=False)
-    compile_packages(model.model, spec.batch_buckets, checkpoint.input_size, directory, progress)
+    eager = create_model(spec.model, checkpoint=checkpoint).eval()
+    optimized = optimize_for_inference(eager, compile=False).model
+    size, buckets = checkpoint.input_size, spec.batch_buckets
+    asked = list(RUNTIMES) if spec.runtime == AUTO else [spec.runtime]
+    candidates, errors, rejected = {}, {}, {}
+    for runtime in asked:
+        if runtime == "openvino":
+            progress(f"{spec.model}: converting to OpenVINO IR")
+            export_ir(optimized, size, code / OPENVINO_DIR)
+            candidates[runtime] = Prebuilt("openvino", load_ir(code / OPENVINO_DIR, buckets, size))
+        else:
+            progress(f"{spec.model}: compiling ahead of time (AOTInductor), one package per bucket")
+            compile_packages(optimized, buckets, size, code / AOT_DIR, progress)
+            candidates[runtime] = Prebuilt("aot", load_packages(code / AOT_DIR, buckets, size))
+        try:
+            errors[runtime] = max_logit_error(candidates[runtime], eager, size)
+            progress(f"{spec.model}: {runtime} max abs logit error {errors[runtime]:.1e}")
+        except RuntimeCheckFailed as exc:
+            if spec.runtime != AUTO:
+                raise
+            rejected[runtime] = str(exc)
+            del candidates[runtime]
+    if not candidates:
+        raise RuntimeCheckFailed(f"{spec.model}: no runtime passed the check: {rejected}")
+    measured = {}
+    if len(candidates) > 1:
+        progress(f"{spec.model}: measuring {' vs '.join(candidates)} (interleaved)")
+        measured = images_per_second(candidates, size, progress=progress)
+    serving = fastest(measured) if measured else next(iter(candidates))
+    for runtime in set(asked) - {serving}:
+        shutil.rmtree(code / PREBUILT_DIRS[runtime][1])
+    progress(f"{spec.model}: serving with {serving}")
+    return {
+        "asked": spec.runtime,
+        "serving": serving,
+        "max_abs_logit_error": errors,
+        "rejected": rejected,
+        "img_per_s": measured,
+        "threads": torch.get_num_threads(),
+        "machine": machine_key(),
+    }
 
 
 def _write_weights(spec: ArchiveSpec, path: Path) -> Path:
@@ -174,6 +247,12 @@ def read_model_config(path: Path) -> dict[str, Any]:
     """The ``model-config.yaml`` of a built archive (TorchServe's settings and ``handler``)."""
     with zipfile.ZipFile(path) as archive:
         return yaml.safe_load(archive.read("model-config.yaml")) or {}
+
+
+def read_runtime_report(path: Path) -> dict[str, Any]:
+    """The build's runtime record of an archive compiled ahead (``RUNTIME_REPORT``)."""
+    with zipfile.ZipFile(path) as archive:
+        return json.loads(archive.read(RUNTIME_REPORT))
 
 
 def load_archive(path: Path, extract_to: Path) -> ClassifierConfig:

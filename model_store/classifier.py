@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .aot import AotMismatch, Runner, load_packages
+from .aot import AotMismatch, load_packages
 from .checkpoint import read_checkpoint
 from .images import ImageError, ImageLimits, load_upright_rgb, validate
 from .labels import load_labels
 from .models import count_parameters, create_model, get_spec
+from .openvino_ir import OpenVinoUnavailable, load_ir
 from .optimize import optimize_for_inference
+from .runtimes import DEFAULT_RUNTIME, RUNTIMES, Prebuilt
 from .transforms import crop_to_array, normalize, resize_side
 
 log = logging.getLogger(__name__)
@@ -53,9 +55,13 @@ class ClassifierConfig:
     """Reduced-scale JPEG decode (libjpeg ``draft``): faster, but not the offline pixels."""
     top_k: int = 5
     device: str = "auto"
+    runtime: str = DEFAULT_RUNTIME
+    """``inductor`` or ``openvino`` (``model_store.runtimes``); ``compile=False`` runs eager."""
     aot_dir: Path | None = None
     """AOTInductor packages of the batch buckets (built with the archive), used when they match
     this machine; otherwise the model is compiled just in time."""
+    openvino_dir: Path | None = None
+    """The OpenVINO IR of the ``openvino`` runtime (built with the archive)."""
 
     @property
     def limits(self) -> ImageLimits:
@@ -66,6 +72,10 @@ class ClassifierConfig:
         buckets = self.batch_buckets
         if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 1:
             raise ValueError(f"batch_buckets must be increasing positive sizes, got {buckets}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
+        if self.runtime == "openvino" and self.openvino_dir is None:
+            raise ValueError("the openvino runtime needs openvino_dir (the converted model)")
         if not 1 <= self.top_k <= MAX_TOP_K:
             raise ValueError(f"top_k must be in 1..{MAX_TOP_K}, got {self.top_k}")
         self.limits  # noqa: B018 -- validates the image limits at load
@@ -79,7 +89,7 @@ class ClassifierConfig:
             )
         values = dict(values)
         values["weights"] = base_dir / values["weights"]
-        for key in ("labels", "aot_dir"):
+        for key in ("labels", "aot_dir", "openvino_dir"):
             if values.get(key):
                 values[key] = base_dir / values[key]
         if "batch_buckets" in values:
@@ -125,9 +135,13 @@ class ImageClassifier:
         self.input_size = checkpoint.input_size
         self.limits = config.limits
         self.draft_side = resize_side(self.input_size) if config.fast_decode else 0
-        aot, self.aot_fallback = self._load_aot(torch.device(device))
+        prebuilt, self.prebuilt_fallback = self._load_prebuilt(torch.device(device))
         self.runner = optimize_for_inference(
-            model, device=device, compile=config.compile, mode=config.compile_mode, aot=aot
+            model,
+            device=device,
+            compile=config.compile,
+            mode=config.compile_mode,
+            prebuilt=prebuilt,
         )
         warmup = self._warm_up()
         total, attention = count_parameters(model)
@@ -143,7 +157,7 @@ class ImageClassifier:
             "compile_requested": config.compile,
             "compiled": self.runner.compiled,
             "runtime": self.runner.runtime,
-            "aot_fallback": self.aot_fallback,
+            "prebuilt_fallback": self.prebuilt_fallback,
             "compile_error": self.runner.compile_error,
             "batch_buckets": list(config.batch_buckets),
             "load_seconds": round(time.perf_counter() - started, 2),
@@ -151,18 +165,26 @@ class ImageClassifier:
         }
         log.info("loaded %s", self.info)
 
-    def _load_aot(self, device: torch.device) -> tuple[dict[int, Runner], str | None]:
-        """The archive's AOT packages, or none and why (then ``compile`` decides: JIT or eager)."""
+    def _load_prebuilt(self, device: torch.device) -> tuple[Prebuilt | None, str | None]:
+        """What the archive built for its runtime (AOTInductor packages or an OpenVINO IR), or
+        none and why: then ``compile`` decides, just in time or eager."""
         config = self.config
-        if config.aot_dir is None or not config.compile:
-            return {}, None
+        directory = config.openvino_dir if config.runtime == "openvino" else config.aot_dir
+        if directory is None or not config.compile:
+            return None, None
+        buckets, size = config.batch_buckets, self.input_size
         try:
             if device.type != "cpu":
-                raise AotMismatch(f"the packages are for CPU, the model runs on {device}")
-            return load_packages(config.aot_dir, config.batch_buckets, self.input_size), None
-        except AotMismatch as exc:
-            warnings.warn(f"AOT packages not used, compiling just in time: {exc}", stacklevel=3)
-            return {}, str(exc)
+                raise AotMismatch(f"the prebuilt models are for CPU, the model runs on {device}")
+            if config.runtime == "openvino":
+                return Prebuilt("openvino", load_ir(directory, buckets, size)), None
+            return Prebuilt("aot", load_packages(directory, buckets, size)), None
+        except (AotMismatch, OpenVinoUnavailable) as exc:
+            warnings.warn(
+                f"{config.runtime} models built ahead not used, compiling just in time: {exc}",
+                stacklevel=3,
+            )
+            return None, str(exc)
 
     def _warm_up(self) -> dict[str, float]:
         """Each bucket once, from the same preprocessing output and through the same padding

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Mapping
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .aot import Runner
 from .resnet import ResNet
+from .runtimes import Prebuilt
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 RECOMPILE_LIMIT = 64
@@ -58,11 +57,23 @@ def enable_inner_squeeze(model: ResNet) -> int:
     return count
 
 
+def _freezing(device: torch.device) -> AbstractContextManager[None]:
+    """Inductor's CPU freezing: weights become constants, prepacked into oneDNN's blocked
+    layouts once. It must be on while dynamo *traces*, not only in ``torch.compile(options=)``
+    (which reaches inductor alone): dynamo installs parameters as graph constants only when it
+    sees the global flag, and without that every convolution reordered its weights on every
+    call (1.35x slower at batch 1, see bench/README.md)."""
+    if device.type != "cpu":
+        return nullcontext()
+    return torch._inductor.config.patch(freezing=True)
+
+
 class InferenceModel:
     """An optimised classifier: float32 images in, float32 logits out, on ``device``.
 
-    ``runtime`` says which path runs: ``aot`` (AOTInductor packages, one per batch size, given
-    as ``aot``), ``jit`` (``torch.compile``, tried on the first call for each input shape with
+    ``runtime`` says which path runs: a prebuilt one made when the archive was built (``aot``,
+    AOTInductor packages, or ``openvino``; one runner per batch size, given as ``prebuilt``),
+    ``jit`` (``torch.compile``, tried on the first call for each input shape with
     ``dynamic=False``: one specialised graph per served batch size; if compilation fails the
     model warns once and runs eager from then on) or ``eager``.
     """
@@ -75,10 +86,10 @@ class InferenceModel:
         dtype: torch.dtype | None,
         compile: bool,
         mode: str,
-        aot: Mapping[int, Runner] | None = None,
+        prebuilt: Prebuilt | None = None,
     ) -> None:
         self.model = model
-        self.aot = dict(aot or {})
+        self.prebuilt = prebuilt
         self.device = device
         self.dtype = dtype
         self.compile_requested = compile
@@ -86,15 +97,14 @@ class InferenceModel:
         self._compiled = None
         if compile:
             _configure_dynamo()
-            options = dict(torch._inductor.list_mode_options(mode))
-            if device.type == "cpu":
-                # Constant-fold the weights into prepacked oneDNN layouts: the big CPU win.
-                options["freezing"] = True
+            options = torch._inductor.list_mode_options(mode)
             self._compiled = torch.compile(model, dynamic=False, options=options)
 
     @property
     def runtime(self) -> str:
-        return "aot" if self.aot else "jit" if self._compiled is not None else "eager"
+        if self.prebuilt is not None:
+            return self.prebuilt.runtime
+        return "jit" if self._compiled is not None else "eager"
 
     @property
     def compiled(self) -> bool:
@@ -111,12 +121,13 @@ class InferenceModel:
         dispatch keys, so an input made outside inference mode and one made inside would each
         compile their own graph (the first request after warm-up paid seconds for that)."""
         x = images.to(self.device, memory_format=torch.channels_last, non_blocking=True, copy=True)
-        if (aot := self.aot.get(x.shape[0])) is not None:
-            return aot(x).float()
+        if self.prebuilt and (run := self.prebuilt.runners.get(x.shape[0])) is not None:
+            return run(x).float()
         with self._autocast():
             if self._compiled is not None:
                 try:
-                    return self._compiled(x).float()
+                    with _freezing(self.device):
+                        return self._compiled(x).float()
                 except Exception as exc:  # the eager retry below re-raises real input errors
                     self._fall_back(exc)
             return self.model(x).float()
@@ -138,7 +149,7 @@ def optimize_for_inference(
     dtype: torch.dtype | None = None,
     fold_bn: bool = True,
     squeeze_inner: bool = True,
-    aot: Mapping[int, Runner] | None = None,
+    prebuilt: Prebuilt | None = None,
 ) -> InferenceModel:
     """Eval mode, BN folded, SE/ECA squeezed early, channels_last, compiled; on CUDA, autocast
     to ``dtype`` (bf16 unless told otherwise). The caller's model is left untouched."""
@@ -155,4 +166,6 @@ def optimize_for_inference(
     model = model.to(device).to(memory_format=torch.channels_last)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    return InferenceModel(model, device=device, dtype=dtype, compile=compile, mode=mode, aot=aot)
+    return InferenceModel(
+        model, device=device, dtype=dtype, compile=compile, mode=mode, prebuilt=prebuilt
+    )

@@ -103,7 +103,8 @@ class GatewayMetrics:
 
     def watch_runtimes(self, runtimes: Callable[[], dict[str, str]]) -> None:
         """``gateway_model_runtime{model,runtime} 1`` for what each worker reports running
-        (``aot``; ``jit`` after an AOT package did not match the machine; ``eager``)."""
+        (``aot`` or ``openvino``, built with the archive; ``jit`` after those could not load
+        here; ``eager``)."""
         self.registry.register(_RuntimeCollector(runtimes))
 
 
@@ -114,7 +115,7 @@ class _RuntimeCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
             "gateway_model_runtime",
-            "1 for the runtime each model's worker reports: aot, jit or eager",
+            "1 for the runtime each model's worker reports: aot, jit, openvino or eager",
             labels=["model", "runtime"],
         )
         for model, runtime in sorted(self.runtimes().items()):

@@ -38,6 +38,11 @@ class ModelInfo(BaseModel):
     parameters: int
     attention_parameters: int
     status: str = Field(description='"ready", or why not')
+    runtime: str | None = Field(
+        default=None,
+        description="what runs the model in its worker (aot, jit, openvino or eager); "
+        "null until the worker has reported",
+    )
 
 
 class ModelList(BaseModel):

@@ -33,7 +33,7 @@ def _seed() -> None:
 
 @pytest.fixture(scope="session")
 def tiny_archives(tmp_path_factory, tiny_trained):
-    """Archives of tiny trained eca_resnet50 (compiled) and se_resnet50 (eager)."""
+    """Archives of tiny trained eca_resnet50 (AOTInductor) and se_resnet50 (OpenVINO)."""
     from .torchserve_stack import build_tiny_archives
 
     return build_tiny_archives(tmp_path_factory.mktemp("archives"), tiny_trained)

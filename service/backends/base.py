@@ -70,7 +70,7 @@ class WorkerFacts(BaseModel):
     """What a loaded worker reports about itself (the classifier's ``info``, TorchServe's
     batching): the gateway checks its batching against it and exports the runtime."""
 
-    runtime: str = Field(description="aot, jit or eager: what actually runs the model")
+    runtime: str = Field(description="aot, jit, openvino or eager: what actually runs the model")
     batch_buckets: list[int] = Field(min_length=1)
     batch_size: int = Field(1, description="TorchServe batchSize: 1 when the gateway batches")
 

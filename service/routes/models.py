@@ -1,4 +1,5 @@
-"""``GET /v1/models``: what is served, with architecture, attention, size and status."""
+"""``GET /v1/models``: what is served, with architecture, attention, size, status and the
+runtime its worker reports."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ router = APIRouter(tags=["models"])
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(gateway: GatewayDep, _: ApiKeyDep) -> ModelList:
     status = await gateway.backend.readiness()
+    runtimes = gateway.backend.runtimes()
     return ModelList(
         models=[
-            info.model_copy(update={"status": status.get(name, "unknown")})
+            info.model_copy(
+                update={"status": status.get(name, "unknown"), "runtime": runtimes.get(name)}
+            )
             for name, info in gateway.models.items()
         ]
     )

@@ -34,11 +34,16 @@ def test_capacity_is_the_highest_rate_within_the_slo_and_the_error_budget():
 def test_a_tiny_sweep_measures_every_target(tmp_path):
     out = tmp_path / "capacity.json"
     main(["--tiny", "--rates", "15", "--duration", "2", "--pause", "0", "--null-seconds", "2",
-          "--out", str(out)])  # fmt: skip
+          "--runtimes", "inductor,openvino", "--out", str(out)])  # fmt: skip
     record = json.loads(out.read_text())
-    assert [row["target"] for row in record["results"]] == list(TARGETS)
+    targets = [*TARGETS, "gateway-deadline@openvino"]
+    assert [row["target"] for row in record["results"]] == targets
     assert all(row["requests"] > 0 and row["img_per_s"] > 0 for row in record["results"])
-    assert set(record["capacity_at_slo"]) == set(TARGETS)
+    assert set(record["capacity_at_slo"]) == set(targets)
+    served = record["served_per_runtime"]
+    assert set(served) == {"inductor", "openvino"}
+    assert all(s["max_achieved_img_per_s"] > 0 for s in served.values())
+    assert set(record["cold_start"]["torchserve_ready_s_per_runtime"]) == {"inductor", "openvino"}
     assert [c["bucket"] for c in record["cold_start"]["first_calls"]] == [1, 2, 4, 8]
     assert record["cold_start"]["torchserve_ready_s"] > 0
     assert record["cold_start"]["crash_to_ready_s"] > 0

@@ -64,3 +64,36 @@ def test_tiny_benchmark_writes_consistent_results(tmp_path, capsys):
 def test_unknown_model_is_a_usage_error():
     with pytest.raises(SystemExit):
         bench_models.main(["--models", "vgg16"])
+
+
+@pytest.mark.slow
+def test_runtimes_are_measured_side_by_side(tmp_path, capsys):
+    """Our compiled path against the OpenVINO runtime and ONNX Runtime, in the same rounds."""
+    out = tmp_path / "runtimes.json"
+    payload = bench_models.main(
+        ["--models", "eca_resnet50", "--modes", "compiled,openvino,onnxruntime", "--tiny",
+         "--batch-sizes", "1,2", "--iters", "2", "--warmup", "1", "--device", "cpu",
+         "--out", str(out)]
+    )  # fmt: skip
+    modes = {r["mode"]: r for r in payload["records"]}
+    assert set(modes) == {"compiled", "openvino", "onnxruntime"}
+    assert modes["compiled"]["compiled"] and modes["compiled"]["compile_error"] is None
+    rows = payload["runtimes"]
+    assert [(r["model"], r["batch_size"]) for r in rows] == [
+        ("eca_resnet50", 1),
+        ("eca_resnet50", 2),
+    ]
+    for row in rows:
+        rates = row["img_per_s"]
+        assert set(rates) == {"compiled", "openvino", "onnxruntime"}
+        assert row["fastest_peer"] == max(("openvino", "onnxruntime"), key=rates.__getitem__)
+        assert row["ours_over_fastest_peer"] == pytest.approx(
+            rates["compiled"] / rates[row["fastest_peer"]]
+        )
+    assert "| eca_resnet50 | 1 |" in capsys.readouterr().out.split("Runtimes side by side")[1]
+
+
+def test_the_timm_peer_needs_timm(monkeypatch):
+    monkeypatch.setattr(bench_models.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit):
+        bench_models.parse_args(["--modes", "compiled,timm-compiled"])

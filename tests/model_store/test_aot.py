@@ -38,7 +38,7 @@ def test_an_archive_compiled_ahead_serves_without_compiling(tiny_archives, tmp_p
     before = graphs_compiled()
     served = ImageClassifier(config)
     results = served.classify(photos) + served.classify(photos[:1])
-    assert served.info["runtime"] == "aot" and served.info["aot_fallback"] is None
+    assert served.info["runtime"] == "aot" and served.info["prebuilt_fallback"] is None
     assert graphs_compiled() == before  # dynamo never ran: nothing compiled at load or later
     eager = ImageClassifier(replace(config, compile=False))
     expected = eager.classify(photos) + eager.classify(photos[:1])
@@ -56,10 +56,10 @@ def test_packages_built_for_another_machine_class_fall_back_to_jit(tiny_archives
     built = json.loads(manifest.read_text())
     built["machine"]["cpu_capability"] = "a vector ISA this machine lacks"
     manifest.write_text(json.dumps(built))
-    with pytest.warns(UserWarning, match="AOT packages not used, compiling just in time"):
+    with pytest.warns(UserWarning, match="inductor models built ahead not used, compiling just"):
         fallback = ImageClassifier(replace(config, batch_buckets=(1,)))
     assert fallback.info["runtime"] == "jit"
-    assert "a vector ISA this machine lacks" in fallback.info["aot_fallback"]
+    assert "a vector ISA this machine lacks" in fallback.info["prebuilt_fallback"]
 
 
 def test_serving_an_aot_archive_needs_no_compiler(tiny_archives, tmp_path, photos):

@@ -122,13 +122,15 @@ def test_recompile_limit_is_reported_not_silently_eager(monkeypatch):
     from model_store import optimize as optimize_module
 
     monkeypatch.setattr(optimize_module, "RECOMPILE_LIMIT", 1)
-    monkeypatch.setattr(dynamo_config, "recompile_limit", 1)
     torch._dynamo.reset()
-    optimised = optimize_for_inference(randomized("resnet50"), compile=True)
-    optimised(torch.randn(1, 3, 64, 64))
-    assert optimised.compiled
-    with pytest.warns(UserWarning, match="torch.compile failed"):
-        optimised(torch.randn(2, 3, 64, 64))  # a second graph: over the limit of 1
+    # dynamo's own patch, not monkeypatch: pytest's undo deletes an attribute that is not in
+    # the module's __dict__, and a deleted dynamo setting reads as missing from then on
+    with dynamo_config.patch(recompile_limit=1):
+        optimised = optimize_for_inference(randomized("resnet50"), compile=True)
+        optimised(torch.randn(1, 3, 64, 64))
+        assert optimised.compiled
+        with pytest.warns(UserWarning, match="torch.compile failed"):
+            optimised(torch.randn(2, 3, 64, 64))  # a second graph: over the limit of 1
     assert not optimised.compiled
     assert (
         "recompile" in optimised.compile_error.lower() or "limit" in optimised.compile_error.lower()

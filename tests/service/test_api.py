@@ -257,6 +257,7 @@ def test_models_health_and_readiness():
         assert (
             models["eca_resnet50"]["attention"] == "eca"
             and models["eca_resnet50"]["status"] == "ready"
+            and models["eca_resnet50"]["runtime"] == "eager"  # what the backend reports
         )
         assert client.get("/healthz").json() == {"status": "ok"}
         assert client.get("/readyz").status_code == 200

@@ -213,8 +213,13 @@ def test_inprocess_backend_serves_the_same_archives(tiny_archives, gateway):
 
 def test_the_gateway_exports_the_runtime_each_worker_reports(gateway):
     assert httpx.get(f"{gateway.url}/readyz", timeout=30).status_code == 200
-    assert metric(gateway.url, "gateway_model_runtime", model="eca_resnet50", runtime="aot") == 1
-    assert metric(gateway.url, "gateway_model_runtime", model="se_resnet50", runtime="eager") == 1
+    for model, runtime in (("eca_resnet50", "aot"), ("se_resnet50", "openvino")):
+        assert metric(gateway.url, "gateway_model_runtime", model=model, runtime=runtime) == 1
+    listed = httpx.get(f"{gateway.url}/v1/models", timeout=30).json()["models"]
+    assert {m["name"]: m["runtime"] for m in listed} == {
+        "eca_resnet50": "aot",
+        "se_resnet50": "openvino",
+    }
 
 
 def test_gateway_batches_larger_than_the_workers_buckets_keep_the_model_not_ready(torchserve):
