@@ -5,13 +5,13 @@
     python -m bench.models --modes compiled,openvino,onnxruntime,timm-compiled   # runtimes
     python -m bench.models --device cuda                    # adds batch 256, bf16 autocast
 
-Modes: ``eager``; ``compiled`` (our inductor path, what the ``inductor`` runtime serves);
-``compiled-no-inner-squeeze`` (ablation); ``openvino`` (what the ``openvino`` runtime serves);
-``onnxruntime`` (a peer, not served: the same optimised model exported to ONNX);
-``timm-compiled`` (a peer: timm's own ResNet-50 with the same attention, ``torch.compile`` with
-freezing; only when timm is importable, which needs torchvision: run it from a separate venv,
-see bench/README.md). With several runtimes a second table gives img/s per runtime side by side
-and ours over the fastest peer.
+Modes: ``eager``; ``compiled`` (our inductor path, what the ``inductor`` runtime
+serves); ``compiled-no-inner-squeeze`` (the ablation of the early squeeze); ``openvino``
+(what the ``openvino`` runtime serves); ``onnxruntime`` (a peer, not served: the same optimised
+model exported to ONNX); ``timm-compiled`` (a peer: timm's own ResNet-50 with the same
+attention, ``torch.compile`` with freezing; only when timm is importable, which needs
+torchvision: run it from a separate venv, see bench/README.md). With several runtimes a second
+table gives img/s per runtime side by side and ours over the fastest peer.
 
 Shared CPUs drift (steal time here often reads 100%), so every (model, mode) variant is built
 in this one process and timed in interleaved rounds: A, B, C, A, B, C ... Medians over rounds
@@ -342,7 +342,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"comma list or 'all' ({', '.join(MODELS)})",
     )
     parser.add_argument(
-        "--modes", default="eager,compiled", help=f"comma list of {', '.join(MODES)}"
+        "--modes",
+        default="eager,compiled,openvino,onnxruntime",
+        help=f"comma list of {', '.join(MODES)}",
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--batch-sizes", help="comma list; default 1,8,32 (and 256 on CUDA)")
