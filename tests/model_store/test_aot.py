@@ -18,6 +18,8 @@ from model_store.classifier import ClassifierConfig, ImageClassifier
 from model_store.synthetic import encode, make_images
 from model_store.tiny import save_tiny
 
+from ..checks import assert_serves_without_compiling_like_eager
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,19 +37,7 @@ def graphs_compiled() -> int:
 
 def test_an_archive_compiled_ahead_serves_without_compiling(tiny_archives, tmp_path, photos):
     config = load_archive(tiny_archives / "eca_resnet50.mar", tmp_path)
-    before = graphs_compiled()
-    served = ImageClassifier(config)
-    results = served.classify(photos) + served.classify(photos[:1])
-    assert served.info["runtime"] == "aot" and served.info["prebuilt_fallback"] is None
-    assert graphs_compiled() == before  # dynamo never ran: nothing compiled at load or later
-    eager = ImageClassifier(replace(config, compile=False))
-    expected = eager.classify(photos) + eager.classify(photos[:1])
-    for mine, reference in zip(results, expected, strict=True):
-        assert [p["index"] for p in mine["predictions"]] == [
-            p["index"] for p in reference["predictions"]
-        ]
-        for got, want in zip(mine["predictions"], reference["predictions"], strict=True):
-            assert got["score"] == pytest.approx(want["score"], abs=1e-4)
+    assert_serves_without_compiling_like_eager(config, photos, "aot", tolerance=1e-4)
 
 
 def test_packages_built_for_another_machine_class_fall_back_to_jit(tiny_archives, tmp_path):

@@ -8,12 +8,10 @@ import re
 import subprocess
 import sys
 import zipfile
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from torch._dynamo.utils import counters
 from torch._inductor.utils import run_and_get_code
 
 from model_store import create_model, optimize_for_inference
@@ -34,6 +32,8 @@ from model_store.runtimes import (
 )
 from model_store.synthetic import encode, make_images
 from model_store.tiny import save_tiny
+
+from ..checks import assert_serves_without_compiling_like_eager
 
 REPO = Path(__file__).resolve().parents[2]
 PREPACKED_CONV = "_convolution_pointwise"  # oneDNN convolution on weights packed once, at load
@@ -79,19 +79,7 @@ def test_an_openvino_archive_serves_the_eager_answers_without_compiling(
     config = load_archive(archive, tmp_path)
     assert config.runtime == "openvino" and (config.openvino_dir / "model.xml").exists()
     assert not (tmp_path / "aoti").exists()  # only what serves is in the archive
-    before = counters["stats"]["unique_graphs"]
-    served = ImageClassifier(config)
-    assert served.info["runtime"] == "openvino" and served.info["prebuilt_fallback"] is None
-    results = served.classify(photos) + served.classify(photos[:3])
-    assert counters["stats"]["unique_graphs"] == before  # nothing compiled by torch
-    eager = ImageClassifier(replace(config, compile=False))
-    expected = eager.classify(photos) + eager.classify(photos[:3])
-    for mine, reference in zip(results, expected, strict=True):
-        assert [p["index"] for p in mine["predictions"]] == [
-            p["index"] for p in reference["predictions"]
-        ]
-        for got, want in zip(mine["predictions"], reference["predictions"], strict=True):
-            assert got["score"] == pytest.approx(want["score"], abs=1e-5)
+    assert_serves_without_compiling_like_eager(config, photos, "openvino", tolerance=1e-5)
 
 
 @pytest.mark.slow
