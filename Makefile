@@ -6,7 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps test lint bench bench-all archives serve loadtest mutate clean
+.PHONY: setup system-deps test lint bench bench-all archives serve loadtest mutate clean \
+	wheelhouse base-image images
 
 setup: $(STAMP)
 
@@ -18,13 +19,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $(STAMP)
 
-# What the tests run besides Python: Java 17+ for TorchServe's frontend, and Debian's prometheus
-# package (promtool and a real Prometheus server). CI runs as root with apt: installed if missing.
+# What the tests run besides Python: Java 17+ for TorchServe's frontend, Debian's prometheus
+# package (promtool and a real Prometheus server), and a Docker engine with docker-compose and
+# debootstrap for the container tests. CI runs as root with apt: installed if missing.
 system-deps:
-	@command -v java >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { \
-		echo "installing openjdk-17-jre-headless (TorchServe) and prometheus (promtool, server) with apt"; \
+	@command -v java >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 \
+		&& command -v dockerd >/dev/null 2>&1 && command -v docker-compose >/dev/null 2>&1 \
+		&& command -v debootstrap >/dev/null 2>&1 || { \
+		echo "installing openjdk-17-jre-headless (TorchServe), prometheus (promtool, server)," \
+			"docker.io, docker-compose and debootstrap (container tests) with apt"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			openjdk-17-jre-headless prometheus; }
+			openjdk-17-jre-headless prometheus docker.io docker-compose debootstrap; }
 
 test: setup system-deps
 	$(PY) -m pytest
@@ -72,5 +77,27 @@ mutate: setup
 		print(f"killed {k} of {n} mutants: {k / n:.1%} (timeouts count as killed)")'
 	$(VENV)/bin/mutmut results
 
+# Wheels for the images, made here with pip (this machine's CPU build of torch; elsewhere add
+# WHEELHOUSE_PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"). The images
+# install from it alone (--no-index).
+WHEELHOUSE_PIP_ARGS ?=
+wheelhouse: setup
+	rm -rf wheelhouse
+	@echo "wheelhouse: wheels for .[gateway,worker,openvino] (torch is ~200 MB) ..."
+	$(PY) -m pip wheel --quiet --disable-pip-version-check --wheel-dir wheelhouse \
+		$(WHEELHOUSE_PIP_ARGS) ".[gateway,worker,openvino]" pip
+	mkdir -p wheelhouse/bootstrap && cp wheelhouse/pip-*.whl wheelhouse/bootstrap/pip.whl
+	rm -rf build  # setuptools' leftovers from building our own wheel
+	@du -sh wheelhouse
+
+# A base image for machines with no container registry (debootstrap + docker import, as root):
+#   make base-image && BASE_IMAGE=attention-serving/python:3.11-bookworm make images
+base-image:
+	deploy/docker/base-image.sh attention-serving/python:3.11-bookworm
+
+# The gateway and worker images (docker-compose.yml's build sections), from the wheelhouse.
+images: wheelhouse
+	DOCKER_BUILDKIT=0 docker-compose build gateway torchserve
+
 clean:
-	rm -rf $(VENV) .pytest_cache .run model_store/archives mutants
+	rm -rf $(VENV) .pytest_cache .run model_store/archives mutants wheelhouse

@@ -47,7 +47,8 @@ from typing import Any
 import httpx
 import psutil
 
-from model_store.archive import GATEWAY_FED_BATCH_SIZE, ArchiveSpec
+from model_store.archive import ArchiveSpec
+from model_store.contract import GATEWAY_FED_BATCH_SIZE
 from model_store.runtimes import DEFAULT_RUNTIME, RUNTIMES
 from model_store.torchserve import TorchServe
 

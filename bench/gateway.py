@@ -23,8 +23,7 @@ from typing import Any
 
 import httpx
 
-from model_store.archive import GATEWAY_FED_BATCH_SIZE
-from model_store.classifier import DEFAULT_MAX_BATCH_SIZE
+from model_store.contract import DEFAULT_MAX_BATCH_SIZE, GATEWAY_FED_BATCH_SIZE
 
 from .common import report
 from .load import LoadResult, closed_loop

@@ -330,7 +330,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     import torch
 
     from model_store import MODELS
-    from model_store.models import parse_model_names
+    from model_store.registry import parse_model_names
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

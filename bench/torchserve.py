@@ -76,7 +76,7 @@ async def run_load(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from model_store.models import parse_model_names
+    from model_store.registry import parse_model_names
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -30,7 +30,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import columns_table
-from model_store.models import parse_model_names
+from model_store.registry import parse_model_names
 
 HERE = Path(__file__).parent
 REPORTS = HERE / "reports"
@@ -309,7 +309,7 @@ def started_stack(models: list[str], tiny: bool) -> Iterator[str]:
     """TorchServe and the gateway on free loopback ports, for --start-stack."""
     from bench.stack import start_gateway
     from bench.torchserve import start_torchserve
-    from model_store.archive import GATEWAY_FED_BATCH_SIZE
+    from model_store.contract import GATEWAY_FED_BATCH_SIZE
 
     with tempfile.TemporaryDirectory(prefix="loadtest-stack-") as tmp:
         workdir = Path(tmp)

@@ -1,22 +1,34 @@
 """Model zoo: ResNet-50 with pluggable SE / ECA / CBAM / SA attention, checkpoints, labels,
-and the inference optimisation that TorchServe workers and benchmarks use."""
+and the inference optimisation that TorchServe workers and benchmarks use.
 
-from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from .labels import load_labels
-from .models import MODELS, TINY_ARCH, count_parameters, create_model, get_spec
-from .optimize import InferenceModel, fold_batchnorm, optimize_for_inference
+The names below load on first use: ``import model_store.images`` or ``model_store.registry``
+(all the gateway needs) must not import torch, which the gateway's image does not have.
+"""
 
-__all__ = [
-    "MODELS",
-    "TINY_ARCH",
-    "CheckpointError",
-    "InferenceModel",
-    "count_parameters",
-    "create_model",
-    "fold_batchnorm",
-    "get_spec",
-    "load_labels",
-    "optimize_for_inference",
-    "read_checkpoint",
-    "save_checkpoint",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "MODELS": "registry",
+    "get_spec": "registry",
+    "TINY_ARCH": "models",
+    "count_parameters": "models",
+    "create_model": "models",
+    "CheckpointError": "checkpoint",
+    "read_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "load_labels": "labels",
+    "InferenceModel": "optimize",
+    "fold_batchnorm": "optimize",
+    "optimize_for_inference": "optimize",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if (module := _EXPORTS.get(name)) is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{module}", __name__), name)

@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from .archive import DEFAULT_ARCHIVE_DIR, GATEWAY_FED_BATCH_SIZE, ArchiveSpec, build_archive
-from .classifier import DEFAULT_BATCH_BUCKETS
-from .models import MODELS, parse_model_names
+from .archive import DEFAULT_ARCHIVE_DIR, ArchiveSpec, build_archive
+from .contract import DEFAULT_BATCH_BUCKETS, GATEWAY_FED_BATCH_SIZE
+from .registry import MODELS, parse_model_names
 from .runtimes import DEFAULT_RUNTIME, RUNTIME_CHOICES
 from .torchserve import CONFIG_TEMPLATE, TorchServe, TorchServeError
 

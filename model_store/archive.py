@@ -26,7 +26,8 @@ import yaml
 
 from .aot import AOT_DIR, compile_packages, load_packages, machine_key
 from .checkpoint import read_checkpoint, save_checkpoint
-from .classifier import DEFAULT_BATCH_BUCKETS, ClassifierConfig
+from .classifier import ClassifierConfig
+from .contract import DEFAULT_BATCH_BUCKETS, GATEWAY_FED_BATCH_SIZE, WORKER_RESPONSE_TIMEOUT_S
 from .models import create_model, get_spec
 from .openvino_ir import OPENVINO_DIR, export_ir, load_ir
 from .optimize import optimize_for_inference
@@ -46,11 +47,6 @@ from .runtimes import (
 PACKAGE_DIR = Path(__file__).parent
 DEFAULT_ARCHIVE_DIR = PACKAGE_DIR / "archives"
 ARCHIVE_VERSION = "1.0"
-WORKER_RESPONSE_TIMEOUT_S = 30
-"""TorchServe's ``responseTimeout``: never above the gateway's ``backend_timeout_s`` (which
-defaults to it), so no batch keeps a worker busy for clients that were already answered 504."""
-GATEWAY_FED_BATCH_SIZE = 1
-"""TorchServe's ``batchSize`` behind the gateway: the gateway forms the batches (one layer)."""
 
 PREBUILT_DIRS = {"inductor": ("aot_dir", AOT_DIR), "openvino": ("openvino_dir", OPENVINO_DIR)}
 """Per runtime: the classifier setting naming its prebuilt models, and their folder."""

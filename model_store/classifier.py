@@ -19,6 +19,7 @@ import torch
 
 from .aot import AotMismatch, load_packages
 from .checkpoint import read_checkpoint
+from .contract import DEFAULT_BATCH_BUCKETS, MAX_TOP_K
 from .images import ImageError, ImageLimits, load_upright_rgb, validate
 from .labels import load_labels
 from .models import count_parameters, create_model, get_spec
@@ -28,13 +29,6 @@ from .runtimes import DEFAULT_RUNTIME, RUNTIMES, Prebuilt
 from .transforms import crop_to_array, normalize, resize_side
 
 log = logging.getLogger(__name__)
-
-MAX_TOP_K = 20
-DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8)
-"""Batch sizes compiled and warmed up at load; a batch is padded up to the next one."""
-DEFAULT_MAX_BATCH_SIZE = DEFAULT_BATCH_BUCKETS[-1]
-"""The gateway's batches by default: never past the largest warmed bucket (a larger batch is
-split into several model calls, so batching past it buys nothing)."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ import io
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
@@ -203,6 +202,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     ``max_pixels``: ``python -m bench.memory`` measures it.
     """
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        import numpy as np  # the decoding worker has it; the gateway's header checks need none
+
         pixels = np.asarray(image)
         if pixels.dtype != np.uint16:
             pixels = np.clip(pixels, 0, 65535).astype(np.uint16)

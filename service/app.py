@@ -7,14 +7,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-import torch
 from fastapi import FastAPI, Request, Response
 
-from model_store import count_parameters, create_model, get_spec
+from model_store.registry import get_spec
 
 from .backends.base import Backend
 from .backends.circuit import CircuitBreaker
-from .backends.inprocess import InProcessBackend
 from .backends.torchserve import TorchServeBackend, TorchServeKeys
 from .deps import Gateway
 from .dispatcher import Dispatcher
@@ -29,6 +27,9 @@ log = logging.getLogger(__name__)
 
 def build_backend(settings: GatewaySettings) -> Backend:
     if settings.backend == "inprocess":
+        # the models in this process: torch and the worker's dependencies (`.[worker]`)
+        from .backends.inprocess import InProcessBackend
+
         return InProcessBackend(
             settings.models,
             settings.archive_dir,
@@ -49,20 +50,13 @@ def build_backend(settings: GatewaySettings) -> Backend:
 
 
 def describe_models(names: list[str]) -> dict[str, ModelInfo]:
-    """Architecture facts, counted on the meta device (no memory, no weights)."""
-    infos = {}
-    for name in names:
-        with torch.device("meta"):
-            total, attention = count_parameters(create_model(name))
-        infos[name] = ModelInfo(
-            name=name,
-            architecture="ResNet-50",
-            attention=get_spec(name).attention,
-            parameters=total,
-            attention_parameters=attention,
-            status="unknown",
+    """What the registry knows; sizes, runtime and status come from the workers when listed."""
+    return {
+        name: ModelInfo(
+            name=name, architecture="ResNet-50", attention=get_spec(name).attention, status=""
         )
-    return infos
+        for name in names
+    }
 
 
 def create_app(settings: GatewaySettings | None = None, backend: Backend | None = None) -> FastAPI:
@@ -73,7 +67,9 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
         chosen = backend or build_backend(settings)
         await chosen.start()
         metrics = GatewayMetrics()
-        metrics.watch_runtimes(chosen.runtimes)
+        metrics.watch_runtimes(
+            lambda: {model: facts.runtime for model, facts in chosen.worker_facts().items()}
+        )
         dispatcher = Dispatcher(chosen, settings, metrics)
         app.state.gateway = Gateway(
             settings, chosen, dispatcher, metrics, describe_models(settings.models)

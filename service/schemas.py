@@ -35,8 +35,12 @@ class ModelInfo(BaseModel):
     name: str
     architecture: str
     attention: str
-    parameters: int
-    attention_parameters: int
+    parameters: int | None = Field(
+        default=None, description="as the model's worker counts them; null until it has reported"
+    )
+    attention_parameters: int | None = Field(
+        default=None, description="of which in attention layers; null until reported"
+    )
     status: str = Field(description='"ready", or why not')
     runtime: str | None = Field(
         default=None,

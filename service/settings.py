@@ -8,10 +8,9 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from model_store.archive import WORKER_RESPONSE_TIMEOUT_S
-from model_store.classifier import DEFAULT_MAX_BATCH_SIZE
+from model_store.contract import DEFAULT_MAX_BATCH_SIZE, WORKER_RESPONSE_TIMEOUT_S
 from model_store.images import ImageLimits
-from model_store.models import MODELS
+from model_store.registry import MODELS
 
 from .batcher import Policy
 

@@ -1,18 +1,16 @@
-# The FastAPI gateway. CPU-only torch is enough: it only counts parameters on the meta device
-# (and runs models itself only with GATEWAY_BACKEND=inprocess).
-ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
+# The FastAPI gateway: `.[gateway]`, no torch (model sizes and runtimes come from the workers).
+# Python packages come from the wheelhouse made on the host (`make wheelhouse`), never from the
+# network at build time. BASE_IMAGE: any Debian-like image whose `python` is 3.11; the official
+# one by default, or the one `make base-image` builds with debootstrap where no registry answers.
+ARG BASE_IMAGE=python:3.11.7-slim-bookworm
 
-FROM ${PYTHON_IMAGE} AS build
-WORKDIR /src
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-COPY pyproject.toml ./
-COPY model_store ./model_store
-COPY service ./service
-RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
- && pip install --no-cache-dir .
+FROM ${BASE_IMAGE} AS build
+COPY wheelhouse /wheels
+RUN python -m venv --without-pip /opt/venv \
+ && /opt/venv/bin/python /wheels/bootstrap/pip.whl/pip install --no-cache-dir --no-index \
+      --find-links /wheels "attention-serving[gateway]"
 
-FROM ${PYTHON_IMAGE}
+FROM ${BASE_IMAGE}
 RUN useradd --system --uid 10001 --create-home app
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1

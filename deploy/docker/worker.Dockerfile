@@ -1,36 +1,32 @@
-# A TorchServe worker with the model archives built in. CPU by default;
-#   docker build --build-arg VARIANT=cuda ...   for the CUDA build of torch.
-# MODELS picks the archives; CHECKPOINTS (MODEL=PATH,...) packages real weights from the build
-# context, otherwise the archives hold seeded random weights marked UNTRAINED.
-ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
+# A TorchServe worker with the model archives built in: `.[worker,openvino]` from the wheelhouse
+# made on the host (`make wheelhouse`: the CPU build of torch unless told otherwise, see the
+# README), never from the network at build time. BASE_IMAGE as in gateway.Dockerfile.
+# MODELS picks the archives; CHECKPOINTS (MODEL=PATH,... with PATHs under /checkpoints, copied
+# from deploy/docker/checkpoints/) packages real weights, otherwise the archives hold seeded
+# random weights marked UNTRAINED. RUNTIME: inductor (AOTInductor), openvino, or auto (both
+# measured at build, the faster kept: build on the machine class that serves).
+ARG BASE_IMAGE=python:3.11.7-slim-bookworm
 ARG MODELS=se_resnet50,eca_resnet50
-# RUNTIME: inductor (AOTInductor), openvino, or auto (both measured at build, the faster kept:
-# build on the machine class that serves).
 ARG RUNTIME=inductor
 
-FROM ${PYTHON_IMAGE} AS build
-ARG VARIANT=cpu
+FROM ${BASE_IMAGE} AS build
 ARG MODELS
 ARG RUNTIME
 ARG CHECKPOINTS=""
-WORKDIR /src
 # A C++ compiler for the archives' ahead-of-time compilation (AOTInductor), in this stage only:
 # the served image loads the compiled packages and needs none.
 RUN apt-get update && apt-get install -y --no-install-recommends g++ \
  && rm -rf /var/lib/apt/lists/*
-RUN python -m venv /opt/venv
+COPY wheelhouse /wheels
+RUN python -m venv --without-pip /opt/venv \
+ && /opt/venv/bin/python /wheels/bootstrap/pip.whl/pip install --no-cache-dir --no-index \
+      --find-links /wheels "attention-serving[worker,openvino]"
 ENV PATH=/opt/venv/bin:$PATH
-COPY pyproject.toml ./
-COPY model_store ./model_store
-COPY service ./service
-RUN if [ "$VARIANT" = "cuda" ]; then INDEX=https://download.pytorch.org/whl/cu128; \
-    else INDEX=https://download.pytorch.org/whl/cpu; fi \
- && pip install --no-cache-dir torch==2.13.0 --index-url "$INDEX" \
- && pip install --no-cache-dir ".[openvino]"
+COPY deploy/docker/checkpoints /checkpoints
 RUN set -e; ARGS=""; for c in $(echo "$CHECKPOINTS" | tr ',' ' '); do ARGS="$ARGS --checkpoint $c"; done; \
     python -m model_store build --models "$MODELS" --runtime "$RUNTIME" --out /archives $ARGS
 
-FROM ${PYTHON_IMAGE}
+FROM ${BASE_IMAGE}
 ARG MODELS
 # TorchServe's frontend is Java 17; tini is PID 1 (reaps zombies, forwards SIGTERM).
 RUN apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-headless tini \

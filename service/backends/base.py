@@ -68,11 +68,14 @@ def check_results(results: object, count: int) -> list[dict[str, Any]]:
 
 class WorkerFacts(BaseModel):
     """What a loaded worker reports about itself (the classifier's ``info``, TorchServe's
-    batching): the gateway checks its batching against it and exports the runtime."""
+    batching): the gateway checks its batching against it, exports the runtime and lists the
+    model's size (the gateway has no torch to count it)."""
 
     runtime: str = Field(description="aot, jit, openvino or eager: what actually runs the model")
     batch_buckets: list[int] = Field(min_length=1)
     batch_size: int = Field(1, description="TorchServe batchSize: 1 when the gateway batches")
+    parameters: int | None = Field(None, description="the loaded model's parameter count")
+    attention_parameters: int | None = Field(None, description="of which in attention layers")
 
 
 def serving_mismatch(facts: WorkerFacts, max_batch_size: int) -> str | None:
@@ -106,6 +109,6 @@ class Backend(Protocol):
         gateway's, see ``serving_mismatch``, is not ready)."""
         ...
 
-    def runtimes(self) -> dict[str, str]:
-        """Per model whose worker has reported: the runtime serving it."""
+    def worker_facts(self) -> dict[str, WorkerFacts]:
+        """Per model whose worker has reported: what it says about itself (runtime, size)."""
         ...

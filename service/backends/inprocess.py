@@ -68,8 +68,8 @@ class InProcessBackend:
             raise BackendTimeout(f"the model did not answer within {self.timeout_s:g} s") from None
         return check_results(results, len(images))
 
-    def runtimes(self) -> dict[str, str]:
-        return {m: c.runner.runtime for m, c in self._classifiers.items()}
+    def worker_facts(self) -> dict[str, WorkerFacts]:
+        return {m: WorkerFacts.model_validate(c.info) for m, c in self._classifiers.items()}
 
     async def readiness(self) -> dict[str, str]:
         return {

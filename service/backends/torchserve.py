@@ -95,7 +95,7 @@ class TorchServeBackend:
         self.breakers = {model: breakers() for model in models}
         self.readiness_timeout_s = readiness_timeout_s
         self.max_batch_size = max_batch_size
-        self.facts: dict[str, WorkerFacts] = {}  # per model, while its worker is ready
+        self._facts: dict[str, WorkerFacts] = {}  # per model, while its worker is ready
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S),
             limits=httpx.Limits(
@@ -208,8 +208,8 @@ class TorchServeBackend:
         self._readiness = (time.monotonic(), status)
         return status
 
-    def runtimes(self) -> dict[str, str]:
-        return {model: facts.runtime for model, facts in self.facts.items()}
+    def worker_facts(self) -> dict[str, WorkerFacts]:
+        return dict(self._facts)
 
     async def _describe(self, model: str, customized: bool) -> tuple[int, dict[str, Any]]:
         """TorchServe's description of ``model``; ``customized`` asks its worker too (the
@@ -228,18 +228,18 @@ class TorchServeBackend:
         try:
             status, description = await self._describe(model, customized=False)
             if not any(w.get("status") == "READY" for w in description.get("workers", [])):
-                self.facts.pop(model, None)
+                self._facts.pop(model, None)
                 return f"no ready worker (HTTP {status})"
-            if model not in self.facts:
+            if model not in self._facts:
                 _, described = await self._describe(model, customized=True)
                 reported = described["customizedMetadata"]  # JSON text in some versions
-                self.facts[model] = WorkerFacts.model_validate(
+                self._facts[model] = WorkerFacts.model_validate(
                     (json.loads(reported) if isinstance(reported, str) else reported)
                     | {"batch_size": described["batchSize"]}
                 )
         except (httpx.HTTPError, ValueError, TypeError, LookupError, AttributeError) as exc:
             return f"TorchServe unreachable: {type(exc).__name__}"
-        if mismatch := serving_mismatch(self.facts[model], self.max_batch_size):
+        if mismatch := serving_mismatch(self._facts[model], self.max_batch_size):
             log.error("%s cannot be served as configured: %s", model, mismatch)
             return f"misconfigured: {mismatch}"
         return READY

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 
-from model_store.classifier import MAX_TOP_K
+from model_store.contract import MAX_TOP_K
 
 from ..backends.base import BackendError, BackendUnavailable
 from ..batcher import BatchInfo, DeadlineUnmeetable, QueueFull

@@ -9,16 +9,19 @@ from ..deps import ApiKeyDep, GatewayDep
 from ..schemas import ModelList
 
 router = APIRouter(tags=["models"])
+REPORTED = {"runtime", "parameters", "attention_parameters"}
+"""What ``/v1/models`` shows from each worker's own report."""
 
 
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(gateway: GatewayDep, _: ApiKeyDep) -> ModelList:
     status = await gateway.backend.readiness()
-    runtimes = gateway.backend.runtimes()
+    facts = gateway.backend.worker_facts()
     return ModelList(
         models=[
             info.model_copy(
-                update={"status": status.get(name, "unknown"), "runtime": runtimes.get(name)}
+                update={"status": status.get(name, "unknown")}
+                | (facts[name].model_dump(include=REPORTED) if name in facts else {})
             )
             for name, info in gateway.models.items()
         ]

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from model_store.images import ImageError, ImageLimits, load_upright_rgb, validate
+from service.backends.base import WorkerFacts
 
 
 class FakeBackend:
@@ -58,8 +59,11 @@ class FakeBackend:
             ]
         }
 
-    def runtimes(self) -> dict[str, str]:
-        return dict.fromkeys(self.models, "eager")
+    def worker_facts(self) -> dict[str, WorkerFacts]:
+        return {
+            m: WorkerFacts(runtime="eager", batch_buckets=[1, 2, 4, 8], parameters=1000 + i)
+            for i, m in enumerate(self.models)
+        }
 
     async def readiness(self) -> dict[str, str]:
         ready = (

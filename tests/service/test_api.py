@@ -7,6 +7,8 @@ import asyncio
 import io
 import json
 import re
+import subprocess
+import sys
 import time
 
 import httpx
@@ -253,7 +255,8 @@ def test_models_health_and_readiness():
     backend = FakeBackend(MODELS)
     with make_client(backend) as client:
         models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
-        assert models["se_resnet50"]["parameters"] == 28_088_024
+        reported = backend.worker_facts()["se_resnet50"]
+        assert models["se_resnet50"]["parameters"] == reported.parameters  # the worker's count
         assert (
             models["eca_resnet50"]["attention"] == "eca"
             and models["eca_resnet50"]["status"] == "ready"
@@ -847,3 +850,14 @@ def test_unknown_models_or_non_positive_slos_are_refused_at_start():
         make_settings(model_deadline_ms={"vgg16": 100})
     with pytest.raises(ValueError, match="deadlines"):
         make_settings(model_deadline_ms={"se_resnet50": 0})
+
+
+def test_the_gateway_imports_neither_torch_nor_numpy():
+    """Its image has neither (`.[gateway]`): model facts come from the workers."""
+    probe = (
+        "import sys, service.app, service.__main__\n"
+        "print(sorted({'torch', 'numpy'} & set(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -212,7 +212,7 @@ def test_a_ready_worker_is_described_once_and_its_runtime_exported(metadata_as_t
         asyncio.run(backend.readiness())
     assert asked.count("/models/eca_resnet50?customized") == 1  # not on every probe
     assert "/models/se_resnet50?customized" not in asked  # no ready worker, nothing to ask
-    assert backend.runtimes() == {"eca_resnet50": "aot"}
+    assert {m: f.runtime for m, f in backend.worker_facts().items()} == {"eca_resnet50": "aot"}
 
 
 @pytest.mark.parametrize(
