@@ -97,7 +97,8 @@ base-image:
 
 # The gateway and worker images (docker-compose.yml's build sections), from the wheelhouse.
 images: wheelhouse
-	DOCKER_BUILDKIT=0 docker-compose build gateway torchserve
+	GRAFANA_ADMIN_PASSWORD=$${GRAFANA_ADMIN_PASSWORD:-not-needed-to-build} \
+		DOCKER_BUILDKIT=0 docker-compose build gateway torchserve
 
 clean:
 	rm -rf $(VENV) .pytest_cache .run model_store/archives mutants wheelhouse
