@@ -79,13 +79,15 @@ def build_variants(args: argparse.Namespace) -> list[Variant]:
         torch.manual_seed(0)
         model = create_model(name, **(TINY_ARCH if args.tiny else {}))
         counts = count_parameters(model)
+        optimized = None  # what the peer runtimes run, made once per model
         for mode in args.modes:
             if mode == "compiled-no-inner-squeeze" and name not in GATE_FROM_MEAN:
                 continue
             if mode == "timm-compiled" and name not in TIMM_ATTENTION:
                 continue
-            if mode in ("openvino", "onnxruntime"):
-                optimized = optimize_for_inference(model, compile=False).model
+            if mode in PEER_BUILDERS:
+                if optimized is None:
+                    optimized = optimize_for_inference(model, compile=False).model
                 run = PEER_BUILDERS[mode](optimized, args.batch_sizes, size)
                 variants.append(Variant(name, mode, *counts, run))
                 continue
@@ -112,9 +114,9 @@ def openvino_runner(model: Any, batch_sizes: list[int], size: int) -> Callable[[
     """The ``openvino`` runtime exactly as an archive serves it: converted, saved, reloaded."""
     from model_store.openvino_ir import export_ir, load_ir
 
-    directory = Path(tempfile.mkdtemp(prefix="bench-openvino-"))
-    export_ir(model, size, directory)
-    runners = load_ir(directory, batch_sizes, size)
+    with tempfile.TemporaryDirectory(prefix="bench-openvino-") as tmp:  # compiled: not needed
+        export_ir(model, size, Path(tmp))
+        runners = load_ir(Path(tmp), batch_sizes, size)
     return lambda x: runners[x.shape[0]](x)
 
 

@@ -24,12 +24,12 @@ from typing import Any
 import torch
 import yaml
 
-from .aot import AOT_DIR, compile_packages, load_packages, machine_key
+from .aot import AOT_DIR, compile_packages, machine_key
 from .checkpoint import read_checkpoint, save_checkpoint
-from .classifier import ClassifierConfig
+from .classifier import ClassifierConfig, load_prebuilt
 from .contract import DEFAULT_BATCH_BUCKETS, GATEWAY_FED_BATCH_SIZE, WORKER_RESPONSE_TIMEOUT_S
 from .models import create_model, get_spec
-from .openvino_ir import OPENVINO_DIR, export_ir, load_ir
+from .openvino_ir import OPENVINO_DIR, export_ir
 from .optimize import optimize_for_inference
 from .runtimes import (
     AUTO,
@@ -37,7 +37,6 @@ from .runtimes import (
     RUNTIME_CHOICES,
     RUNTIME_REPORT,
     RUNTIMES,
-    Prebuilt,
     RuntimeCheckFailed,
     fastest,
     images_per_second,
@@ -191,14 +190,14 @@ def build_runtimes(
     asked = list(RUNTIMES) if spec.runtime == AUTO else [spec.runtime]
     candidates, errors, rejected = {}, {}, {}
     for runtime in asked:
+        directory = code / PREBUILT_DIRS[runtime][1]
         if runtime == "openvino":
             progress(f"{spec.model}: converting to OpenVINO IR")
-            export_ir(optimized, size, code / OPENVINO_DIR)
-            candidates[runtime] = Prebuilt("openvino", load_ir(code / OPENVINO_DIR, buckets, size))
+            export_ir(optimized, size, directory)
         else:
             progress(f"{spec.model}: compiling ahead of time (AOTInductor), one package per bucket")
-            compile_packages(optimized, buckets, size, code / AOT_DIR, progress)
-            candidates[runtime] = Prebuilt("aot", load_packages(code / AOT_DIR, buckets, size))
+            compile_packages(optimized, buckets, size, directory, progress)
+        candidates[runtime] = load_prebuilt(runtime, directory, buckets, size)
         try:
             errors[runtime] = max_logit_error(candidates[runtime], eager, size)
             progress(f"{spec.model}: {runtime} max abs logit error {errors[runtime]:.1e}")

@@ -31,6 +31,16 @@ from .transforms import crop_to_array, normalize, resize_side
 log = logging.getLogger(__name__)
 
 
+def load_prebuilt(
+    runtime: str, directory: Path, batch_sizes: Sequence[int], input_size: int
+) -> Prebuilt:
+    """What an archive built for ``runtime``, loaded: AOTInductor packages (reported ``aot``)
+    or an OpenVINO IR compiled per bucket (``openvino``)."""
+    if runtime == "openvino":
+        return Prebuilt("openvino", load_ir(directory, batch_sizes, input_size))
+    return Prebuilt("aot", load_packages(directory, batch_sizes, input_size))
+
+
 @dataclass(frozen=True)
 class ClassifierConfig:
     """What a worker needs to serve one model; read from the ``handler`` section of
@@ -170,9 +180,7 @@ class ImageClassifier:
         try:
             if device.type != "cpu":
                 raise AotMismatch(f"the prebuilt models are for CPU, the model runs on {device}")
-            if config.runtime == "openvino":
-                return Prebuilt("openvino", load_ir(directory, buckets, size)), None
-            return Prebuilt("aot", load_packages(directory, buckets, size)), None
+            return load_prebuilt(config.runtime, directory, buckets, size), None
         except (AotMismatch, OpenVinoUnavailable) as exc:
             warnings.warn(
                 f"{config.runtime} models built ahead not used, compiling just in time: {exc}",

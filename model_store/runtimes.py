@@ -8,10 +8,9 @@ serves is first compared with the eager model on fresh inputs (``MAX_LOGIT_ERROR
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -86,8 +85,9 @@ def images_per_second(
                 prebuilt.runners[batch_size](x.clone())
             for _ in range(rounds):
                 for name, prebuilt in candidates.items():
+                    batch = x.clone()
                     started = time.perf_counter()
-                    prebuilt.runners[batch_size](x.clone())
+                    prebuilt.runners[batch_size](batch)
                     seconds[name].append(time.perf_counter() - started)
             for name in candidates:
                 result[name][str(batch_size)] = round(
@@ -104,7 +104,4 @@ def fastest(measured: Mapping[str, Mapping[str, float]]) -> str:
     """The runtime with the highest geometric mean img/s over the batch sizes: each served
     batch size counts alike, whatever its absolute speed."""
 
-    def geometric_mean(values: Sequence[float]) -> float:
-        return math.exp(statistics.fmean(math.log(v) for v in values))
-
-    return max(measured, key=lambda name: geometric_mean(list(measured[name].values())))
+    return max(measured, key=lambda name: statistics.geometric_mean(measured[name].values()))

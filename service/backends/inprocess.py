@@ -28,6 +28,7 @@ class InProcessBackend:
         self.max_batch_size = max_batch_size
         self._tmp = tempfile.TemporaryDirectory(prefix="gateway-inprocess-")
         self._classifiers: dict[str, ImageClassifier] = {}
+        self._facts: dict[str, WorkerFacts] = {}
         self._locks = {m: asyncio.Lock() for m in models}
         self._errors: dict[str, str] = {}
 
@@ -44,6 +45,7 @@ class InProcessBackend:
                 if mismatch := serving_mismatch(facts, self.max_batch_size):
                     raise ValueError(f"{model}: {mismatch}")
                 self._classifiers[model] = classifier
+                self._facts[model] = facts
             except Exception as exc:
                 self._errors[model] = f"{type(exc).__name__}: {exc}"
                 raise
@@ -69,7 +71,7 @@ class InProcessBackend:
         return check_results(results, len(images))
 
     def worker_facts(self) -> dict[str, WorkerFacts]:
-        return {m: WorkerFacts.model_validate(c.info) for m, c in self._classifiers.items()}
+        return dict(self._facts)
 
     async def readiness(self) -> dict[str, str]:
         return {
