@@ -4,17 +4,23 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
 
 from service.app import create_app
+from service.backends.base import WorkerFacts
 from service.schemas import READY
 from service.settings import GatewaySettings
+from service.uploads import Upload
+
+NULL_INPUT_SIZE = 224
+NULL_CLASSES = 1000
 
 
 class NullBackend:
-    """Every image gets the same prediction, at once: no decode, no model, no network."""
+    """Every input gets the same answer, at once: no decode, no model, no network."""
 
     def __init__(self, models: list[str]) -> None:
         self.models = models
@@ -23,14 +29,25 @@ class NullBackend:
 
     async def close(self) -> None: ...
 
-    async def classify(self, model: str, images: list[bytes], top_k: int) -> list[dict[str, Any]]:
-        return [{"predictions": [{"index": 0, "label": "null", "score": 1.0}]} for _ in images]
+    async def classify(
+        self, model: str, inputs: Sequence[Upload], top_k: int, probabilities: bool = False
+    ) -> list[dict[str, Any]]:
+        answer: dict[str, Any] = {"predictions": [{"index": 0, "label": "null", "score": 1.0}]}
+        if probabilities:
+            answer["probabilities"] = [1.0] + [0.0] * (NULL_CLASSES - 1)
+        return [answer for _ in inputs]
 
     async def readiness(self) -> dict[str, str]:
         return dict.fromkeys(self.models, READY)
 
-    def runtimes(self) -> dict[str, str]:
-        return dict.fromkeys(self.models, "null")
+    def worker_facts(self) -> dict[str, WorkerFacts]:
+        facts = WorkerFacts(
+            runtime="null",
+            batch_buckets=[1, 2, 4, 8],
+            input_size=NULL_INPUT_SIZE,
+            num_classes=NULL_CLASSES,
+        )
+        return dict.fromkeys(self.models, facts)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ def is_loopback(url: str) -> bool:
 
 
 def scrape(url: str, model: str) -> dict[str, float]:
-    """The gateway's per-model counters and histogram sums, by sample name (and code)."""
+    """The gateway's per-model counters and histogram sums, by sample name (and code), summed
+    over the other labels (protocol)."""
     values: dict[str, float] = {}
     text = httpx.get(f"{url}/metrics", timeout=30).text
     for family in text_string_to_metric_families(text):
@@ -62,7 +63,7 @@ def scrape(url: str, model: str) -> dict[str, float]:
                 f"{{code={sample.labels['code']}}}" if "code" in sample.labels else ""
             )
             if "le" not in sample.labels:
-                values[key] = sample.value
+                values[key] = values.get(key, 0.0) + sample.value
     return values
 
 

@@ -7,6 +7,7 @@ gateway's in-process backend runs the very same code.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -19,7 +20,7 @@ import torch
 
 from .aot import AotMismatch, load_packages
 from .checkpoint import read_checkpoint
-from .contract import DEFAULT_BATCH_BUCKETS, MAX_TOP_K
+from .contract import DEFAULT_BATCH_BUCKETS, MAX_TOP_K, PROBABILITIES_FIELD, TENSOR_CHANNELS
 from .images import ImageError, ImageLimits, load_upright_rgb, validate
 from .labels import load_labels
 from .models import count_parameters, create_model, get_spec
@@ -117,6 +118,23 @@ class BatchPixelBudget:
         self.left -= pixels
 
 
+@dataclass(frozen=True)
+class ClassifyRequest:
+    """One client request among those a worker serves as one batch."""
+
+    inputs: list[bytes | np.ndarray]
+    top_k: int | None
+    probabilities: bool
+
+
+def tensor_input(data: bytes) -> np.ndarray:
+    """A preprocessed input as it travels (float32, little-endian, row-major) -> the array
+    ``ImageClassifier.classify`` takes; its shape is checked there, against the model."""
+    if len(data) % 4:  # not whole float32 values: fails the check as raw bytes
+        return np.frombuffer(data, dtype=np.uint8)
+    return np.frombuffer(data, dtype="<f4").astype(np.float32, copy=False)
+
+
 @dataclass
 class ImageClassifier:
     """A loaded, optimised and warmed-up model that classifies encoded images."""
@@ -203,38 +221,66 @@ class ImageClassifier:
         return seconds
 
     def classify(
-        self, images: Sequence[bytes], top_k: int | Sequence[int] | None = None
+        self,
+        inputs: Sequence[bytes | np.ndarray],
+        top_k: int | Sequence[int] | None = None,
+        probabilities: bool = False,
     ) -> list[dict[str, Any]]:
-        """One entry per image, in order: ``{"predictions": [...]}`` or ``{"error": {...}}``.
+        """One entry per input, in order: ``{"predictions": [...]}`` (and ``"probabilities"``,
+        the full softmax, when asked) or ``{"error": {...}}``. An input is an encoded image
+        (bytes) or an already preprocessed one (an array, see ``tensor_input``).
 
         Each image is decoded and cropped inside its own error handling, right after the
-        previous one was reduced to its crop: a bad image fails alone, and memory holds one
+        previous one was reduced to its crop: a bad input fails alone, and memory holds one
         full-size image at a time."""
         if top_k is None:
             top_k = self.config.top_k
-        ks = list(top_k) if isinstance(top_k, Sequence) else [top_k] * len(images)
-        results: list[dict[str, Any]] = [{} for _ in images]
-        crops, positions = [], []
+        ks = list(top_k) if isinstance(top_k, Sequence) else [top_k] * len(inputs)
+        results: list[dict[str, Any]] = [{} for _ in inputs]
+        crops, crop_positions, tensors, tensor_positions = [], [], [], []
         budget = BatchPixelBudget(self.limits.max_batch_pixels)
-        for position, (data, k) in enumerate(zip(images, ks, strict=True)):
+        for position, (item, k) in enumerate(zip(inputs, ks, strict=True)):
             try:
                 if not 1 <= k <= MAX_TOP_K:
                     raise ImageError("invalid_top_k", f"top_k must be in 1..{MAX_TOP_K}, got {k}")
-                crops.append(self._crop(data, budget))
-                positions.append(position)
+                if isinstance(item, np.ndarray):
+                    tensors.append(self._checked_tensor(item))
+                    tensor_positions.append(position)
+                else:
+                    crops.append(self._crop(item, budget))
+                    crop_positions.append(position)
             except ImageError as exc:
                 results[position] = {"error": {"code": exc.code, "message": str(exc)}}
-        if crops:
-            probabilities = self.predict(normalize(np.stack(crops)))
-            for row, position in zip(probabilities, positions, strict=True):
-                scores, indices = row.topk(min(ks[position], len(self.labels)))
-                results[position] = {
-                    "predictions": [
-                        {"index": int(i), "label": self.labels[int(i)], "score": float(s)}
-                        for s, i in zip(scores, indices, strict=True)
-                    ]
-                }
+        batch = ([normalize(np.stack(crops))] if crops else []) + (
+            [torch.from_numpy(np.stack(tensors))] if tensors else []
+        )
+        if not batch:
+            return results
+        rows = self.predict(torch.cat(batch))
+        for row, position in zip(rows, crop_positions + tensor_positions, strict=True):
+            scores, indices = row.topk(min(ks[position], len(self.labels)))
+            results[position] = {
+                "predictions": [
+                    {"index": int(i), "label": self.labels[int(i)], "score": float(s)}
+                    for s, i in zip(scores, indices, strict=True)
+                ]
+            }
+            if probabilities:
+                results[position][PROBABILITIES_FIELD] = row.tolist()
         return results
+
+    def _checked_tensor(self, tensor: np.ndarray) -> np.ndarray:
+        """A preprocessed input as the model takes it, or ``invalid_tensor`` saying why not."""
+        shape = (TENSOR_CHANNELS, self.input_size, self.input_size)
+        if tensor.dtype != np.float32 or tensor.size != math.prod(shape):
+            raise ImageError(
+                "invalid_tensor",
+                f"a preprocessed input must be {math.prod(shape):,} float32 values "
+                f"{list(shape)}, got {tensor.size:,} {tensor.dtype}",
+            )
+        if not np.isfinite(tensor).all():
+            raise ImageError("invalid_tensor", "a preprocessed input holds NaN or infinity")
+        return tensor.reshape(shape)
 
     def _crop(self, data: bytes, budget: BatchPixelBudget) -> np.ndarray:
         image = validate(data, self.limits)

@@ -13,3 +13,13 @@ WORKER_RESPONSE_TIMEOUT_S = 30
 defaults to it), so no batch keeps a worker busy for clients that were already answered 504."""
 GATEWAY_FED_BATCH_SIZE = 1
 """TorchServe's ``batchSize`` behind the gateway: the gateway forms the batches (one layer)."""
+
+# The fields of a worker request (multipart, one field per input, in order).
+TOP_K_FIELD = "top_k"
+PROBABILITIES_FIELD = "probabilities"
+"""Asks, as ``"1"``, for every result to carry its input's full softmax, under this key too."""
+TENSOR_FIELD_PREFIX = "tensor_"
+"""A field named so carries one preprocessed image instead of an encoded one: float32,
+little-endian, ``(3, S, S)`` in row-major order, normalised as the eval pipeline does."""
+IMAGE_FIELD_PREFIX = "image_"
+TENSOR_CHANNELS = 3

@@ -1,9 +1,10 @@
 """TorchServe handler: TorchServe's request contract around ``ImageClassifier``, nothing more.
 
 A request is either one image as the raw body (``curl -T img.jpg``) or multipart form fields,
-each field one image, in field order (what the gateway sends: a whole batch in one request), plus
-an optional ``top_k`` field. TorchServe's own batching may hand several such requests at once;
-all their images run as one model batch. Each request gets
+each field one input, in field order (what the gateway sends: a whole batch in one request): an
+encoded image, or a preprocessed one in a field named ``tensor_*``; plus optional ``top_k`` and
+``probabilities`` fields (``model_store.contract``). TorchServe's own batching may hand several
+such requests at once; all their inputs run as one model batch. Each request gets
 ``{"model": ..., "runtime": ..., "results": [{"predictions": [...]} | {"error": {...}}]}``.
 """
 
@@ -13,12 +14,19 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from model_store.classifier import ClassifierConfig, ImageClassifier
+from model_store.classifier import (
+    ClassifierConfig,
+    ClassifyRequest,
+    ImageClassifier,
+    tensor_input,
+)
+from model_store.contract import PROBABILITIES_FIELD, TENSOR_FIELD_PREFIX, TOP_K_FIELD
 
-PARAMETER_FIELDS = {"top_k"}
+PARAMETER_FIELDS = {TOP_K_FIELD, PROBABILITIES_FIELD}
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +41,15 @@ def parse_top_k(value: Any) -> int | None:
         return 0
 
 
+def payload(name: str, value: Any) -> bytes | np.ndarray:
+    """One input field as ``ImageClassifier.classify`` takes it (text is no image: b"")."""
+    data = bytes(value) if isinstance(value, bytes | bytearray) else b""
+    return tensor_input(data) if name.startswith(TENSOR_FIELD_PREFIX) else data
+
+
 class AttentionClassifierHandler(BaseHandler):
+    """The module's only class: TorchServe refuses a handler module that defines another."""
+
     def initialize(self, context: Any) -> None:
         self.context = context
         self.manifest = context.manifest
@@ -56,33 +72,36 @@ class AttentionClassifierHandler(BaseHandler):
         runtime actually serving, the warmed batch buckets, the thread count."""
         return {**self.classifier.info, "threads": torch.get_num_threads()}
 
-    def preprocess(self, data: list[dict[str, Any]]) -> list[tuple[list[Any], int | None]]:
-        """Per request: its image payloads in order, and its ``top_k``."""
+    def preprocess(self, data: list[dict[str, Any]]) -> list[ClassifyRequest]:
+        """Per request: its inputs in order, its ``top_k``, whether it wants probabilities."""
         return [
-            (
-                [v for k, v in request.items() if k not in PARAMETER_FIELDS],
-                parse_top_k(request.get("top_k")),
+            ClassifyRequest(
+                [payload(k, v) for k, v in request.items() if k not in PARAMETER_FIELDS],
+                parse_top_k(request.get(TOP_K_FIELD)),
+                request.get(PROBABILITIES_FIELD) in (b"1", "1"),
             )
             for request in data
         ]
 
     def inference(
-        self, requests: list[tuple[list[Any], int | None]], *args: Any, **kwargs: Any
+        self, requests: list[ClassifyRequest], *args: Any, **kwargs: Any
     ) -> list[list[dict[str, Any]]]:
-        """All images of all requests as one batch, then split back per request."""
-        payloads, ks, counts = [], [], []
+        """All inputs of all requests as one batch, then split back per request."""
+        payloads, ks = [], []
         default_k = self.classifier.config.top_k
-        for images, top_k in requests:
-            payloads += [
-                bytes(image) if isinstance(image, bytes | bytearray) else b"" for image in images
-            ]
-            ks += [default_k if top_k is None else top_k] * len(images)
-            counts.append(len(images))
-        results = self.classifier.classify(payloads, ks)
+        for request in requests:
+            payloads += request.inputs
+            ks += [default_k if request.top_k is None else request.top_k] * len(request.inputs)
+        results = self.classifier.classify(
+            payloads, ks, probabilities=any(r.probabilities for r in requests)
+        )
         grouped, start = [], 0
-        for count in counts:
-            grouped.append(results[start : start + count])
-            start += count
+        for request in requests:
+            mine = results[start : start + len(request.inputs)]
+            start += len(request.inputs)
+            if not request.probabilities:  # another request in this TorchServe batch asked
+                mine = [{k: v for k, v in r.items() if k != PROBABILITIES_FIELD} for r in mine]
+            grouped.append(mine)
         return grouped
 
     def postprocess(self, grouped: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -17,8 +17,8 @@ from .backends.torchserve import TorchServeBackend, TorchServeKeys
 from .deps import Gateway
 from .dispatcher import Dispatcher
 from .errors import install_error_handlers
-from .metrics import GatewayMetrics, RequestMetrics
-from .routes import classify, health, models
+from .metrics import PROTOCOL_V1, PROTOCOL_V2, GatewayMetrics, RequestMetrics
+from .routes import classify, health, models, v2
 from .schemas import ModelInfo
 from .settings import GatewaySettings
 
@@ -88,7 +88,10 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    app.add_middleware(RequestMetrics, routes=[classify.CLASSIFY_ROUTE])
+    app.add_middleware(
+        RequestMetrics,
+        routes={classify.CLASSIFY_ROUTE: PROTOCOL_V1} | dict.fromkeys(v2.INFER_ROUTES, PROTOCOL_V2),
+    )
 
     @app.middleware("http")
     async def server_timing(
@@ -103,6 +106,6 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
             )
         return response
 
-    for router in (classify.router, models.router, health.router):
+    for router in (classify.router, models.router, health.router, v2.router):
         app.include_router(router)
     return app

@@ -65,3 +65,9 @@ async def upload_slot(gateway: GatewayDep) -> AsyncIterator[None]:
 
 
 UploadSlotDep = Annotated[None, Depends(upload_slot)]
+
+RequestTimeoutMs = Annotated[
+    float | None,
+    Header(gt=0, description="this request's deadline; default: the model's, see settings"),
+]
+"""The ``X-Request-Timeout-Ms`` header of the inference routes."""

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from model_store.contract import PROBABILITIES_FIELD
+
 from .backends.base import Backend, BackendError
 from .batcher import Batcher, BatchInfo, DeadlineUnmeetable
 from .cost_model import BatchCostModel
@@ -26,6 +28,17 @@ from .uploads import Upload
 class ImageJob:
     upload: Upload
     top_k: int
+    probabilities: bool = False
+
+
+def own_answer(result: dict[str, Any], job: ImageJob) -> dict[str, Any]:
+    """A batch's result for one job: trimmed to its own ``top_k``, probabilities if it asked."""
+    if "predictions" not in result:
+        return result
+    mine = {"predictions": result["predictions"][: job.top_k]}
+    if job.probabilities:
+        mine[PROBABILITIES_FIELD] = result[PROBABILITIES_FIELD]
+    return mine
 
 
 class Dispatcher:
@@ -54,7 +67,8 @@ class Dispatcher:
             metrics.queue_depth.labels(model).set_function(lambda b=batcher: b.depth)
 
     async def _run_batch(self, model: str, jobs: list[ImageJob]) -> list[dict[str, Any]]:
-        """One backend call at the batch's largest top_k; each image trimmed to its own.
+        """One backend call at the batch's largest top_k (probabilities if any job asks); each
+        image trimmed to what it asked for.
         Duration and size are observed only for batches the backend received; the cost model
         learns from the batches that succeeded."""
         if (predicted := self.costs[model].predict(len(jobs))) is not None:
@@ -62,19 +76,17 @@ class Dispatcher:
         started = time.perf_counter()
         try:
             results = await self.backend.classify(
-                model, [job.upload.data for job in jobs], max(job.top_k for job in jobs)
+                model,
+                [job.upload for job in jobs],
+                max(job.top_k for job in jobs),
+                any(job.probabilities for job in jobs),
             )
         except BackendError as exc:
             if exc.reached:
                 self._observe(model, started, len(jobs))
             raise
         self.costs[model].observe(len(jobs), self._observe(model, started, len(jobs)))
-        return [
-            {"predictions": result["predictions"][: job.top_k]}
-            if "predictions" in result
-            else result
-            for result, job in zip(results, jobs, strict=True)
-        ]
+        return [own_answer(result, job) for result, job in zip(results, jobs, strict=True)]
 
     def _observe(self, model: str, started: float, size: int) -> float:
         seconds = time.perf_counter() - started
@@ -83,14 +95,19 @@ class Dispatcher:
         return seconds
 
     async def classify(
-        self, model: str, uploads: list[Upload], top_k: int, deadline: float
+        self,
+        model: str,
+        uploads: list[Upload],
+        top_k: int,
+        deadline: float,
+        probabilities: bool = False,
     ) -> list[tuple[dict[str, Any], BatchInfo]]:
         """Raises ``QueueFull``, ``DeadlineUnmeetable``, ``TimeoutError`` (past ``deadline``, a
         ``time.perf_counter()``), or the backend's error for a failed batch; then the request's
         other images are withdrawn, so nobody computes answers nobody waits for."""
         try:
             futures = self.batchers[model].submit_many(
-                [ImageJob(u, top_k) for u in uploads], deadline
+                [ImageJob(u, top_k, probabilities) for u in uploads], deadline
             )
         except DeadlineUnmeetable:
             self.metrics.deadline_refusals.labels(model).inc()

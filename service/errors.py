@@ -1,14 +1,19 @@
-"""Every failure leaves as ``{"error": {"code", "message"}}`` with a SPEC status code."""
+"""Every failure leaves as ``{"error": {"code", "message"}}`` with a SPEC status code; under
+``/v2`` as the Open Inference Protocol's ``{"error": "message"}``, with the same status."""
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .open_inference.protocol import V2_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -41,33 +46,42 @@ IMAGE_ERROR_STATUS = {
 }
 
 
-def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
-    return {"error": {"code": code, "message": message}}
+def error_response(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """The error in the format of the protocol the request spoke."""
+    if request.url.path == V2_PREFIX or request.url.path.startswith(f"{V2_PREFIX}/"):
+        body: dict[str, Any] = {"error": message}
+    else:
+        body = {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message), exc.status, headers=exc.headers)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(request, exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return JSONResponse(error_body("invalid_parameters", details), 422)
+        return error_response(request, 422, "invalid_parameters", details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(
-            error_body(code, str(exc.detail)),
-            exc.status_code,
-            headers=getattr(exc, "headers", None),
+        return error_response(
+            request, exc.status_code, code, str(exc.detail), getattr(exc, "headers", None)
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         """The last resort: still JSON, still no internals in the answer (they go to the log)."""
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse(
-            error_body("internal_error", "internal error in the gateway; see its log"), 500
+        return error_response(
+            request, 500, "internal_error", "internal error in the gateway; see its log"
         )

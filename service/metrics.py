@@ -4,7 +4,7 @@ several apps (tests) never share counters."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -15,6 +15,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 UNKNOWN_MODEL = "_unknown"
 """The ``model`` label of requests for a model that is not served (bounded label values)."""
+PROTOCOL_V1 = "v1"
+PROTOCOL_V2 = "v2"
+"""The ``protocol`` label of request series: ``/v1`` classify or the Open Inference Protocol.
+Batch series (queue, batch size, backend) have none: one batch mixes both protocols."""
 
 # Milliseconds to tens of seconds: CPU batches take ~0.1-3 s, GPU ones a few ms.
 LATENCY_BUCKETS = (
@@ -44,17 +48,20 @@ class GatewayMetrics:
         r = self.registry
         self.requests = Counter(
             "gateway_requests",
-            "Requests to model routes by model and the status code answered",
-            ["model", "code"],
+            "Requests to model routes by model, protocol and the status code answered",
+            ["model", "protocol", "code"],
             registry=r,
         )
         self.images = Counter(
-            "gateway_images", "Images classified successfully", ["model"], registry=r
+            "gateway_images",
+            "Images classified successfully",
+            ["model", "protocol"],
+            registry=r,
         )
         self.request_duration = Histogram(
             "gateway_request_duration_seconds",
             "Model route latency, end to end, every status",
-            ["model"],
+            ["model", "protocol"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -95,7 +102,10 @@ class GatewayMetrics:
             registry=r,
         )
         self.inflight = Gauge(
-            "gateway_inflight_requests", "Classify requests being handled", ["model"], registry=r
+            "gateway_inflight_requests",
+            "Requests to model routes being handled",
+            ["model", "protocol"],
+            registry=r,
         )
         self.queue_depth = Gauge(
             "gateway_queue_depth", "Images waiting in the batcher", ["model"], registry=r
@@ -126,16 +136,21 @@ class _RuntimeCollector(Collector):
 class RequestMetrics:
     """ASGI middleware: each request to a model route counted once, with the status its client
     really got (401s, 422s and 404s included, decided after the answer was built), its latency,
-    and how many are in flight. ``routes``: path templates with a ``{model}`` parameter."""
+    and how many are in flight. ``routes``: path templates with a ``{model}`` parameter, each
+    with the protocol it speaks."""
 
-    def __init__(self, app: ASGIApp, routes: Sequence[str]) -> None:
+    def __init__(self, app: ASGIApp, routes: Mapping[str, str]) -> None:
         self.app = app
-        self.patterns = [compile_path(route)[0] for route in routes]
+        self.patterns = [(compile_path(route)[0], protocol) for route, protocol in routes.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = next(
-            (m for p in self.patterns if scope["type"] == "http" and (m := p.match(scope["path"]))),
-            None,
+        match, protocol = next(
+            (
+                (m, protocol)
+                for p, protocol in self.patterns
+                if scope["type"] == "http" and (m := p.match(scope["path"]))
+            ),
+            (None, ""),
         )
         gateway = getattr(scope["app"].state, "gateway", None) if match else None
         if match is None or gateway is None:
@@ -152,10 +167,10 @@ class RequestMetrics:
             await send(message)
 
         started = time.perf_counter()
-        metrics.inflight.labels(model).inc()
+        metrics.inflight.labels(model, protocol).inc()
         try:
             await self.app(scope, receive, record_status)
         finally:
-            metrics.inflight.labels(model).dec()
-            metrics.requests.labels(model, str(status)).inc()
-            metrics.request_duration.labels(model).observe(time.perf_counter() - started)
+            metrics.inflight.labels(model, protocol).dec()
+            metrics.requests.labels(model, protocol, str(status)).inc()
+            metrics.request_duration.labels(model, protocol).observe(time.perf_counter() - started)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Literal
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
@@ -28,12 +29,17 @@ EXTRA_FORM_FIELDS = 16
 """Non-file form fields tolerated besides the images."""
 
 
+InputKind = Literal["image", "tensor"]
+
+
 @dataclass(frozen=True)
 class Upload:
-    """One validated image: its bytes and its pixel count (what it costs a batch to decode)."""
+    """One validated input: an encoded image, or (``tensor``) a preprocessed one as float32
+    bytes (``model_store.contract.TENSOR_FIELD_PREFIX``); ``pixels``: what it costs a batch."""
 
     data: bytes
     pixels: int
+    kind: InputKind = "image"
 
 
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
@@ -79,7 +85,7 @@ async def read_images(request: Request, settings: GatewaySettings) -> list[Uploa
     return [validate_image(data, index, settings.limits) for index, data in enumerate(images)]
 
 
-def _too_many(count: int, limit: int) -> ApiError:
+def too_many_images(count: int, limit: int) -> ApiError:
     return ApiError(413, "too_many_images", f"{count} images in one request, limit {limit}")
 
 
@@ -87,7 +93,7 @@ async def _multipart_files(request: Request, body: bytes, max_images: int) -> li
     boundary = request.headers.get("content-type", "").partition("boundary=")[2].strip('"; ')
     parts = body.count(b"--" + boundary.encode("latin-1")) - 1 if boundary else 0
     if parts > max_images + EXTRA_FORM_FIELDS:  # counted before the parser would refuse it
-        raise _too_many(parts, max_images)
+        raise too_many_images(parts, max_images)
     request._body = body  # the form parser reads the already-limited body
     try:
         form = await request.form(
@@ -105,7 +111,7 @@ async def _multipart_files(request: Request, body: bytes, max_images: int) -> li
             "no 'file' field: send each image as a form field named 'file'",
         )
     if len(files) > max_images:
-        raise _too_many(len(files), max_images)
+        raise too_many_images(len(files), max_images)
     images = []
     for index, part in enumerate(files):
         if not isinstance(part, UploadFile):

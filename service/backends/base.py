@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from ..schemas import ErrorResponse, ImageResult
+from ..uploads import Upload
 
 
 class BackendError(Exception):
@@ -49,21 +51,32 @@ class BadBackendResponse(BackendError):
         super().__init__(message, reached=True)
 
 
-_RESULTS = TypeAdapter(list[ImageResult | ErrorResponse])
+class WorkerResult(ImageResult):
+    """One input's answer from a worker: the top-k, and the full softmax when asked for."""
+
+    probabilities: list[Annotated[float, Field(ge=0, le=1)]] | None = None
 
 
-def check_results(results: object, count: int) -> list[dict[str, Any]]:
-    """One well-formed entry per image (finite scores in [0, 1]), or ``BadBackendResponse``."""
+_RESULTS = TypeAdapter(list[WorkerResult | ErrorResponse])
+
+
+def check_results(results: object, count: int, probabilities: bool = False) -> list[dict[str, Any]]:
+    """One well-formed entry per input (finite scores in [0, 1], and the probabilities when
+    asked for), or ``BadBackendResponse``."""
     if not isinstance(results, list) or len(results) != count:
         got = len(results) if isinstance(results, list) else type(results).__name__
-        raise BadBackendResponse(f"the worker returned {got} results for {count} images")
+        raise BadBackendResponse(f"the worker returned {got} results for {count} inputs")
     try:
         parsed = _RESULTS.validate_python(results)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(map(str, first["loc"][:1] + first["loc"][2:]))
         raise BadBackendResponse(f"malformed worker result at {where}: {first['msg']}") from None
-    return [entry.model_dump() for entry in parsed]
+    if probabilities and any(
+        isinstance(entry, WorkerResult) and entry.probabilities is None for entry in parsed
+    ):
+        raise BadBackendResponse("the worker left out the probabilities asked for")
+    return [entry.model_dump(exclude_none=True) for entry in parsed]
 
 
 class WorkerFacts(BaseModel):
@@ -76,6 +89,8 @@ class WorkerFacts(BaseModel):
     batch_size: int = Field(1, description="TorchServe batchSize: 1 when the gateway batches")
     parameters: int | None = Field(None, description="the loaded model's parameter count")
     attention_parameters: int | None = Field(None, description="of which in attention layers")
+    input_size: int | None = Field(None, description="the side of the square input it takes")
+    num_classes: int | None = Field(None, description="the length of its probabilities")
 
 
 def serving_mismatch(facts: WorkerFacts, max_batch_size: int) -> str | None:
@@ -99,9 +114,12 @@ class Backend(Protocol):
 
     async def close(self) -> None: ...
 
-    async def classify(self, model: str, images: list[bytes], top_k: int) -> list[dict[str, Any]]:
-        """One entry per image, in order: ``{"predictions": [...]}`` or ``{"error": {...}}``.
-        Raises a ``BackendError`` for the whole batch."""
+    async def classify(
+        self, model: str, inputs: Sequence[Upload], top_k: int, probabilities: bool = False
+    ) -> list[dict[str, Any]]:
+        """One entry per input, in order: ``{"predictions": [...]}`` (with ``"probabilities"``
+        when asked for) or ``{"error": {...}}``. Raises a ``BackendError`` for the whole
+        batch."""
         ...
 
     async def readiness(self) -> dict[str, str]:

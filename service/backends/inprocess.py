@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from model_store.archive import load_archive
-from model_store.classifier import ImageClassifier
+from model_store.classifier import ImageClassifier, tensor_input
 
 from ..schemas import READY
+from ..uploads import Upload
 from .base import BackendTimeout, WorkerFacts, check_results, serving_mismatch
 
 
@@ -53,14 +55,17 @@ class InProcessBackend:
     async def close(self) -> None:
         self._tmp.cleanup()
 
-    async def classify(self, model: str, images: list[bytes], top_k: int) -> list[dict[str, Any]]:
+    async def classify(
+        self, model: str, inputs: Sequence[Upload], top_k: int, probabilities: bool = False
+    ) -> list[dict[str, Any]]:
         """One batch at a time per model (torch already uses every core for one batch). A batch
         that outlives ``timeout_s`` answers 504; the model stays locked until its thread ends,
         so a late batch never runs beside the next one."""
         lock = self._locks[model]
         await lock.acquire()
+        payloads = [tensor_input(i.data) if i.kind == "tensor" else i.data for i in inputs]
         work = asyncio.ensure_future(
-            asyncio.to_thread(self._classifiers[model].classify, images, top_k)
+            asyncio.to_thread(self._classifiers[model].classify, payloads, top_k, probabilities)
         )
         work.add_done_callback(lambda _: lock.release())
         try:
@@ -68,7 +73,7 @@ class InProcessBackend:
                 results = await asyncio.shield(work)
         except TimeoutError:
             raise BackendTimeout(f"the model did not answer within {self.timeout_s:g} s") from None
-        return check_results(results, len(images))
+        return check_results(results, len(inputs), probabilities)
 
     def worker_facts(self) -> dict[str, WorkerFacts]:
         return dict(self._facts)

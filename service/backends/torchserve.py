@@ -11,13 +11,21 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from model_store.contract import (
+    IMAGE_FIELD_PREFIX,
+    PROBABILITIES_FIELD,
+    TENSOR_FIELD_PREFIX,
+    TOP_K_FIELD,
+)
+
 from ..schemas import READY
+from ..uploads import Upload
 from .base import (
     BackendError,
     BackendTimeout,
@@ -110,7 +118,9 @@ class TorchServeBackend:
     async def close(self) -> None:
         await self._client.aclose()
 
-    async def classify(self, model: str, images: list[bytes], top_k: int) -> list[dict[str, Any]]:
+    async def classify(
+        self, model: str, inputs: Sequence[Upload], top_k: int, probabilities: bool = False
+    ) -> list[dict[str, Any]]:
         """One multipart request per batch, judged by this model's circuit breaker."""
         breaker = self.breakers[model]
         if (wait := breaker.acquire()) is not None:
@@ -118,7 +128,7 @@ class TorchServeBackend:
                 f"the {model} worker is failing; circuit open for {wait:.1f} s more", wait
             )
         try:
-            response = await self._post(model, images, top_k)
+            response = await self._post(model, inputs, top_k, probabilities)
         except LocalPoolExhausted:  # the gateway's own limit: no verdict on the backend
             breaker.release()
             raise
@@ -139,7 +149,7 @@ class TorchServeBackend:
             breaker.release()  # a refusal of this request, not a sign of ill health
             raise BadBackendResponse(f"TorchServe refused the batch with HTTP {status}")
         try:
-            results = check_results(_results_field(response), len(images))
+            results = check_results(_results_field(response), len(inputs), probabilities)
         except BadBackendResponse:
             breaker.record_failure()
             log.warning("malformed TorchServe answer for %s: %.300s", model, response.text)
@@ -147,20 +157,24 @@ class TorchServeBackend:
         breaker.record_success()
         return results
 
-    async def _post(self, model: str, images: list[bytes], top_k: int) -> httpx.Response:
+    async def _post(
+        self, model: str, inputs: Sequence[Upload], top_k: int, probabilities: bool
+    ) -> httpx.Response:
         """Retries only where nothing can have been computed twice: a refused connection, and
         a 401 after renewing the inference key."""
+        prefix = {"image": IMAGE_FIELD_PREFIX, "tensor": TENSOR_FIELD_PREFIX}
         files = [
-            (f"image_{i:04d}", (f"{i}", data, "application/octet-stream"))
-            for i, data in enumerate(images)
+            (f"{prefix[item.kind]}{i:04d}", (f"{i}", item.data, "application/octet-stream"))
+            for i, item in enumerate(inputs)
         ]
+        fields = {TOP_K_FIELD: str(top_k)} | ({PROBABILITIES_FIELD: "1"} if probabilities else {})
         url = f"{self.inference_url}/predictions/{model}"
         for attempt in range(2):
             try:
                 response = await self._client.post(
                     url,
                     files=files,
-                    data={"top_k": str(top_k)},
+                    data=fields,
                     headers=self.keys.headers("inference"),
                 )
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing reached it

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+import tritonclient.http as triton
 
 from model_store.tiny import save_tiny
 from model_store.torchserve import free_ports
@@ -176,6 +178,19 @@ def test_real_images_are_classified_by_the_configured_fast_path(stack):
     listed = httpx.get(f"{stack.url}/v1/models", timeout=10).json()["models"]
     assert {m["name"]: m["runtime"] for m in listed} == dict.fromkeys(MODELS, "aot")
     assert all(m["status"] == "ready" and m["parameters"] > 0 for m in listed)
+
+
+def test_the_gateway_image_speaks_the_open_inference_protocol(stack):
+    """Triton's client against the container (a gateway without numpy): binary images in,
+    the classification extension out, the same labels as /v1."""
+    images, labels = labelled_images(4, seed=33)
+    tensor = triton.InferInput("images", [len(images)], "BYTES")
+    tensor.set_data_from_numpy(np.array(images, dtype=np.object_))
+    best = triton.InferRequestedOutput("probabilities", class_count=1)
+    with triton.InferenceServerClient(stack.url.removeprefix("http://")) as client:
+        assert client.is_server_ready() and client.is_model_ready("eca_resnet50")
+        answer = client.infer("eca_resnet50", [tensor], outputs=[best]).as_numpy("probabilities")
+    assert [row[0].decode().split(":", 2)[2] for row in answer] == labels
 
 
 def test_prometheus_scrapes_both_targets_and_counts_what_was_sent(stack):

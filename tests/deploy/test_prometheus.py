@@ -82,9 +82,11 @@ def test_prometheus_scrapes_gateway_and_torchserve_and_evaluates_rules(prometheu
             f"{gateway.url}/v1/models/eca_resnet50/classify", files=files[:3], timeout=60
         )
         assert response.status_code == 200, response.text
-    requests = metric(gateway.url, "gateway_requests_total", model="eca_resnet50", code="200")
-    images_total = metric(gateway.url, "gateway_images_total", model="eca_resnet50")
-    selector = '{job="gateway",model="eca_resnet50"'
+    requests = metric(
+        gateway.url, "gateway_requests_total", protocol="v1", model="eca_resnet50", code="200"
+    )
+    images_total = metric(gateway.url, "gateway_images_total", protocol="v1", model="eca_resnet50")
+    selector = '{job="gateway",model="eca_resnet50",protocol="v1"'
 
     wait_for(
         lambda: query(prometheus, f'gateway_requests_total{selector},code="200"}}') == requests,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from model_store.classifier import ClassifierConfig, ImageClassifier
+from model_store.classifier import ClassifierConfig, ImageClassifier, tensor_input
 from model_store.images import (
     ImageError,
     ImageLimits,
@@ -25,7 +25,7 @@ from model_store.images import (
 from model_store.models import TINY_ARCH, create_model
 from model_store.synthetic import CLASS_NAMES, encode, make_images
 from model_store.tiny import save_tiny
-from model_store.transforms import IMAGENET_MEAN, IMAGENET_STD
+from model_store.transforms import IMAGENET_MEAN, IMAGENET_STD, images_to_batch
 
 from ..checks import INTERNALS
 
@@ -304,6 +304,45 @@ def test_one_bad_image_never_fails_its_batch(classifier):
     ]
     assert len(results[0]["predictions"]) == 1 and len(results[5]["predictions"]) == 3
     assert results[0]["predictions"][0] == results[5]["predictions"][0]
+
+
+def test_preprocessed_inputs_score_as_their_images_and_bad_ones_fail_alone(classifier):
+    """The Open Inference Protocol's FP32 input: a client that preprocesses with the eval
+    pipeline gets the answers of the encoded image; a wrong size or a NaN fails alone."""
+    images, _ = make_images(3, seed=8, size=(120, 90))
+    uploads = [encode(image, "PNG") for image in images]
+    pixels = images_to_batch(images, classifier.input_size).contiguous().numpy()
+    nan = pixels[0].copy()
+    nan[1, 2, 3] = np.nan
+    batch = [
+        uploads[0],
+        tensor_input(pixels[1].tobytes()),
+        tensor_input(pixels[0].tobytes()[:-4]),  # one value short
+        tensor_input(nan.tobytes()),
+        tensor_input(b"\x00" * 7),  # not whole float32 values
+        tensor_input(pixels[2].tobytes()),
+    ]
+    served = classifier.classify(batch, top_k=2, probabilities=True)
+    assert [r.get("error", {}).get("code") for r in served] == [
+        None,
+        None,
+        "invalid_tensor",
+        "invalid_tensor",
+        "invalid_tensor",
+        None,
+    ]
+    assert "NaN" in served[3]["error"]["message"] and "7 uint8" in served[4]["error"]["message"]
+    from_images = classifier.classify(uploads, top_k=2, probabilities=True)
+    for mine, theirs in zip([served[0], served[1], served[5]], from_images, strict=True):
+        assert [p["index"] for p in mine["predictions"]] == [
+            p["index"] for p in theirs["predictions"]
+        ]
+        np.testing.assert_allclose(mine["probabilities"], theirs["probabilities"], atol=1e-6)
+        assert len(mine["probabilities"]) == len(CLASS_NAMES)
+        assert sum(mine["probabilities"]) == pytest.approx(1, abs=1e-5)
+        top = mine["predictions"][0]
+        assert top["score"] == max(mine["probabilities"]) == mine["probabilities"][top["index"]]
+    assert "probabilities" not in classifier.classify(uploads[:1])[0]
 
 
 def png_mode(image: Image.Image, **params) -> Image.Image:

@@ -183,3 +183,18 @@ def test_workers_describe_their_runtime_and_threads_that_add_up(torchserve):
     facts = json.loads(facts) if isinstance(facts, str) else facts
     assert facts["runtime"] == "aot" and facts["batch_buckets"] == [1, 2, 4, 8]
     assert facts["threads"] == threads_per_worker(workers=2)
+
+
+def test_the_handler_module_defines_one_class():
+    """TorchServe loads a handler module only if it defines exactly one class (a second one,
+    even a small dataclass, makes every worker die at start)."""
+    import inspect
+
+    from model_store import handler
+
+    defined = [
+        name
+        for name, member in inspect.getmembers(handler, inspect.isclass)
+        if member.__module__ == handler.__name__
+    ]
+    assert defined == ["AttentionClassifierHandler"]

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from model_store.images import ImageError, ImageLimits, load_upright_rgb, validate
 from service.backends.base import WorkerFacts
+from service.uploads import Upload
+
+FAKE_INPUT_SIZE = 16
+"""The side of the preprocessed inputs the fake models take (small: JSON tests stay fast)."""
 
 
 class FakeBackend:
-    """Answers from the image itself: label = its mean colour's dominant channel.
+    """Answers from the image itself: label = its mean colour's dominant channel (for a
+    preprocessed input: its channel means, softmaxed).
 
     Decodes for real, so undecodable images fail per image, as in the worker. ``delay`` slows
     every batch, ``fail`` raises an exception for every batch (``fail_on``: only batches holding
@@ -35,33 +41,48 @@ class FakeBackend:
 
     async def close(self) -> None: ...
 
-    async def classify(self, model: str, images: list[bytes], top_k: int) -> list[dict[str, Any]]:
+    async def classify(
+        self, model: str, inputs: Sequence[Upload], top_k: int, probabilities: bool = False
+    ) -> list[dict[str, Any]]:
+        images = [item.data for item in inputs]
         self.batches.append(len(images))
         self.images += images
         self.top_ks.append(top_k)
         await asyncio.sleep(self.delay)
         if self.fail is not None and (self.fail_on is None or self.fail_on in images):
             raise self.fail
-        return [self._one(data, top_k) for data in images]
+        return [self._one(item, top_k, probabilities) for item in inputs]
 
-    def _one(self, data: bytes, top_k: int) -> dict[str, Any]:
-        try:
-            image = load_upright_rgb(validate(data, ImageLimits()))
-        except ImageError as exc:
-            return {"error": {"code": exc.code, "message": str(exc)}}
-        means = np.asarray(image, dtype=np.float64).mean(axis=(0, 1)).tolist()
-        order = sorted(range(3), key=lambda i: -means[i])
-        total = sum(means) or 1.0
-        return {
+    def _one(self, item: Upload, top_k: int, probabilities: bool) -> dict[str, Any]:
+        if item.kind == "tensor":
+            means = np.frombuffer(item.data, "<f4").reshape(3, -1).mean(axis=1)
+            scores = (np.exp(means) / np.exp(means).sum()).tolist()
+        else:
+            try:
+                image = load_upright_rgb(validate(item.data, ImageLimits()))
+            except ImageError as exc:
+                return {"error": {"code": exc.code, "message": str(exc)}}
+            means = np.asarray(image, dtype=np.float64).mean(axis=(0, 1))
+            scores = (means / (means.sum() or 1.0)).tolist()
+        order = sorted(range(3), key=lambda i: -scores[i])
+        result: dict[str, Any] = {
             "predictions": [
-                {"index": i, "label": self.labels[i], "score": means[i] / total}
-                for i in order[:top_k]
+                {"index": i, "label": self.labels[i], "score": scores[i]} for i in order[:top_k]
             ]
         }
+        if probabilities:
+            result["probabilities"] = scores
+        return result
 
     def worker_facts(self) -> dict[str, WorkerFacts]:
         return {
-            m: WorkerFacts(runtime="eager", batch_buckets=[1, 2, 4, 8], parameters=1000 + i)
+            m: WorkerFacts(
+                runtime="eager",
+                batch_buckets=[1, 2, 4, 8],
+                parameters=1000 + i,
+                input_size=FAKE_INPUT_SIZE,
+                num_classes=len(self.labels),
+            )
             for i, m in enumerate(self.models)
         }
 

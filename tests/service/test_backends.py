@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable
 
@@ -27,6 +28,7 @@ from service.backends.circuit import CircuitBreaker
 from service.backends.inprocess import InProcessBackend
 from service.backends.torchserve import TorchServeBackend, TorchServeKeys
 from service.settings import GatewaySettings
+from service.uploads import Upload
 
 from ..checks import INTERNALS
 
@@ -52,7 +54,7 @@ def results(*entries: object) -> Callable[[httpx.Request], httpx.Response]:
 
 
 def classify(backend: TorchServeBackend, model: str = "se_resnet50", images: int = 1):
-    return asyncio.run(backend.classify(model, [b"img"] * images, 5))
+    return asyncio.run(backend.classify(model, [Upload(b"img", 1)] * images, 5))
 
 
 def test_well_formed_answer_is_returned():
@@ -64,13 +66,37 @@ def test_well_formed_answer_is_returned():
     ]
 
 
+def test_preprocessed_inputs_and_probabilities_travel_as_the_worker_expects():
+    """Field names and order are the worker's contract (``model_store.contract``)."""
+    sent: list[httpx.Request] = []
+    answer = {**GOOD, "probabilities": [0.25, 0.75]}
+
+    def record(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, json={"results": [answer, answer]})
+
+    inputs = [Upload(b"jpeg", 1), Upload(b"\x00" * 8, 1, kind="tensor")]
+    backend = backend_answering(record)
+    assert asyncio.run(backend.classify(MODELS[0], inputs, 3, probabilities=True)) == [answer] * 2
+    names = re.findall(rb'; name="([^"]+)"', sent[0].read())
+    assert sorted(names) == [b"image_0000", b"probabilities", b"tensor_0001", b"top_k"]
+    assert names.index(b"image_0000") < names.index(b"tensor_0001")
+
+
+def test_probabilities_asked_for_and_missing_are_a_bad_answer():
+    with pytest.raises(BadBackendResponse, match="left out the probabilities"):
+        check_results([GOOD], 1, probabilities=True)
+    with pytest.raises(BadBackendResponse, match="probabilities"):
+        check_results([{**GOOD, "probabilities": [1.5]}], 1, probabilities=True)
+
+
 @pytest.mark.parametrize(
     ("answer", "message"),
     [
         (lambda _: httpx.Response(200, text="<html>oops</html>"), "not JSON"),
         (lambda _: httpx.Response(200, json={"result": []}), "NoneType results"),
-        (results(GOOD, GOOD), "2 results for 1 images"),
-        (results(), "0 results for 1 images"),
+        (results(GOOD, GOOD), "2 results for 1 inputs"),
+        (results(), "0 results for 1 inputs"),
         (
             lambda _: httpx.Response(
                 200,
@@ -233,7 +259,7 @@ def test_a_worker_whose_batching_disagrees_with_the_gateways_is_not_ready(
 
 
 class SlowClassifier:
-    def classify(self, images: list[bytes], top_k: int) -> list[dict]:
+    def classify(self, images: list[bytes], top_k: int, probabilities: bool) -> list[dict]:
         time.sleep(0.4)
         return [GOOD for _ in images]
 
@@ -244,10 +270,10 @@ def test_inprocess_backend_honours_its_timeout_and_keeps_the_model_locked():
 
     async def scenario():
         with pytest.raises(BackendTimeout):
-            await backend.classify("se_resnet50", [b"x"], 5)
+            await backend.classify("se_resnet50", [Upload(b"x", 1)], 5)
         assert backend._locks["se_resnet50"].locked()  # the late batch still holds the model
         backend.timeout_s = 5
-        return await backend.classify("se_resnet50", [b"x", b"y"], 5)
+        return await backend.classify("se_resnet50", [Upload(b"x", 1), Upload(b"y", 1)], 5)
 
     assert asyncio.run(scenario()) == [GOOD, GOOD]
 

@@ -4,17 +4,23 @@ a worker killed mid-load, a flood past the queue, a dead backend, and the in-pro
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import signal
 import time
 
 import httpx
+import numpy as np
 import pytest
+import tritonclient.http as triton
+from PIL import Image
 
 from model_store.models import count_parameters
 from model_store.synthetic import CLASS_NAMES, encode, make_images
+from model_store.tiny import TINY_INPUT_SIZE
 from model_store.torchserve import free_ports
+from model_store.transforms import images_to_batch
 from service.backends.inprocess import InProcessBackend
 from service.settings import GatewaySettings
 
@@ -59,14 +65,19 @@ def metric(url: str, name: str, **labels: str) -> float:
 
 def test_200_concurrent_distinct_images_each_get_their_own_answer(gateway):
     images, labels = labelled_images(200, seed=2024)
-    before = metric(gateway.url, "gateway_requests_total", model="eca_resnet50", code="200")
+    before = metric(
+        gateway.url, "gateway_requests_total", protocol="v1", model="eca_resnet50", code="200"
+    )
     responses = asyncio.run(send_all(gateway.url, "eca_resnet50", images, concurrency=32))
     assert [r.status_code for r in responses] == [200] * 200
     assert [top1(r) for r in responses] == labels
     batch_sizes = [size for r in responses for size in r.json()["timing"]["batch_sizes"]]
     assert max(batch_sizes) > 1, "concurrent requests should have been batched"
     assert (
-        metric(gateway.url, "gateway_requests_total", model="eca_resnet50", code="200") - before
+        metric(
+            gateway.url, "gateway_requests_total", protocol="v1", model="eca_resnet50", code="200"
+        )
+        - before
         == 200
     )
 
@@ -88,6 +99,49 @@ def test_multi_image_request_through_torchserve(gateway):
 
 def worker_pid(torchserve, model: str) -> int:
     return int(torchserve.workers(model)[0]["pid"])
+
+
+@pytest.mark.parametrize("model", ["eca_resnet50", "se_resnet50"])
+def test_tritonclient_through_torchserve_answers_as_v1(gateway, model):
+    """The Open Inference Protocol end to end with Triton's client, through the real workers
+    (eca: AOTInductor, se: OpenVINO): encoded images with the classification extension, and
+    the same images preprocessed by the client (the eval pipeline) with the FP32 softmax."""
+    images, labels = labelled_images(6, seed=31)
+    files = [("file", (f"{i}", data, "application/octet-stream")) for i, data in enumerate(images)]
+    v1 = httpx.post(
+        f"{gateway.url}/v1/models/{model}/classify", files=files, params={"top_k": 3}, timeout=60
+    ).json()["results"]
+    with triton.InferenceServerClient(gateway.url.removeprefix("http://")) as client:
+        assert client.is_server_ready() and client.is_model_ready(model)
+        metadata = client.get_model_metadata(model)
+        side = TINY_INPUT_SIZE
+        assert metadata["inputs"][1]["shape"] == [-1, 3, side, side]
+        assert metadata["outputs"][0]["shape"] == [-1, len(CLASS_NAMES)]
+        encoded = triton.InferInput("images", [len(images)], "BYTES")
+        encoded.set_data_from_numpy(np.array(images, dtype=np.object_))
+        top3 = triton.InferRequestedOutput("probabilities", class_count=3)
+        classes = client.infer(model, [encoded], outputs=[top3]).as_numpy("probabilities")
+        decoded = [Image.open(io.BytesIO(data)) for data in images]
+        preprocessed = triton.InferInput("pixel_values", [len(images), 3, side, side], "FP32")
+        preprocessed.set_data_from_numpy(images_to_batch(decoded, side).contiguous().numpy())
+        softmax = client.infer(model, [preprocessed]).as_numpy("probabilities")
+    for row, probabilities, answer, label in zip(classes, softmax, v1, labels, strict=True):
+        served = [item.decode().split(":", 2) for item in row]
+        assert [(int(i), name) for _, i, name in served] == [
+            (p["index"], p["label"]) for p in answer["predictions"]
+        ]
+        assert [float(s) for s, _, _ in served] == pytest.approx(
+            [p["score"] for p in answer["predictions"]], abs=1e-6
+        )
+        assert served[0][2] == label
+        assert [int(i) for i in np.argsort(-probabilities)[:3]] == [
+            p["index"] for p in answer["predictions"]
+        ]
+        np.testing.assert_allclose(
+            probabilities[[p["index"] for p in answer["predictions"]]],
+            [p["score"] for p in answer["predictions"]],
+            atol=1e-5,
+        )
 
 
 def test_killing_a_worker_mid_load_gives_answers_or_clear_errors_then_recovers(gateway, torchserve):
@@ -143,7 +197,9 @@ def test_flood_past_the_queue_gives_503s_and_bounded_queue(torchserve):
             return responses
 
         responses = asyncio.run(flood_and_watch())
-        rejected = metric(flooded.url, "gateway_requests_total", model="eca_resnet50", code="503")
+        rejected = metric(
+            flooded.url, "gateway_requests_total", protocol="v1", model="eca_resnet50", code="503"
+        )
     codes = [r.status_code for r in responses]
     assert set(codes) <= {200, 503} and 503 in codes and 200 in codes
     assert all(int(r.headers["retry-after"]) >= 1 for r in responses if r.status_code == 503)

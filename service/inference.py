@@ -1,0 +1,115 @@
+"""What every inference route does once it has read its inputs, whatever protocol it speaks:
+run them through the model's batcher within the request's deadline, turn each failure into its
+SPEC status, count the images, time the answer."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel
+
+from .backends.base import BackendError, BackendUnavailable
+from .batcher import BatchInfo, DeadlineUnmeetable, QueueFull
+from .deps import Gateway
+from .errors import IMAGE_ERROR_STATUS, ApiError, unavailable
+from .schemas import Timing
+from .uploads import Upload
+
+SHARED_ERRORS = {
+    401: "missing or wrong API key (when one is configured)",
+    408: "the request body did not arrive within upload_timeout_s",
+    413: "too many bytes, pixels or images, or an aspect ratio past the limit",
+    502: "the worker answered with something other than one result per image",
+    503: "queue full, too many uploads at once, backend down, or the deadline cannot be met "
+    "given the work queued ahead (deadline_unmeetable); see Retry-After",
+    504: "no answer within the request's deadline or the backend's timeout",
+}
+"""What every inference route may answer, whatever its protocol."""
+
+
+def documented_errors(
+    body: type[BaseModel], own: dict[int, str]
+) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of an inference route: its own failures and the shared ones,
+    each with the error body its protocol sends."""
+    return {
+        status: {"model": body, "description": description}
+        for status, description in sorted((SHARED_ERRORS | own).items())
+    }
+
+
+def require_served(gateway: Gateway, model: str) -> None:
+    if model not in gateway.models:
+        raise ApiError(
+            404,
+            "model_not_found",
+            f"model {model!r} is not served; served: {', '.join(gateway.models)}",
+        )
+
+
+async def infer(
+    gateway: Gateway,
+    model: str,
+    uploads: list[Upload],
+    top_k: int,
+    *,
+    arrived: float,
+    timeout_ms: float | None,
+    protocol: str,
+    probabilities: bool = False,
+) -> tuple[list[dict[str, Any]], Timing]:
+    """Each input's answer, in order, or the ``ApiError`` of the first that failed. The
+    deadline counts from the request's arrival (reading the upload spends the same budget)."""
+    timeout_s = gateway.settings.deadline_s(model, timeout_ms)
+    answers = await _dispatch(
+        gateway, model, uploads, top_k, arrived + timeout_s, timeout_s, probabilities
+    )
+    for index, (result, _info) in enumerate(answers):
+        if "error" in result:
+            code = result["error"]["code"]
+            raise ApiError(
+                IMAGE_ERROR_STATUS.get(code, 400),
+                code,
+                f"image {index}: {result['error']['message']}",
+            )
+    gateway.metrics.images.labels(model, protocol).inc(len(uploads))
+    timing = Timing(
+        queue_ms=max(info.queue_wait_s for _, info in answers) * 1000,
+        backend_ms=max(info.run_s for _, info in answers) * 1000,
+        total_ms=(time.perf_counter() - arrived) * 1000,
+        batch_sizes=[info.size for _, info in answers],
+    )
+    return [result for result, _ in answers], timing
+
+
+def server_timing(timing: Timing) -> str:
+    """The ``Server-Timing`` header of an answered inference request."""
+    return (
+        f"queue;dur={timing.queue_ms:.1f}, backend;dur={timing.backend_ms:.1f}, "
+        f"total;dur={timing.total_ms:.1f}"
+    )
+
+
+async def _dispatch(
+    gateway: Gateway,
+    model: str,
+    uploads: list[Upload],
+    top_k: int,
+    deadline: float,
+    timeout_s: float,
+    probabilities: bool,
+) -> list[tuple[dict[str, Any], BatchInfo]]:
+    """Backpressure, deadlines and backend failures, as SPEC status codes."""
+    try:
+        return await gateway.dispatcher.classify(model, uploads, top_k, deadline, probabilities)
+    except QueueFull as exc:
+        raise unavailable(f"queue full: {exc}", 1.0) from None
+    except DeadlineUnmeetable as exc:
+        raise unavailable(str(exc), exc.retry_after_s, "deadline_unmeetable") from None
+    except BackendUnavailable as exc:
+        raise unavailable(f"backend unavailable: {exc}", exc.retry_after_s) from None
+    except BackendError as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from None
+    except TimeoutError:
+        raise ApiError(504, "backend_timeout", f"no answer within {timeout_s:g} s") from None
