@@ -50,10 +50,11 @@ serve: archives
 bench: setup
 	$(PY) -m bench.models
 
-# Locust, headless: SE vs ECA under the same load against a stack it starts itself; writes
-# loadtests/reports/<timestamp>/report.md with plots. LOADTEST_ARGS to change it, e.g.
-#   make loadtest LOADTEST_ARGS="--url http://127.0.0.1:8000 --models all --users 1,4,8"
-LOADTEST_ARGS ?= --start-stack --models se_resnet50,eca_resnet50 --users 8 --duration 60
+# Locust, headless: SE vs ECA in interleaved trials (closed and open loop) against a stack it
+# starts itself, ~10 min; writes loadtests/reports/<timestamp>/report.md with verdicts, their
+# intervals and plots. LOADTEST_ARGS to change it, e.g. the full sweep:
+#   make loadtest LOADTEST_ARGS="--start-stack --profile thorough"
+LOADTEST_ARGS ?= --start-stack --models se_resnet50,eca_resnet50
 loadtest: setup system-deps
 	$(PY) -m loadtests.compare $(LOADTEST_ARGS)
 
@@ -83,9 +84,9 @@ mutate: setup
 WHEELHOUSE_PIP_ARGS ?=
 wheelhouse: setup
 	rm -rf wheelhouse
-	@echo "wheelhouse: wheels for .[gateway,worker,openvino] (torch is ~200 MB) ..."
+	@echo "wheelhouse: wheels for .[gateway,worker,openvino,loadtest] (torch is ~200 MB) ..."
 	$(PY) -m pip wheel --quiet --disable-pip-version-check --wheel-dir wheelhouse \
-		$(WHEELHOUSE_PIP_ARGS) ".[gateway,worker,openvino]" pip
+		$(WHEELHOUSE_PIP_ARGS) ".[gateway,worker,openvino,loadtest]" pip
 	mkdir -p wheelhouse/bootstrap && cp wheelhouse/pip-*.whl wheelhouse/bootstrap/pip.whl
 	rm -rf build  # setuptools' leftovers from building our own wheel
 	@du -sh wheelhouse

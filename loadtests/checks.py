@@ -22,3 +22,8 @@ def shape_problem(body: dict, model: str, top_k: int) -> str | None:
     ):
         return "prediction without index/label"
     return None
+
+
+ARRIVAL = "ARRIVAL"
+"""The request type of the open-loop lateness entries in Locust's stats: not requests, so
+counts and percentiles of requests leave them out."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch._dynamo.utils import counters
 
 from .aot import AotMismatch, load_packages
 from .checkpoint import read_checkpoint
@@ -205,6 +206,12 @@ class ImageClassifier:
                 stacklevel=3,
             )
             return None, str(exc)
+
+    @property
+    def compiled_graphs(self) -> int:
+        """Graphs torch.compile has made in this process: fixed after the warm-up when all is
+        well (0 with prebuilt models); a rise under load means a request paid for compiling."""
+        return counters["stats"]["unique_graphs"]
 
     def _warm_up(self) -> dict[str, float]:
         """Each bucket once, from the same preprocessing output and through the same padding

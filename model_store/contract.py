@@ -23,3 +23,6 @@ TENSOR_FIELD_PREFIX = "tensor_"
 little-endian, ``(3, S, S)`` in row-major order, normalised as the eval pipeline does."""
 IMAGE_FIELD_PREFIX = "image_"
 TENSOR_CHANNELS = 3
+COMPILED_GRAPHS_FIELD = "compiled_graphs"
+"""In every worker answer: graphs compiled in its process so far (a load test's proof that
+nothing compiled while it measured)."""

@@ -5,7 +5,8 @@ each field one input, in field order (what the gateway sends: a whole batch in o
 encoded image, or a preprocessed one in a field named ``tensor_*``; plus optional ``top_k`` and
 ``probabilities`` fields (``model_store.contract``). TorchServe's own batching may hand several
 such requests at once; all their inputs run as one model batch. Each request gets
-``{"model": ..., "runtime": ..., "results": [{"predictions": [...]} | {"error": {...}}]}``.
+``{"model": ..., "runtime": ..., "compiled_graphs": ..., "results": [{"predictions": [...]} |
+{"error": {...}}]}``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ from model_store.classifier import (
     ImageClassifier,
     tensor_input,
 )
-from model_store.contract import PROBABILITIES_FIELD, TENSOR_FIELD_PREFIX, TOP_K_FIELD
+from model_store.contract import (
+    COMPILED_GRAPHS_FIELD,
+    PROBABILITIES_FIELD,
+    TENSOR_FIELD_PREFIX,
+    TOP_K_FIELD,
+)
 
 PARAMETER_FIELDS = {TOP_K_FIELD, PROBABILITIES_FIELD}
 
@@ -70,7 +76,11 @@ class AttentionClassifierHandler(BaseHandler):
     def describe_handle(self) -> dict[str, Any]:
         """What the gateway checks and reports (``GET /models/{name}?customized=true``): the
         runtime actually serving, the warmed batch buckets, the thread count."""
-        return {**self.classifier.info, "threads": torch.get_num_threads()}
+        return {
+            **self.classifier.info,
+            "threads": torch.get_num_threads(),
+            COMPILED_GRAPHS_FIELD: self.classifier.compiled_graphs,
+        }
 
     def preprocess(self, data: list[dict[str, Any]]) -> list[ClassifyRequest]:
         """Per request: its inputs in order, its ``top_k``, whether it wants probabilities."""
@@ -106,4 +116,13 @@ class AttentionClassifierHandler(BaseHandler):
 
     def postprocess(self, grouped: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
         info = self.classifier.info
-        return [{"model": info["model"], "runtime": info["runtime"], "results": r} for r in grouped]
+        compiled = self.classifier.compiled_graphs
+        return [
+            {
+                "model": info["model"],
+                "runtime": info["runtime"],
+                COMPILED_GRAPHS_FIELD: compiled,
+                "results": results,
+            }
+            for results in grouped
+        ]

@@ -67,9 +67,7 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
         chosen = backend or build_backend(settings)
         await chosen.start()
         metrics = GatewayMetrics()
-        metrics.watch_runtimes(
-            lambda: {model: facts.runtime for model, facts in chosen.worker_facts().items()}
-        )
+        metrics.watch_workers(chosen.worker_facts)
         dispatcher = Dispatcher(chosen, settings, metrics)
         app.state.gateway = Gateway(
             settings, chosen, dispatcher, metrics, describe_models(settings.models)

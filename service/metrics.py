@@ -13,6 +13,8 @@ from prometheus_client.registry import Collector
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .backends.base import WorkerFacts
+
 UNKNOWN_MODEL = "_unknown"
 """The ``model`` label of requests for a model that is not served (bounded label values)."""
 PROTOCOL_V1 = "v1"
@@ -111,26 +113,35 @@ class GatewayMetrics:
             "gateway_queue_depth", "Images waiting in the batcher", ["model"], registry=r
         )
 
-    def watch_runtimes(self, runtimes: Callable[[], dict[str, str]]) -> None:
-        """``gateway_model_runtime{model,runtime} 1`` for what each worker reports running
+    def watch_workers(self, facts: Callable[[], dict[str, WorkerFacts]]) -> None:
+        """What each model's worker reports: ``gateway_model_runtime{model,runtime} 1``
         (``aot`` or ``openvino``, built with the archive; ``jit`` after those could not load
-        here; ``eager``)."""
-        self.registry.register(_RuntimeCollector(runtimes))
+        here; ``eager``) and ``gateway_worker_compiled_graphs{model}`` (graphs compiled in its
+        process as of its last answer: a rise under load is a request that paid for compiling)."""
+        self.registry.register(_WorkerCollector(facts))
 
 
-class _RuntimeCollector(Collector):
-    def __init__(self, runtimes: Callable[[], dict[str, str]]) -> None:
-        self.runtimes = runtimes
+class _WorkerCollector(Collector):
+    def __init__(self, facts: Callable[[], dict[str, WorkerFacts]]) -> None:
+        self.facts = facts
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
+        runtime = GaugeMetricFamily(
             "gateway_model_runtime",
             "1 for the runtime each model's worker reports: aot, jit, openvino or eager",
             labels=["model", "runtime"],
         )
-        for model, runtime in sorted(self.runtimes().items()):
-            family.add_metric([model, runtime], 1)
-        yield family
+        compiled = GaugeMetricFamily(
+            "gateway_worker_compiled_graphs",
+            "Graphs torch.compile made in each model's worker process, as of its last answer",
+            labels=["model"],
+        )
+        for model, facts in sorted(self.facts().items()):
+            runtime.add_metric([model, facts.runtime], 1)
+            if facts.compiled_graphs is not None:
+                compiled.add_metric([model], facts.compiled_graphs)
+        yield runtime
+        yield compiled
 
 
 class RequestMetrics:

@@ -91,6 +91,9 @@ class WorkerFacts(BaseModel):
     attention_parameters: int | None = Field(None, description="of which in attention layers")
     input_size: int | None = Field(None, description="the side of the square input it takes")
     num_classes: int | None = Field(None, description="the length of its probabilities")
+    compiled_graphs: int | None = Field(
+        None, description="graphs compiled in its process so far, as of its last answer"
+    )
 
 
 def serving_mismatch(facts: WorkerFacts, max_batch_size: int) -> str | None:

@@ -43,7 +43,9 @@ class InProcessBackend:
                     self.archive_dir / f"{model}.mar", Path(self._tmp.name) / model
                 )
                 classifier = await asyncio.to_thread(ImageClassifier, config)
-                facts = WorkerFacts.model_validate(classifier.info)
+                facts = WorkerFacts.model_validate(
+                    classifier.info | {"compiled_graphs": classifier.compiled_graphs}
+                )
                 if mismatch := serving_mismatch(facts, self.max_batch_size):
                     raise ValueError(f"{model}: {mismatch}")
                 self._classifiers[model] = classifier
@@ -73,7 +75,12 @@ class InProcessBackend:
                 results = await asyncio.shield(work)
         except TimeoutError:
             raise BackendTimeout(f"the model did not answer within {self.timeout_s:g} s") from None
-        return check_results(results, len(inputs), probabilities)
+        checked = check_results(results, len(inputs), probabilities)
+        if model in self._facts:
+            self._facts[model] = self._facts[model].model_copy(
+                update={"compiled_graphs": self._classifiers[model].compiled_graphs}
+            )
+        return checked
 
     def worker_facts(self) -> dict[str, WorkerFacts]:
         return dict(self._facts)

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from model_store.contract import (
+    COMPILED_GRAPHS_FIELD,
     IMAGE_FIELD_PREFIX,
     PROBABILITIES_FIELD,
     TENSOR_FIELD_PREFIX,
@@ -73,13 +74,13 @@ class TorchServeKeys:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-def _results_field(response: httpx.Response) -> object:
-    """The answer's ``results``, whatever it holds (``check_results`` judges it)."""
+def _answer(response: httpx.Response) -> dict[str, Any]:
+    """The worker's answer as a mapping, whatever it holds (``check_results`` judges it)."""
     try:
         body = response.json()
     except ValueError:
         raise BadBackendResponse("the worker's answer is not JSON") from None
-    return body.get("results") if isinstance(body, dict) else None
+    return body if isinstance(body, dict) else {}
 
 
 class TorchServeBackend:
@@ -149,12 +150,16 @@ class TorchServeBackend:
             breaker.release()  # a refusal of this request, not a sign of ill health
             raise BadBackendResponse(f"TorchServe refused the batch with HTTP {status}")
         try:
-            results = check_results(_results_field(response), len(inputs), probabilities)
+            answer = _answer(response)
+            results = check_results(answer.get("results"), len(inputs), probabilities)
         except BadBackendResponse:
             breaker.record_failure()
             log.warning("malformed TorchServe answer for %s: %.300s", model, response.text)
             raise
         breaker.record_success()
+        compiled = answer.get(COMPILED_GRAPHS_FIELD)
+        if model in self._facts and isinstance(compiled, int):
+            self._facts[model] = self._facts[model].model_copy(update={"compiled_graphs": compiled})
         return results
 
     async def _post(

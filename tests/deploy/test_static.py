@@ -53,7 +53,9 @@ def test_compose_health_ordering_and_exposure(compose):
 
 GENERATED = {"wheelhouse": "make wheelhouse"}
 """Build-context paths a Makefile target makes (not committed)."""
-PYTHON_IMAGES = ("gateway.Dockerfile", "worker.Dockerfile")
+PYTHON_IMAGES = ("gateway.Dockerfile", "worker.Dockerfile", "loadtest.Dockerfile")
+RUN_TO_COMPLETION = ("loadtest.Dockerfile",)
+"""Images of jobs, not services: nothing long-running for a HEALTHCHECK to watch."""
 
 
 @pytest.mark.parametrize(
@@ -62,7 +64,7 @@ PYTHON_IMAGES = ("gateway.Dockerfile", "worker.Dockerfile")
 def test_dockerfiles_are_non_root_pinned_healthchecked_and_based_on_an_argument(dockerfile):
     text = dockerfile.read_text()
     assert re.search(r"^USER (?!root)\w+", text, flags=re.M)
-    assert "HEALTHCHECK" in text
+    assert ("HEALTHCHECK" in text) != (dockerfile.name in RUN_TO_COMPLETION)
     assert ":latest" not in text and "ARG BASE_IMAGE=python:3.11.7-slim-bookworm" in text
     assert all(line == "FROM ${BASE_IMAGE}" or line.startswith("FROM ${BASE_IMAGE} AS ")
                for line in re.findall(r"^FROM .+$", text, flags=re.M))  # fmt: skip
@@ -108,6 +110,25 @@ def test_every_raw_manifest_file_validates():
 
 def by_kind(manifests: list[dict], kind: str, name: str) -> dict:
     return next(d for d in manifests if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def test_the_locust_jobs_validate_and_agree_on_their_workers():
+    """deploy/k8s/loadtest: Locust's distributed mode in a cluster (a master Job behind a
+    Service, a Job of workers) with the load generator image."""
+    docs = render(ROOT / "deploy/k8s/loadtest")
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+    def args(name: str) -> list[str]:
+        return by_kind(docs, "Job", name)["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    master, worker = args("locust-master"), args("locust-workers")
+    expected = int(master[master.index("--expect-workers") + 1])
+    assert by_kind(docs, "Job", "locust-workers")["spec"]["parallelism"] == expected
+    assert worker[worker.index("--master-host") + 1] == "locust-master"
+    assert by_kind(docs, "Service", "locust-master")["spec"]["ports"][0]["port"] == 5557
+    assert master[master.index("--host") + 1] == "http://gateway:8000"  # the gateway Service
+    assert {d["metadata"]["namespace"] for d in docs} == {"attention-serving"}
 
 
 def test_probes_hit_real_endpoints_and_resources_are_set(manifests):

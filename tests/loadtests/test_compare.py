@@ -1,5 +1,7 @@
-"""A short comparison run against the suite's real stack: the report's numbers must agree with
-Locust's final stats and with the gateway's own counters (no request lost or counted twice)."""
+"""Short comparisons against the suite's real stack (one Locust process, and Locust's
+distributed mode with two local workers): interleaved trials whose numbers agree with Locust's
+final stats and the gateway's own counters (no request lost or counted twice), verdicts with
+intervals, the report and its plots."""
 
 from __future__ import annotations
 
@@ -11,58 +13,89 @@ from loadtests.checks import shape_problem
 from loadtests.compare import main as compare
 from loadtests.compare import parse_args
 
-pytestmark = pytest.mark.slow
+ARGS = ["--models", "se_resnet50,eca_resnet50", "--trials", "2", "--duration", "3"]
+ARGS += ["--warmup", "1", "--users", "2", "--rates", "4", "--user-seconds", "3"]
 
 
-def test_comparison_report_agrees_with_locust_and_gateway(gateway, tmp_path):
-    report = compare(
-        [
-            "--url",
-            gateway.url,
-            "--models",
-            "se_resnet50,eca_resnet50",
-            "--users",
-            "3",
-            "--spawn-rate",
-            "3",
-            "--duration",
-            "4",
-            "--warmup",
-            "1",
-            "--p99-target-ms",
-            "60000",
-            "--out",
-            str(tmp_path),
-        ]
-    )
-    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-    assert [r["model"] for r in rows] == ["se_resnet50", "eca_resnet50"]
-    for row in rows:
-        final = json.loads((tmp_path / f"{row['model']}-u3.json").read_text())
-        assert row["requests"] == sum(e["num_requests"] for e in final) > 0
-        assert (tmp_path / f"{row['model']}-u3_stats_history.csv").exists()
-        assert row["failures"] == sum(e["num_failures"] for e in final) == 0
-        assert (
-            row["gateway_requests"] == row["requests"]
-        )  # every Locust request reached the gateway once
-        assert row["gateway_200"] == row["requests"] and row["gateway_images"] == row["requests"]
-        assert row["mean_batch_size"] >= 1
-    text = report.read_text()
-    assert (
-        "| se_resnet50 | 28,088,024 | 3 |" in text and "| eca_resnet50 | 25,557,118 | 3 |" in text
-    )
-    assert "Throughput at p99" in text
-    for png in ("throughput.png", "latency.png"):
+def run(gateway, tmp_path, *extra: str) -> tuple[str, dict]:
+    report = compare(["--url", gateway.url, *ARGS, "--out", str(tmp_path), *extra])
+    return report.read_text(), json.loads((tmp_path / "results.json").read_text())
+
+
+def check_trials(results: dict, tmp_path) -> None:
+    """Interleaved (A B, then B A), each trial's numbers agree with Locust's own final file and
+    with the gateway's counters, and nothing made a trial invalid on a prebuilt stack."""
+    trials = results["trials"]
+    assert [(t["mode"], t["trial"], t["model"]) for t in trials] == [
+        (mode, index, model)
+        for mode in ("closed", "open")
+        for index, order in enumerate(
+            (["se_resnet50", "eca_resnet50"], ["eca_resnet50", "se_resnet50"])
+        )
+        for model in order
+    ]
+    for t in trials:
+        final = json.loads(
+            (
+                tmp_path / f"{t['model']}-{t['mode']}-{t['load']:g}-t{t['trial'] + 1}.json"
+            ).read_text()
+        )
+        requests = [e for e in final if e["method"] != "ARRIVAL"]
+        assert t["requests"] == sum(e["num_requests"] for e in requests) > 0
+        assert t["failures"] == 0 and t["invalid"] == [], t
+        assert t["gateway_requests"] == t["gateway_200"] == t["requests"]
+        assert sum(t["batch_sizes"].values()) > 0 and t["generator_cpu_s"] > 0
+        if t["mode"] == "open":
+            assert t["arrivals_per_s"] > 0 and 0 <= t["late_arrival_pct"] <= 100
+
+
+@pytest.mark.slow
+def test_interleaved_trials_give_verdicts_with_intervals(gateway, tmp_path):
+    text, results = run(gateway, tmp_path)
+    check_trials(results, tmp_path)
+    verdicts = results["verdicts"]
+    assert {(v["level"], v["metric"]) for v in verdicts} == {
+        (level, metric)
+        for level in ("closed, 2 users", "open, 4 req/s")
+        for metric in ("throughput (img/s)", "p99 latency (ms)")
+    }
+    for v in verdicts:
+        ratio = v["ratio"]
+        assert ratio["low"] <= ratio["value"] <= ratio["high"] and ratio["pairs"] == 2
+        assert v["verdict"] in (
+            "eca_resnet50 faster",
+            "se_resnet50 faster",
+            "no difference measurable at this precision",
+        )
+    assert "## Verdicts" in text and "eca_resnet50 / se_resnet50 [95% CI]" in text
+    assert "## Capacity at p99 <= 1000 ms" in text and "locust: one process" in text
+    for png in ("p99_vs_offered.png", "throughput_trials.png", "batch_sizes.png"):
         assert (tmp_path / png).stat().st_size > 5000
 
 
-def test_refuses_non_loopback_targets():
+@pytest.mark.slow
+def test_locust_distributed_with_two_local_workers(gateway, tmp_path):
+    """Locust's own master/worker mode: the master sums both workers' requests and arrivals,
+    and they still agree with the gateway's counters."""
+    text, results = run(gateway, tmp_path, "--workers", "2")
+    check_trials(results, tmp_path)
+    assert results["config"]["locust"] == "master + 2 local and 0 remote workers"
+    assert "locust: master + 2 local and 0 remote workers" in text
+
+
+def test_refuses_non_loopback_targets_and_needs_two_models_and_trials():
     with pytest.raises(SystemExit):
         parse_args(["--url", "http://gpu-box.example:8000"])
     assert parse_args(["--url", "http://gpu-box.example:8000", "--allow-remote"]).url.startswith(
         "http://gpu-box"
     )
-    assert parse_args(["--url", "http://localhost:8000"]).users == [8]
+    quick = parse_args(["--url", "http://localhost:8000"])
+    assert (quick.users, quick.rates, quick.trials) == ([8], [10.0], 5)
+    thorough = parse_args(["--profile", "thorough", "--rates", "3,6"])
+    assert thorough.rates == [3.0, 6.0] and thorough.duration == 20
+    for bad in (["--models", "eca_resnet50"], ["--trials", "1"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
 
 
 @pytest.mark.parametrize(
