@@ -179,7 +179,7 @@ def plots(rows: list[dict[str, Any]], models: list[str], out: Path) -> list[str]
             label=model,
         )
     ax.set(
-        xlabel="images per backend batch",
+        xlabel="images per backend batch (histogram bucket, up to)",
         ylabel="share of batches",
         title="Batch sizes (all trials)",
     )
