@@ -206,6 +206,27 @@ def test_prometheus_scrapes_both_targets_and_counts_what_was_sent(stack):
         assert query(stack.prometheus_url, f'up{{job="{job}"}}') == 1.0, job
 
 
+def test_the_load_generator_image_loads_the_stack(stack):
+    """deploy/docker/loadtest.Dockerfile, the image of the Kubernetes Locust Jobs: headless
+    Locust from the container, open loop, against the published gateway; the gateway counts
+    what Locust sent."""
+    image = "attention-serving/loadtest:test"
+    run(["docker", "build", "-f", "deploy/docker/loadtest.Dockerfile",
+         "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", image, "."], stack.env)  # fmt: skip
+    before = metric(
+        stack.url, "gateway_requests_total", model="se_resnet50", protocol="v1", code="200"
+    )
+    locust = ["--headless", "--host", stack.url, "--model", "se_resnet50", "--user-rate", "1",
+              "-u", "4", "-r", "4", "-t", "6s", "--stop-timeout", "30"]  # fmt: skip
+    locust.append("--only-summary")
+    output = run(["docker", "run", "--rm", "--network", "host", image, *locust], stack.env)
+    sent = metric(
+        stack.url, "gateway_requests_total", model="se_resnet50", protocol="v1", code="200"
+    )
+    assert sent - before > 0, output
+    assert "classify se_resnet50" in output and "ARRIVAL" in output
+
+
 def test_a_crashed_worker_is_restarted_and_the_gateway_recovers_by_itself(stack):
     gateway_before = stack.inspect("gateway")
     kill_java = (
@@ -275,27 +296,6 @@ def test_stopping_the_worker_under_load_answers_what_was_in_flight(stack):
     assert worker["State"]["ExitCode"] == 0  # stopped by its launcher, not killed at the grace
     logs = run(["docker", "logs", stack.container("torchserve")], stack.env)
     assert "draining for 10 s before stopping TorchServe" in logs
-
-
-def test_the_load_generator_image_loads_the_stack(stack):
-    """deploy/docker/loadtest.Dockerfile, the image of the Kubernetes Locust Jobs: headless
-    Locust from the container, open loop, against the published gateway; the gateway counts
-    what Locust sent."""
-    image = "attention-serving/loadtest:test"
-    run(["docker", "build", "-f", "deploy/docker/loadtest.Dockerfile",
-         "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", image, "."], stack.env)  # fmt: skip
-    before = metric(
-        stack.url, "gateway_requests_total", model="se_resnet50", protocol="v1", code="200"
-    )
-    locust = ["--headless", "--host", stack.url, "--model", "se_resnet50", "--user-rate", "1",
-              "-u", "4", "-r", "4", "-t", "6s", "--stop-timeout", "30"]  # fmt: skip
-    locust.append("--only-summary")
-    output = run(["docker", "run", "--rm", "--network", "host", image, *locust], stack.env)
-    sent = metric(
-        stack.url, "gateway_requests_total", model="se_resnet50", protocol="v1", code="200"
-    )
-    assert sent - before > 0, output
-    assert "classify se_resnet50" in output and "ARRIVAL" in output
 
 
 def test_down_leaves_nothing_behind(stack):
