@@ -235,8 +235,6 @@ def main(argv: list[str] | None = None) -> Path:
         for key, value in vars(args).items()
         if key not in ("out", "generator")
     } | {
-        "duration_s": args.duration,
-        "warmup_s": args.warmup,
         "locust": "one process"
         if not args.generator.distributed
         else (f"master + {args.workers} local and {args.expect_workers} remote workers"),

@@ -246,7 +246,7 @@ def write_report(
         "",
         f"{config['trials']} trials per model and load level, interleaved "
         f"({baseline} {candidate}, {candidate} {baseline}, ...), each after its own "
-        f"{config['warmup_s']:g} s warm-up and measured for {config['duration_s']:g} s, on one "
+        f"{config['warmup']:g} s warm-up and measured for {config['duration']:g} s, on one "
         f"running stack ({config['url']}). Ratios are {candidate} / {baseline} of the trial "
         "means, with a 95% bootstrap interval over the paired trials; a verdict names a winner "
         "only when its interval excludes 1. Invalid trials (below) are left out.",

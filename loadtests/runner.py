@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,10 +81,6 @@ class Generator:
         return bool(self.workers or self.expect_workers)
 
 
-def _nice(level: int) -> None:
-    os.nice(level)
-
-
 def run_locust(
     url: str, model: str, load: Load, seconds: float, generator: Generator, prefix: Path | None
 ) -> float:
@@ -114,7 +111,7 @@ def run_locust(
         subprocess.Popen(
             [*common, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port)],
             cwd=HERE.parent,
-            preexec_fn=lambda: _nice(generator.nice),
+            preexec_fn=partial(os.nice, generator.nice),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -125,7 +122,7 @@ def run_locust(
         capture_output=True,
         text=True,
         cwd=HERE.parent,
-        preexec_fn=lambda: _nice(generator.nice),
+        preexec_fn=partial(os.nice, generator.nice),
     )
     for worker in workers:
         try:

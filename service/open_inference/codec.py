@@ -15,7 +15,7 @@ import math
 import struct
 import sys
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,26 +226,24 @@ def _pixel_uploads(
             f"this model, got {tensor.shape}"
         )
     per_image = math.prod(image_shape)
-    values = array.array("f")
     if raw is not None:
         if len(raw) != count * per_image * FLOAT32:
             raise malformed(
                 f"input {PIXELS_INPUT!r} {tensor.shape} is {count * per_image * FLOAT32:,} "
                 f"bytes of {FP32}, got {len(raw):,}"
             )
+        values = array.array("f")
         values.frombytes(raw)
         if sys.byteorder == "big":
             values.byteswap()
     else:
         values = _json_floats(tensor.data or [], count * per_image)
+        raw = _float32_bytes(values)
     if not math.isfinite(sum(values)):  # a NaN or infinity anywhere makes the sum one
         raise malformed(f"input {PIXELS_INPUT!r} holds NaN or infinity")
-    if sys.byteorder == "big":
-        values.byteswap()
-    data = values.tobytes()
     step = per_image * FLOAT32
     return [
-        Upload(data[i * step : (i + 1) * step], input_size * input_size, kind="tensor")
+        Upload(raw[i * step : (i + 1) * step], input_size * input_size, kind="tensor")
         for i in range(count)
     ]
 
@@ -338,7 +336,8 @@ def _output(wanted: WantedOutput, results: Sequence[dict[str, Any]]) -> tuple[di
     return tensor.model_dump(exclude_none=True), blob
 
 
-def _float32_bytes(values: list[float]) -> bytes:
+def _float32_bytes(values: Iterable[float]) -> bytes:
+    """Little-endian float32, as the binary tensor data extension sends FP32."""
     packed = array.array("f", values)
     if sys.byteorder == "big":
         packed.byteswap()

@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from ..deps import GatewayDep
-from ..errors import ApiError
+from ..inference import require_served
 from ..schemas import READY, ErrorResponse, Health, ModelReadiness, Readiness
 
 router = APIRouter(tags=["health"])
@@ -44,8 +44,7 @@ async def readyz(gateway: GatewayDep) -> Readiness | JSONResponse:
 )
 async def model_ready(gateway: GatewayDep, model: str) -> ModelReadiness | JSONResponse:
     """200 when this model has a ready worker, 503 (with the reason) when not."""
-    if model not in gateway.models:
-        raise ApiError(404, "model_not_found", f"model {model!r} is not served")
+    require_served(gateway, model)
     state = (await gateway.backend.readiness()).get(model, "unknown")
     body = ModelReadiness(model=model, ready=state == READY, status=state)
     return body if body.ready else not_ready(body)

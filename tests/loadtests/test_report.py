@@ -66,7 +66,7 @@ def test_a_report_renders_again_from_its_results(tmp_path):
         for trial in range(3)
         for model in MODELS
     ]
-    config = {"models": MODELS, "trials": 3, "warmup_s": 5, "duration_s": 20, "url": "u"}
+    config = {"models": MODELS, "trials": 3, "warmup": 5, "duration": 20, "url": "u"}
     config |= {"slo_ms": 1000.0}
     first = write_report(rows, MODELS, config, {"cpu_count": 2}, tmp_path).read_text()
     (tmp_path / "report.md").unlink()
