@@ -61,7 +61,7 @@ loadtest: setup system-deps
 # The serving benchmarks too: TorchServe direct, gateway vs TorchServe vs in-process, the
 # worker's memory ceiling, and what the reduced-scale JPEG decode saves and changes.
 bench-all: bench
-	$(PY) -m bench.torchserve
+	$(PY) -m bench.torchserve_direct
 	$(PY) -m bench.gateway
 	$(PY) -m bench.capacity
 	$(PY) -m bench.memory

@@ -47,14 +47,14 @@ from typing import Any
 import httpx
 import psutil
 
-from model_store.archive import ArchiveSpec
-from model_store.contract import GATEWAY_FED_BATCH_SIZE
-from model_store.runtimes import DEFAULT_RUNTIME, RUNTIMES
-from model_store.torchserve import TorchServe
+from model_store.worker.archive import ArchiveSpec
+from model_store.worker.launcher import TorchServe
+from model_store.worker.protocol import GATEWAY_FED_BATCH_SIZE
+from model_store.zoo.runtimes import DEFAULT_RUNTIME, RUNTIMES
 
 from .common import RESULTS_DIR, columns_table, environment, percentile, write_results
 from .stack import build, start_gateway, start_torchserve
-from .torchserve import image_pool, progress
+from .torchserve_direct import image_pool, progress
 
 TARGETS = (
     "gateway-deadline",

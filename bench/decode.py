@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_store.images import ImageLimits, load_upright_rgb, validate
-from model_store.synthetic import CLASS_NAMES, encode, make_images
-from model_store.tiny import TINY_INPUT_SIZE, train_tiny
-from model_store.transforms import crop_to_array, normalize, resize_side
+from model_store.worker.images import ImageLimits, load_upright_rgb, validate
+from model_store.worker.synthetic import CLASS_NAMES, encode, make_images
+from model_store.worker.tiny import TINY_INPUT_SIZE, train_tiny
+from model_store.worker.transforms import crop_to_array, normalize, resize_side
 
 from .common import report
 

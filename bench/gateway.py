@@ -23,12 +23,12 @@ from typing import Any
 
 import httpx
 
-from model_store.contract import DEFAULT_MAX_BATCH_SIZE, GATEWAY_FED_BATCH_SIZE
+from model_store.worker.protocol import DEFAULT_MAX_BATCH_SIZE, GATEWAY_FED_BATCH_SIZE
 
 from .common import report
 from .load import LoadResult, closed_loop
 from .stack import build, start_gateway, start_torchserve
-from .torchserve import image_pool, progress
+from .torchserve_direct import image_pool, progress
 
 TARGETS = ("torchserve-direct", "gateway+torchserve", "gateway-inprocess")
 

@@ -24,8 +24,8 @@ from typing import Any
 
 from PIL import Image
 
-from model_store.images import ImageLimits
-from model_store.synthetic import encode
+from model_store.worker.images import ImageLimits
+from model_store.worker.synthetic import encode
 
 from .common import report
 
@@ -59,7 +59,7 @@ def run_case(
     weights: str, model: str, case: str, max_pixels: int, batch_pixels: int, batch: int
 ) -> dict[str, Any]:
     """In the measuring process: load, warm up, then classify the worst batch."""
-    from model_store.classifier import ClassifierConfig, ImageClassifier
+    from model_store.worker.classifier import ClassifierConfig, ImageClassifier
 
     config = ClassifierConfig(
         model,
@@ -114,10 +114,10 @@ def random_weights(model: str, directory: Path, tiny: bool = False) -> Path:
     are small, so the images' share of the peak shows)."""
     import torch
 
-    from model_store.checkpoint import save_checkpoint
-    from model_store.models import TINY_ARCH, create_model
-    from model_store.synthetic import CLASS_NAMES
-    from model_store.tiny import save_tiny
+    from model_store.worker.synthetic import CLASS_NAMES
+    from model_store.worker.tiny import save_tiny
+    from model_store.zoo.checkpoint import save_checkpoint
+    from model_store.zoo.models import TINY_ARCH, create_model
 
     torch.manual_seed(0)
     path = directory / f"{model}.pt"

@@ -39,7 +39,6 @@ from .common import environment, markdown_table, summarize_latencies, write_resu
 OURS = "compiled"
 PEERS = ("openvino", "onnxruntime", "timm-compiled")
 MODES = ("eager", OURS, "compiled-no-inner-squeeze", *PEERS)
-GATE_FROM_MEAN = {"se_resnet50", "eca_resnet50"}  # the only models the ablation changes
 TIMM_ATTENTION = {
     "resnet50": None,
     "se_resnet50": "se",
@@ -72,6 +71,7 @@ def build_variants(args: argparse.Namespace) -> list[Variant]:
     import torch
 
     from model_store import TINY_ARCH, count_parameters, create_model, optimize_for_inference
+    from model_store.zoo.models import gates_from_mean
 
     variants = []
     size = input_size(args)
@@ -81,7 +81,7 @@ def build_variants(args: argparse.Namespace) -> list[Variant]:
         counts = count_parameters(model)
         optimized = None  # what the peer runtimes run, made once per model
         for mode in args.modes:
-            if mode == "compiled-no-inner-squeeze" and name not in GATE_FROM_MEAN:
+            if mode == "compiled-no-inner-squeeze" and not gates_from_mean(name):
                 continue
             if mode == "timm-compiled" and name not in TIMM_ATTENTION:
                 continue
@@ -112,7 +112,7 @@ def input_size(args: argparse.Namespace) -> int:
 
 def openvino_runner(model: Any, batch_sizes: list[int], size: int) -> Callable[[Any], Any]:
     """The ``openvino`` runtime exactly as an archive serves it: converted, saved, reloaded."""
-    from model_store.openvino_ir import export_ir, load_ir
+    from model_store.zoo.openvino_ir import export_ir, load_ir
 
     with tempfile.TemporaryDirectory(prefix="bench-openvino-") as tmp:  # compiled: not needed
         export_ir(model, size, Path(tmp))
@@ -332,7 +332,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     import torch
 
     from model_store import MODELS
-    from model_store.registry import parse_model_names
+    from model_store.zoo.registry import parse_model_names
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -28,14 +28,14 @@ import httpx
 import numpy as np
 import psutil
 
-from model_store.contract import TENSOR_CHANNELS
+from model_store.worker.protocol import TENSOR_CHANNELS
 from service.settings import GatewaySettings
 
 from .capacity import CAMERA_UPLOADS
 from .common import percentile, report
 from .null_gateway import NULL_INPUT_SIZE
 from .stack import start_gateway
-from .torchserve import image_pool
+from .torchserve_direct import image_pool
 
 MODEL = "eca_resnet50"
 MAX_BODY = GatewaySettings.model_fields["max_upload_bytes"].default

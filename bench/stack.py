@@ -12,11 +12,11 @@ from pathlib import Path
 
 import httpx
 
-from model_store.archive import ArchiveSpec, build_archive
-from model_store.runtimes import DEFAULT_RUNTIME
-from model_store.torchserve import TorchServe, free_ports
+from model_store.worker.archive import ArchiveSpec, build_archive
+from model_store.worker.launcher import TorchServe, free_ports
+from model_store.zoo.runtimes import DEFAULT_RUNTIME
 
-from .torchserve import progress
+from .torchserve_direct import progress
 
 BENCH_DIR = Path(".run/bench")
 """Archives are kept here between runs (an AOT build of a full model takes minutes)."""
@@ -28,7 +28,7 @@ def build(
     """``args.model``'s archive (tiny trained with ``args.tiny``) in ``BENCH_DIR/name``, with
     TorchServe ``batch_size``: 1 behind a gateway, more for direct clients; served by
     ``runtime``."""
-    from model_store.tiny import save_tiny, train_tiny
+    from model_store.worker.tiny import save_tiny, train_tiny
 
     directory = BENCH_DIR / ("tiny-" if args.tiny else "") / name
     checkpoint = None

@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from model_store.registry import parse_model_names
+from model_store.zoo.registry import parse_model_names
 
 from .report import write_report
 from .runner import Generator, Load, progress, trial
@@ -125,8 +125,8 @@ def environment(url: str, started_here: bool) -> dict[str, Any]:
 def started_stack(models: list[str], tiny: bool) -> Iterator[str]:
     """TorchServe and the gateway on free loopback ports, for --start-stack."""
     from bench.stack import start_gateway
-    from bench.torchserve import start_torchserve
-    from model_store.contract import GATEWAY_FED_BATCH_SIZE
+    from bench.torchserve_direct import start_torchserve
+    from model_store.worker.protocol import GATEWAY_FED_BATCH_SIZE
 
     with tempfile.TemporaryDirectory(prefix="loadtest-stack-") as tmp:
         workdir = Path(tmp)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from model_store.synthetic import encode, make_images
+from model_store.worker.synthetic import encode, make_images
 
 SIZES = ((320, 240), (640, 480), (500, 500), (1024, 768), (224, 224), (800, 600))
 

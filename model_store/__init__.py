@@ -1,8 +1,15 @@
-"""Model zoo: ResNet-50 with pluggable SE / ECA / CBAM / SA attention, checkpoints, labels,
-and the inference optimisation that TorchServe workers and benchmarks use.
+"""Models and the workers that serve them, in two rooms.
 
-The names below load on first use: ``import model_store.images`` or ``model_store.registry``
-(all the gateway needs) must not import torch, which the gateway's image does not have.
+- ``model_store.zoo``: the model zoo. Attention layers (one file per kind), the ResNet they plug
+  into, the registry of served names, checkpoint import, labels, and the optimisation for
+  inference (BN folding, ``torch.compile``, AOTInductor, OpenVINO). Knows nothing of serving.
+- ``model_store.worker``: the serving tier. Image decoding and preprocessing, the classifier a
+  TorchServe worker runs, the handler, the protocol the gateway speaks to it, archive building
+  and the TorchServe launcher.
+
+The names below load on first use: the gateway imports ``model_store.zoo.registry``,
+``model_store.worker.images`` and ``model_store.worker.protocol``, which must not import torch
+(the gateway's image has none).
 """
 
 from __future__ import annotations
@@ -11,18 +18,18 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "MODELS": "registry",
-    "get_spec": "registry",
-    "TINY_ARCH": "models",
-    "count_parameters": "models",
-    "create_model": "models",
-    "CheckpointError": "checkpoint",
-    "read_checkpoint": "checkpoint",
-    "save_checkpoint": "checkpoint",
-    "load_labels": "labels",
-    "InferenceModel": "optimize",
-    "fold_batchnorm": "optimize",
-    "optimize_for_inference": "optimize",
+    "MODELS": "zoo.registry",
+    "get_spec": "zoo.registry",
+    "TINY_ARCH": "zoo.models",
+    "count_parameters": "zoo.models",
+    "create_model": "zoo.models",
+    "CheckpointError": "zoo.checkpoint",
+    "read_checkpoint": "zoo.checkpoint",
+    "save_checkpoint": "zoo.checkpoint",
+    "load_labels": "zoo.labels",
+    "InferenceModel": "zoo.optimize",
+    "fold_batchnorm": "zoo.optimize",
+    "optimize_for_inference": "zoo.optimize",
 }
 
 __all__ = sorted(_EXPORTS)

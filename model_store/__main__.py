@@ -14,11 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-from .archive import DEFAULT_ARCHIVE_DIR, ArchiveSpec, build_archive
-from .contract import DEFAULT_BATCH_BUCKETS, GATEWAY_FED_BATCH_SIZE
-from .registry import MODELS, parse_model_names
-from .runtimes import DEFAULT_RUNTIME, RUNTIME_CHOICES
-from .torchserve import CONFIG_TEMPLATE, TorchServe, TorchServeError
+from .worker.archive import DEFAULT_ARCHIVE_DIR, ArchiveSpec, build_archive
+from .worker.launcher import CONFIG_TEMPLATE, TorchServe, TorchServeError
+from .worker.protocol import DEFAULT_BATCH_BUCKETS, GATEWAY_FED_BATCH_SIZE
+from .zoo.registry import MODELS, parse_model_names
+from .zoo.runtimes import DEFAULT_RUNTIME, RUNTIME_CHOICES
 
 
 def int_list(value: str) -> tuple[int, ...]:
@@ -126,7 +126,7 @@ def drain(seconds: float) -> None:
 
 
 def train_tiny_command(args: argparse.Namespace) -> None:
-    from .tiny import save_tiny, train_tiny
+    from .worker.tiny import save_tiny, train_tiny
 
     model = train_tiny(args.model, steps=args.steps)
     print(f"saved {save_tiny(model, args.out)}")

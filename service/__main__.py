@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = GatewaySettings()
     torchserve = None
     if args.start_torchserve and settings.backend == "torchserve":
-        from model_store.torchserve import TorchServe, TorchServeError, check_java
+        from model_store.worker.launcher import TorchServe, TorchServeError, check_java
 
         try:
             check_java()

@@ -9,11 +9,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 
-from model_store.registry import get_spec
+from model_store.zoo.registry import get_spec
 
 from .backends.base import Backend
 from .backends.circuit import CircuitBreaker
-from .backends.torchserve import TorchServeBackend, TorchServeKeys
+from .backends.torchserve_client import TorchServeBackend, TorchServeKeys
 from .deps import Gateway
 from .dispatcher import Dispatcher
 from .errors import install_error_handlers

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from model_store.contract import PROBABILITIES_FIELD
+from model_store.worker.protocol import PROBABILITIES_FIELD
 
 from .backends.base import Backend, BackendError
 from .batcher import Batcher, BatchInfo, DeadlineUnmeetable

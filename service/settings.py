@@ -8,9 +8,9 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from model_store.contract import DEFAULT_MAX_BATCH_SIZE, WORKER_RESPONSE_TIMEOUT_S
-from model_store.images import ImageLimits
-from model_store.registry import MODELS
+from model_store.worker.images import ImageLimits
+from model_store.worker.protocol import DEFAULT_MAX_BATCH_SIZE, WORKER_RESPONSE_TIMEOUT_S
+from model_store.zoo.registry import MODELS
 
 from .batcher import Policy
 
@@ -53,7 +53,7 @@ class GatewaySettings(BaseSettings):
     breaker_failures: int = Field(3, ge=1)
     breaker_cooldown_s: float = Field(5.0, gt=0)
 
-    # input limits (image limits default to the worker's: model_store.images.ImageLimits)
+    # input limits (image limits default to the worker's: model_store.worker.images.ImageLimits)
     max_upload_bytes: int = Field(10 * 2**20, ge=1024)
     max_pixels: int = Field(ImageLimits.max_pixels, ge=1)
     max_aspect_ratio: float = Field(ImageLimits.max_aspect_ratio, ge=1)

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 
-from model_store.images import FORMATS, ImageError, ImageLimits, validate
+from model_store.worker.images import FORMATS, ImageError, ImageLimits, validate
 
 from .errors import CLIENT_CLOSED, IMAGE_ERROR_STATUS, ApiError
 from .settings import GatewaySettings
@@ -35,7 +35,8 @@ InputKind = Literal["image", "tensor"]
 @dataclass(frozen=True)
 class Upload:
     """One validated input: an encoded image, or (``tensor``) a preprocessed one as float32
-    bytes (``model_store.contract.TENSOR_FIELD_PREFIX``); ``pixels``: what it costs a batch."""
+    bytes (``model_store.worker.protocol.TENSOR_FIELD_PREFIX``); ``pixels``: what it costs a
+    batch."""
 
     data: bytes
     pixels: int

@@ -7,8 +7,8 @@ import logging
 import pytest
 import torch
 
-from model_store.resnet import ResNet
-from model_store.tiny import train_tiny
+from model_store.worker.tiny import train_tiny
+from model_store.zoo.resnet import ResNet
 
 _trained: dict[str, ResNet] = {}
 

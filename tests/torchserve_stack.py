@@ -9,9 +9,9 @@ from pathlib import Path
 
 import uvicorn
 
-from model_store.archive import ArchiveSpec, build_archive
-from model_store.tiny import save_tiny
-from model_store.torchserve import TorchServe, free_ports
+from model_store.worker.archive import ArchiveSpec, build_archive
+from model_store.worker.launcher import TorchServe, free_ports
+from model_store.worker.tiny import save_tiny
 from service.app import create_app
 from service.settings import GatewaySettings
 

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from model_store.archive import load_archive
-from model_store.classifier import ImageClassifier, tensor_input
+from model_store.worker.archive import load_archive
+from model_store.worker.classifier import ImageClassifier, tensor_input
 
 from ..schemas import READY
 from ..uploads import Upload

@@ -21,8 +21,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from model_store.contract import MAX_TOP_K, PROBABILITIES_FIELD, TENSOR_CHANNELS
-from model_store.images import ImageLimits
+from model_store.worker.images import ImageLimits
+from model_store.worker.protocol import MAX_TOP_K, PROBABILITIES_FIELD, TENSOR_CHANNELS
 
 from ..errors import ApiError, unavailable
 from ..uploads import Upload, too_many_images, validate_image

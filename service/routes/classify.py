@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from model_store.contract import MAX_TOP_K
+from model_store.worker.protocol import MAX_TOP_K
 
 from ..deps import ApiKeyDep, GatewayDep, RequestTimeoutMs, UploadSlotDep
 from ..inference import documented_errors, infer, require_served, server_timing

@@ -13,8 +13,8 @@ import httpx
 import pytest
 import yaml
 
-from model_store.synthetic import encode, make_images
-from model_store.torchserve import free_ports
+from model_store.worker.launcher import free_ports
+from model_store.worker.synthetic import encode, make_images
 
 from ..service.test_gateway_torchserve import metric
 

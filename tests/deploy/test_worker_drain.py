@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model_store.synthetic import encode
-from model_store.torchserve import TorchServe, free_ports
+from model_store.worker.launcher import TorchServe, free_ports
+from model_store.worker.synthetic import encode
 
 from ..service.test_launcher import listening, processes_under
 

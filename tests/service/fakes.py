@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from model_store.images import ImageError, ImageLimits, load_upright_rgb, validate
+from model_store.worker.images import ImageError, ImageLimits, load_upright_rgb, validate
 from service.backends.base import WorkerFacts
 from service.uploads import Upload
 

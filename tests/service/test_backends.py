@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from model_store.synthetic import encode
+from model_store.worker.synthetic import encode
 from service.app import create_app
 from service.backends.base import (
     BackendTimeout,
@@ -26,7 +26,7 @@ from service.backends.base import (
 )
 from service.backends.circuit import CircuitBreaker
 from service.backends.inprocess import InProcessBackend
-from service.backends.torchserve import TorchServeBackend, TorchServeKeys
+from service.backends.torchserve_client import TorchServeBackend, TorchServeKeys
 from service.settings import GatewaySettings
 from service.uploads import Upload
 
@@ -67,7 +67,7 @@ def test_well_formed_answer_is_returned():
 
 
 def test_preprocessed_inputs_and_probabilities_travel_as_the_worker_expects():
-    """Field names and order are the worker's contract (``model_store.contract``)."""
+    """Field names and order are the worker's contract (``model_store.worker.protocol``)."""
     sent: list[httpx.Request] = []
     answer = {**GOOD, "probabilities": [0.25, 0.75]}
 

@@ -16,11 +16,11 @@ import pytest
 import tritonclient.http as triton
 from PIL import Image
 
-from model_store.models import count_parameters
-from model_store.synthetic import CLASS_NAMES, encode, make_images
-from model_store.tiny import TINY_INPUT_SIZE
-from model_store.torchserve import free_ports
-from model_store.transforms import images_to_batch
+from model_store.worker.launcher import free_ports
+from model_store.worker.synthetic import CLASS_NAMES, encode, make_images
+from model_store.worker.tiny import TINY_INPUT_SIZE
+from model_store.worker.transforms import images_to_batch
+from model_store.zoo.models import count_parameters
 from service.backends.inprocess import InProcessBackend
 from service.settings import GatewaySettings
 

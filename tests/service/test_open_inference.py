@@ -22,7 +22,7 @@ from kserve.protocol.infer_type import RequestedOutput
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from model_store.synthetic import encode, make_images
+from model_store.worker.synthetic import encode, make_images
 from service.app import create_app
 from service.settings import GatewaySettings
 

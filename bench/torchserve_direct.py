@@ -1,0 +1,162 @@
+"""TorchServe-direct benchmark: img/s and p50/p99 per model and load, through TorchServe alone.
+
+    python -m bench.torchserve_direct               # se_resnet50, eca_resnet50; 1/4/8 clients
+    python -m bench.torchserve_direct --models all --concurrency 1,8,16 --duration 30
+    python -m bench.torchserve_direct --images-per-request 8  # a request per batch, as the gateway
+
+Starts its own TorchServe on free loopback ports with freshly built archives (full-size models,
+seeded random weights, compiled unless --no-compile), so it measures exactly what
+`make serve` runs. Single-image requests exercise TorchServe's own batching (batchSize,
+maxBatchDelay); this is the baseline the gateway has to beat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .common import report
+from .load import closed_loop
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+SMALL_UPLOADS = ((320, 240), (640, 480), (500, 500), (800, 600))
+
+
+def image_pool(
+    count: int = 32, sizes: Sequence[tuple[int, int]] = SMALL_UPLOADS, quality: int = 90
+) -> list[bytes]:
+    """Varied synthetic JPEGs, cycling through ``sizes``, generated once."""
+    from model_store.worker.synthetic import encode, make_images
+
+    pool = []
+    for i in range(count):
+        [image], _ = make_images(1, seed=i, size=sizes[i % len(sizes)])
+        pool.append(encode(image, "JPEG", quality=quality))
+    return pool
+
+
+async def run_load(
+    server: Any, model: str, pool: list[bytes], args: argparse.Namespace, concurrency: int
+) -> dict[str, Any]:
+    import httpx
+
+    url = f"{server.inference_url}/predictions/{model}"
+    per_request = args.images_per_request
+    limits = httpx.Limits(
+        max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4
+    )
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+
+        async def send(n: int) -> int:
+            headers = {"Authorization": f"Bearer {server.keys()['inference']}"}
+            if per_request == 1:
+                response = await client.post(url, content=pool[n % len(pool)], headers=headers)
+            else:
+                files = [
+                    (f"image_{i}", ("x.jpg", pool[(n + i) % len(pool)], "image/jpeg"))
+                    for i in range(per_request)
+                ]
+                response = await client.post(url, files=files, headers=headers)
+            if response.status_code != 200:
+                return 0
+            return sum("predictions" in r for r in response.json()["results"])
+
+        result = await closed_loop(send, concurrency, args.duration, warmup_s=args.warmup)
+    return {"model": model, "images_per_request": per_request, **result.summary()}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from model_store.zoo.registry import parse_model_names
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--models",
+        type=parse_model_names,
+        default="se_resnet50,eca_resnet50",
+        help="comma list or 'all'",
+    )
+    parser.add_argument("--concurrency", default="1,4,8", help="concurrent clients, comma list")
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per point")
+    parser.add_argument(
+        "--warmup", type=float, default=3.0, help="unmeasured seconds before each point"
+    )
+    parser.add_argument("--images-per-request", type=int, default=1)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--batch-size", type=int, default=8, help="TorchServe batchSize")
+    parser.add_argument("--max-batch-delay-ms", type=int, default=10)
+    parser.add_argument("--tiny", action="store_true", help="tiny trained models (smoke runs)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    return args
+
+
+def start_torchserve(args: argparse.Namespace, workdir: Path) -> Any:
+    from model_store.worker.archive import ArchiveSpec, build_archive
+    from model_store.worker.launcher import TorchServe
+    from model_store.worker.tiny import save_tiny, train_tiny
+
+    for model in args.models:
+        checkpoint = save_tiny(train_tiny(model), workdir / f"{model}.pt") if args.tiny else None
+        spec = ArchiveSpec(
+            model,
+            checkpoint=checkpoint,
+            compile=args.compile,
+            batch_size=args.batch_size,
+            max_batch_delay_ms=args.max_batch_delay_ms,
+        )
+        build_archive(spec, workdir / "archives", progress=progress)
+    server = TorchServe.on_free_ports(args.models, workdir / "archives", workdir / "run")
+    server.start()
+    server.wait_ready(progress=progress)
+    return server
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    pool = image_pool()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-torchserve-") as tmp:
+        started = time.perf_counter()
+        server = start_torchserve(args, Path(tmp))
+        progress(f"TorchServe ready after {time.perf_counter() - started:.0f} s")
+        try:
+            for model in args.models:
+                for concurrency in args.concurrency:
+                    progress(f"{model}: {concurrency} clients for {args.duration:.0f} s ...")
+                    row = asyncio.run(run_load(server, model, pool, args, concurrency))
+                    progress(
+                        f"    {row['img_per_s']:.1f} img/s, "
+                        f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms"
+                    )
+                    rows.append(row)
+        finally:
+            server.stop()
+    columns = [
+        ("model", "model"),
+        ("images/request", "images_per_request"),
+        ("clients", "concurrency"),
+        ("requests", "requests"),
+        ("errors", "errors"),
+        ("img/s", "img_per_s"),
+        ("p50 ms", "p50_ms"),
+        ("p90 ms", "p90_ms"),
+        ("p99 ms", "p99_ms"),
+    ]
+    return report("torchserve", args, rows, columns)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""The serving core: bytes in, top-k predictions out, one error entry per bad image.
+
+Independent of TorchServe on purpose: the TorchServe handler is a thin adapter over it, and the
+gateway's in-process backend runs the very same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch._dynamo.utils import counters
+
+from ..zoo.aot import AotMismatch, load_packages
+from ..zoo.checkpoint import read_checkpoint
+from ..zoo.labels import load_labels
+from ..zoo.models import count_parameters, create_model, get_spec
+from ..zoo.openvino_ir import OpenVinoUnavailable, load_ir
+from ..zoo.optimize import optimize_for_inference
+from ..zoo.runtimes import DEFAULT_RUNTIME, RUNTIMES, Prebuilt
+from .images import ImageError, ImageLimits, load_upright_rgb, validate
+from .protocol import DEFAULT_BATCH_BUCKETS, MAX_TOP_K, PROBABILITIES_FIELD, TENSOR_CHANNELS
+from .transforms import crop_to_array, normalize, resize_side
+
+log = logging.getLogger(__name__)
+
+
+def load_prebuilt(
+    runtime: str, directory: Path, batch_sizes: Sequence[int], input_size: int
+) -> Prebuilt:
+    """What an archive built for ``runtime``, loaded: AOTInductor packages (reported ``aot``)
+    or an OpenVINO IR compiled per bucket (``openvino``)."""
+    if runtime == "openvino":
+        return Prebuilt("openvino", load_ir(directory, batch_sizes, input_size))
+    return Prebuilt("aot", load_packages(directory, batch_sizes, input_size))
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """What a worker needs to serve one model; read from the ``handler`` section of
+    ``model-config.yaml`` inside the archive."""
+
+    model: str
+    weights: Path
+    labels: Path | None = None
+    compile: bool = True
+    compile_mode: str = "default"
+    batch_buckets: tuple[int, ...] = DEFAULT_BATCH_BUCKETS
+    max_pixels: int = ImageLimits.max_pixels
+    max_aspect_ratio: float = ImageLimits.max_aspect_ratio
+    max_batch_pixels: int = ImageLimits.max_batch_pixels
+    fast_decode: bool = False
+    """Reduced-scale JPEG decode (libjpeg ``draft``): faster, but not the offline pixels."""
+    top_k: int = 5
+    device: str = "auto"
+    runtime: str = DEFAULT_RUNTIME
+    """``inductor`` or ``openvino`` (``model_store.zoo.runtimes``); ``compile=False`` runs eager."""
+    aot_dir: Path | None = None
+    """AOTInductor packages of the batch buckets (built with the archive), used when they match
+    this machine; otherwise the model is compiled just in time."""
+    openvino_dir: Path | None = None
+    """The OpenVINO IR of the ``openvino`` runtime (built with the archive)."""
+
+    @property
+    def limits(self) -> ImageLimits:
+        return ImageLimits(self.max_pixels, self.max_aspect_ratio, self.max_batch_pixels)
+
+    def __post_init__(self) -> None:
+        get_spec(self.model)  # unknown names fail here, at load
+        buckets = self.batch_buckets
+        if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 1:
+            raise ValueError(f"batch_buckets must be increasing positive sizes, got {buckets}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
+        if self.runtime == "openvino" and self.openvino_dir is None:
+            raise ValueError("the openvino runtime needs openvino_dir (the converted model)")
+        if not 1 <= self.top_k <= MAX_TOP_K:
+            raise ValueError(f"top_k must be in 1..{MAX_TOP_K}, got {self.top_k}")
+        self.limits  # noqa: B018 -- validates the image limits at load
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], base_dir: Path) -> ClassifierConfig:
+        known = set(cls.__dataclass_fields__)
+        if unknown := set(values) - known:
+            raise ValueError(
+                f"unknown classifier settings {sorted(unknown)}; known: {sorted(known)}"
+            )
+        values = dict(values)
+        values["weights"] = base_dir / values["weights"]
+        for key in ("labels", "aot_dir", "openvino_dir"):
+            if values.get(key):
+                values[key] = base_dir / values[key]
+        if "batch_buckets" in values:
+            values["batch_buckets"] = tuple(values["batch_buckets"])
+        return cls(**values)
+
+
+class BatchPixelBudget:
+    """Decoded pixels one batch may still spend; images past it fail alone (413)."""
+
+    def __init__(self, pixels: int) -> None:
+        self.left = pixels
+
+    def take(self, pixels: int) -> None:
+        if pixels > self.left:
+            raise ImageError(
+                "batch_too_large",
+                f"the batch's images exceed the worker's decoded-pixel budget ({pixels:,} "
+                f"pixels, {self.left:,} left); send fewer or smaller images at once",
+            )
+        self.left -= pixels
+
+
+@dataclass(frozen=True)
+class ClassifyRequest:
+    """One client request among those a worker serves as one batch."""
+
+    inputs: list[bytes | np.ndarray]
+    top_k: int | None
+    probabilities: bool
+
+
+def tensor_input(data: bytes) -> np.ndarray:
+    """A preprocessed input as it travels (float32, little-endian, row-major) -> the array
+    ``ImageClassifier.classify`` takes; its shape is checked there, against the model."""
+    if len(data) % 4:  # not whole float32 values: fails the check as raw bytes
+        return np.frombuffer(data, dtype=np.uint8)
+    return np.frombuffer(data, dtype="<f4").astype(np.float32, copy=False)
+
+
+@dataclass
+class ImageClassifier:
+    """A loaded, optimised and warmed-up model that classifies encoded images."""
+
+    config: ClassifierConfig
+    info: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        config = self.config
+        device = config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        started = time.perf_counter()
+        checkpoint = read_checkpoint(config.weights)
+        model = create_model(config.model, checkpoint=checkpoint)
+        meta = checkpoint.meta
+        self.labels = meta.get("labels") or load_labels(config.labels, model.num_classes)
+        if len(self.labels) != model.num_classes:
+            raise ValueError(f"{len(self.labels)} labels for {model.num_classes} classes")
+        self.input_size = checkpoint.input_size
+        self.limits = config.limits
+        self.draft_side = resize_side(self.input_size) if config.fast_decode else 0
+        prebuilt, self.prebuilt_fallback = self._load_prebuilt(torch.device(device))
+        self.runner = optimize_for_inference(
+            model,
+            device=device,
+            compile=config.compile,
+            mode=config.compile_mode,
+            prebuilt=prebuilt,
+        )
+        warmup = self._warm_up()
+        total, attention = count_parameters(model)
+        self.info = {
+            "model": config.model,
+            "attention": get_spec(config.model).attention,
+            "parameters": total,
+            "attention_parameters": attention,
+            "num_classes": model.num_classes,
+            "input_size": self.input_size,
+            "weights": meta.get("weights", "checkpoint"),
+            "device": str(self.runner.device),
+            "compile_requested": config.compile,
+            "compiled": self.runner.compiled,
+            "runtime": self.runner.runtime,
+            "prebuilt_fallback": self.prebuilt_fallback,
+            "compile_error": self.runner.compile_error,
+            "batch_buckets": list(config.batch_buckets),
+            "load_seconds": round(time.perf_counter() - started, 2),
+            "warmup_seconds": warmup,
+        }
+        log.info("loaded %s", self.info)
+
+    def _load_prebuilt(self, device: torch.device) -> tuple[Prebuilt | None, str | None]:
+        """What the archive built for its runtime (AOTInductor packages or an OpenVINO IR), or
+        none and why: then ``compile`` decides, just in time or eager."""
+        config = self.config
+        directory = config.openvino_dir if config.runtime == "openvino" else config.aot_dir
+        if directory is None or not config.compile:
+            return None, None
+        buckets, size = config.batch_buckets, self.input_size
+        try:
+            if device.type != "cpu":
+                raise AotMismatch(f"the prebuilt models are for CPU, the model runs on {device}")
+            return load_prebuilt(config.runtime, directory, buckets, size), None
+        except (AotMismatch, OpenVinoUnavailable) as exc:
+            warnings.warn(
+                f"{config.runtime} models built ahead not used, compiling just in time: {exc}",
+                stacklevel=3,
+            )
+            return None, str(exc)
+
+    @property
+    def compiled_graphs(self) -> int:
+        """Graphs torch.compile has made in this process: fixed after the warm-up when all is
+        well (0 with prebuilt models); a rise under load means a request paid for compiling."""
+        return counters["stats"]["unique_graphs"]
+
+    def _warm_up(self) -> dict[str, float]:
+        """Each bucket once, from the same preprocessing output and through the same padding
+        as requests, so a request finds every graph, kernel and buffer already made."""
+        seconds = {}
+        size = self.input_size
+        for bucket in self.config.batch_buckets:
+            started = time.perf_counter()
+            self.predict(normalize(np.zeros((bucket, size, size, 3), np.uint8)))
+            seconds[str(bucket)] = round(time.perf_counter() - started, 2)
+            log.info(
+                "warm-up batch %d: %.2f s (%s)", bucket, seconds[str(bucket)], self.runner.runtime
+            )
+        return seconds
+
+    def classify(
+        self,
+        inputs: Sequence[bytes | np.ndarray],
+        top_k: int | Sequence[int] | None = None,
+        probabilities: bool = False,
+    ) -> list[dict[str, Any]]:
+        """One entry per input, in order: ``{"predictions": [...]}`` (and ``"probabilities"``,
+        the full softmax, when asked) or ``{"error": {...}}``. An input is an encoded image
+        (bytes) or an already preprocessed one (an array, see ``tensor_input``).
+
+        Each image is decoded and cropped inside its own error handling, right after the
+        previous one was reduced to its crop: a bad input fails alone, and memory holds one
+        full-size image at a time."""
+        if top_k is None:
+            top_k = self.config.top_k
+        ks = list(top_k) if isinstance(top_k, Sequence) else [top_k] * len(inputs)
+        results: list[dict[str, Any]] = [{} for _ in inputs]
+        crops, crop_positions, tensors, tensor_positions = [], [], [], []
+        budget = BatchPixelBudget(self.limits.max_batch_pixels)
+        for position, (item, k) in enumerate(zip(inputs, ks, strict=True)):
+            try:
+                if not 1 <= k <= MAX_TOP_K:
+                    raise ImageError("invalid_top_k", f"top_k must be in 1..{MAX_TOP_K}, got {k}")
+                if isinstance(item, np.ndarray):
+                    tensors.append(self._checked_tensor(item))
+                    tensor_positions.append(position)
+                else:
+                    crops.append(self._crop(item, budget))
+                    crop_positions.append(position)
+            except ImageError as exc:
+                results[position] = {"error": {"code": exc.code, "message": str(exc)}}
+        batch = ([normalize(np.stack(crops))] if crops else []) + (
+            [torch.from_numpy(np.stack(tensors))] if tensors else []
+        )
+        if not batch:
+            return results
+        rows = self.predict(torch.cat(batch))
+        for row, position in zip(rows, crop_positions + tensor_positions, strict=True):
+            scores, indices = row.topk(min(ks[position], len(self.labels)))
+            results[position] = {
+                "predictions": [
+                    {"index": int(i), "label": self.labels[int(i)], "score": float(s)}
+                    for s, i in zip(scores, indices, strict=True)
+                ]
+            }
+            if probabilities:
+                results[position][PROBABILITIES_FIELD] = row.tolist()
+        return results
+
+    def _checked_tensor(self, tensor: np.ndarray) -> np.ndarray:
+        """A preprocessed input as the model takes it, or ``invalid_tensor`` saying why not."""
+        shape = (TENSOR_CHANNELS, self.input_size, self.input_size)
+        if tensor.dtype != np.float32 or tensor.size != math.prod(shape):
+            raise ImageError(
+                "invalid_tensor",
+                f"a preprocessed input must be {math.prod(shape):,} float32 values "
+                f"{list(shape)}, got {tensor.size:,} {tensor.dtype}",
+            )
+        if not np.isfinite(tensor).all():
+            raise ImageError("invalid_tensor", "a preprocessed input holds NaN or infinity")
+        return tensor.reshape(shape)
+
+    def _crop(self, data: bytes, budget: BatchPixelBudget) -> np.ndarray:
+        image = validate(data, self.limits)
+        budget.take(image.width * image.height)
+        try:
+            return crop_to_array(load_upright_rgb(image, self.draft_side), self.input_size)
+        except MemoryError:
+            raise ImageError("image_too_large", "not enough worker memory to decode it") from None
+        except ImageError:
+            raise
+        except Exception:
+            log.exception("decoding a %s image failed", image.format)
+            raise ImageError("undecodable_image", f"cannot decode this {image.format}") from None
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities; pads each chunk up to a warmed-up bucket so no request
+        triggers a recompile (``dynamic=False`` graphs are specialised per batch size)."""
+        largest = self.config.batch_buckets[-1]
+        outputs = []
+        for chunk in batch.split(largest):
+            n = chunk.shape[0]
+            bucket = next(b for b in self.config.batch_buckets if b >= n)
+            if bucket > n:
+                chunk = torch.cat([chunk, chunk.new_zeros(bucket - n, *chunk.shape[1:])])
+            outputs.append(self.runner(chunk)[:n].softmax(dim=1).cpu())
+        return torch.cat(outputs)

@@ -1,0 +1,339 @@
+"""Start a local TorchServe over the archives, wait until every model is ready, stop it cleanly.
+
+Used by ``python -m model_store serve`` (and so ``make serve``) and by the test suite.
+TorchServe is a Java server: without Java 17+ this fails fast, saying what to install.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .archive import DEFAULT_ARCHIVE_DIR, read_model_config
+
+log = logging.getLogger(__name__)
+
+CONFIG_TEMPLATE = Path(__file__).with_name("config.properties")
+MIN_JAVA = 17
+
+
+def free_ports(count: int) -> list[int]:
+    """Loopback ports free at this moment, for servers started on demand."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of this group still runs (zombies waiting to be reaped do not count)."""
+    proc = Path("/proc")
+    if not proc.is_dir():  # not Linux: a signal 0 to the group answers
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            return True
+    return False
+
+
+class TorchServeError(RuntimeError):
+    """TorchServe could not be started, or a model did not become ready."""
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (a
+    container's ``cpus`` / a pod's CPU limit, which ``os.cpu_count()`` does not see)."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+def threads_per_worker(workers: int) -> int:
+    """Intra-op threads per worker so that all workers together never oversubscribe the CPUs
+    (oversubscribed OpenMP threads spin against each other and lengthen every batch)."""
+    return max(1, available_cpus() // max(1, workers))
+
+
+def check_java() -> str:
+    """The Java version string; raises with install advice when Java is missing or too old."""
+    java = shutil.which("java")
+    if java is None:
+        raise TorchServeError(
+            f"TorchServe needs Java {MIN_JAVA}+ and `java` is not on PATH. Install it "
+            "(Debian/Ubuntu: apt-get install -y openjdk-17-jre-headless) or run the gateway "
+            "with the inprocess backend."
+        )
+    output = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', output)
+    major = int(match[1]) if match else 0
+    if major == 1 and match and match[2]:  # "1.8" style
+        major = int(match[2])
+    if major < MIN_JAVA:
+        raise TorchServeError(f"TorchServe needs Java {MIN_JAVA}+, found: {output.strip()[:200]}")
+    return output.splitlines()[0] if output else "java"
+
+
+@dataclass
+class TorchServe:
+    """One TorchServe process group serving ``models`` from ``archive_dir``."""
+
+    models: list[str]
+    archive_dir: Path = DEFAULT_ARCHIVE_DIR
+    run_dir: Path = Path(".run/torchserve")
+    host: str = "127.0.0.1"
+    inference_port: int = 8080
+    management_port: int = 8081
+    metrics_port: int = 8082
+    grpc_ports: tuple[int, int] = (7070, 7071)  # unused by us, but TorchServe always binds them
+    config_template: Path = CONFIG_TEMPLATE
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _tmp_dir: Path = field(default=Path(), init=False, repr=False)
+
+    @classmethod
+    def on_free_ports(cls, models: list[str], archive_dir: Path, run_dir: Path) -> TorchServe:
+        """One on loopback ports nobody uses now (tests, benchmarks: several may run at once)."""
+        inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
+        return cls(
+            models,
+            archive_dir,
+            run_dir,
+            inference_port=inference,
+            management_port=management,
+            metrics_port=metrics,
+            grpc_ports=(grpc_inference, grpc_management),
+        )
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://{self.host}:{self.inference_port}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://{self.host}:{self.management_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}"
+
+    @property
+    def key_file(self) -> Path:
+        return self.run_dir / "key_file.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.run_dir / "logs" / "console.log"
+
+    def keys(self) -> dict[str, str]:
+        """Current tokens: ``inference``, ``management`` and ``API`` (for renewing the others);
+        none while TorchServe has not written them, or when token authorization is off."""
+        try:
+            data = json.loads(self.key_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {name: entry["key"] for name, entry in data.items()}
+
+    def start(self) -> TorchServe:
+        check_java()
+        missing = [m for m in self.models if not (self.archive_dir / f"{m}.mar").exists()]
+        if missing:
+            raise TorchServeError(
+                f"no archive for {missing} in {self.archive_dir}: run `python -m model_store build`"
+            )
+        self.run_dir = self.run_dir.resolve()
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.key_file.unlink(missing_ok=True)
+        config = self.run_dir / "config.properties"
+        config.write_text(self.config_text())
+        torchserve = Path(sys.executable).parent / "torchserve"
+        command = [
+            str(torchserve),
+            "--start",
+            "--foreground",
+            "--ncs",
+            "--model-store",
+            str(self.archive_dir.resolve()),
+            "--ts-config",
+            str(config),
+            "--models",
+            ",".join(f"{m}={m}.mar" for m in self.models),
+        ]
+        # TorchServe's launcher refuses to start while another one's pid file sits in $TMPDIR,
+        # and its workers' sockets live in Java's tmpdir ($TEMP): a directory of our own lets
+        # several TorchServes run side by side (tests, benchmarks). Short, for socket paths.
+        self._tmp_dir = Path(tempfile.mkdtemp(prefix="ts-"))
+        env = (
+            self._worker_defaults()
+            | os.environ
+            | {
+                "LOG_LOCATION": str(self.run_dir / "logs"),
+                "METRICS_LOCATION": str(self.run_dir / "logs"),
+                "TMPDIR": str(self._tmp_dir),
+                "TEMP": str(self._tmp_dir),
+            }
+        )
+        with self.log_file.open("ab") as console:
+            self.process = subprocess.Popen(
+                command,
+                cwd=self.run_dir,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        log.info("TorchServe starting (pid %d), log: %s", self.process.pid, self.log_file)
+        return self
+
+    def _worker_defaults(self) -> dict[str, str]:
+        """What the environment may override: threads that add up to the CPUs over every
+        worker of every archive, and an inductor cache that outlives this start (the JIT
+        fallback then compiles once per machine, not once per worker start)."""
+        workers = sum(
+            int(read_model_config(self.archive_dir / f"{m}.mar").get("minWorkers", 1))
+            for m in self.models
+        )
+        threads = threads_per_worker(workers)
+        log.info(
+            "%d workers on %d CPUs: %d intra-op threads each", workers, available_cpus(), threads
+        )
+        return {
+            "OMP_NUM_THREADS": str(threads),
+            "TORCHINDUCTOR_CACHE_DIR": str(self.run_dir / "inductor-cache"),
+        }
+
+    def config_text(self) -> str:
+        """The template with this server's host and ports."""
+        text = self.config_template.read_text()
+        for name, port in (
+            ("inference", self.inference_port),
+            ("management", self.management_port),
+            ("metrics", self.metrics_port),
+        ):
+            text = re.sub(
+                rf"^{name}_address=.*$",
+                f"{name}_address=http://{self.host}:{port}",
+                text,
+                flags=re.M,
+            )
+        grpc_inference, grpc_management = self.grpc_ports
+        return (
+            f"{text.rstrip()}\n# gRPC (not used by the gateway) on ports of this server's own\n"
+            f"grpc_inference_address={self.host}\ngrpc_inference_port={grpc_inference}\n"
+            f"grpc_management_address={self.host}\ngrpc_management_port={grpc_management}\n"
+        )
+
+    def wait_ready(self, timeout: float = 900.0, progress: Any = None) -> dict[str, Any]:
+        """Block until every model has a READY worker; returns the management API's descriptions.
+
+        If that fails (exit, timeout, Ctrl-C) the whole process group is stopped first, so no
+        caller leaves a half-started TorchServe behind.
+        """
+        try:
+            return self._wait_ready(timeout, progress)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float, progress: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        ready: dict[str, Any] = {}
+        last_report = 0.0
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise TorchServeError(
+                    f"TorchServe exited during start-up; log tail:\n{self.log_tail()}"
+                )
+            for model in self.models:
+                if model not in ready and (description := self._describe(model)):
+                    workers = description[0].get("workers", [])
+                    if workers and all(w.get("status") == "READY" for w in workers):
+                        ready[model] = description[0]
+            if len(ready) == len(self.models):
+                return ready
+            if progress and time.monotonic() - last_report > 15:
+                waiting = [m for m in self.models if m not in ready]
+                progress(f"waiting for TorchServe models to load and warm up: {', '.join(waiting)}")
+                last_report = time.monotonic()
+            time.sleep(0.5)
+        raise TorchServeError(
+            f"models not ready after {timeout:.0f} s; log tail:\n{self.log_tail()}"
+        )
+
+    def workers(self, model: str) -> list[dict[str, Any]]:
+        """``model``'s workers as the management API lists them (``pid``, ``status``...)."""
+        description = self._describe(model)
+        return description[0].get("workers", []) if description else []
+
+    def _describe(self, model: str) -> list[dict[str, Any]] | None:
+        key = self.keys().get("management")
+        request = urllib.request.Request(
+            f"{self.management_url}/models/{model}",
+            headers={"Authorization": f"Bearer {key}"} if key else {},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return json.loads(response.read())
+        except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
+            return None
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_file.exists():
+            return "(no log)"
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM the process group (launcher, Java frontend, Python workers) and wait until
+        every member has exited, not only the launcher: the frontend outlives it by a moment and
+        holds the ports. SIGKILL what is left after ``timeout``."""
+        if self.process is None:
+            return
+        group = self.process.pid
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(group, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while _group_alive(group) and time.monotonic() < deadline:
+                self.process.poll()  # reap the launcher as soon as it exits
+                time.sleep(0.1)
+            if not _group_alive(group):
+                break
+        self.process.wait()
+        shutil.rmtree(self._tmp_dir, ignore_errors=True)
+        log.info("TorchServe stopped")
+
+    def __enter__(self) -> TorchServe:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

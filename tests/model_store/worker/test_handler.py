@@ -1,0 +1,200 @@
+"""Against a real TorchServe: the handler's contract, correct labels, isolation of bad images,
+TorchServe's own batching, token authorization and its Prometheus metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from model_store.worker.classifier import ClassifierConfig, ImageClassifier
+from model_store.worker.launcher import threads_per_worker
+from model_store.worker.synthetic import CLASS_NAMES, encode, make_images
+
+pytestmark = pytest.mark.slow
+
+
+def auth(server) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.keys()['inference']}"}
+
+
+def predict(server, model: str, headers: dict[str, str] | None = None, **kwargs) -> httpx.Response:
+    url = f"{server.inference_url}/predictions/{model}"
+    return httpx.post(url, headers=auth(server) | (headers or {}), timeout=60, **kwargs)
+
+
+def multipart(images: list[bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [(f"image_{i:04d}", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    images, labels = make_images(12, seed=4321)
+    return [encode(im, "JPEG", quality=92) for im in images], labels
+
+
+def top1(result: dict) -> str:
+    return result["predictions"][0]["label"]
+
+
+def test_single_image_as_raw_body(torchserve, held_out):
+    images, labels = held_out
+    response = predict(
+        torchserve, "eca_resnet50", content=images[0], headers={"Content-Type": "image/jpeg"}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "eca_resnet50" and body["runtime"] == "aot"
+    [result] = body["results"]
+    predictions = result["predictions"]
+    assert len(predictions) == len(CLASS_NAMES)  # top_k 5 clamped to the 4 classes
+    scores = [p["score"] for p in predictions]
+    assert scores == sorted(scores, reverse=True) and 0.99 < sum(scores) < 1.01
+    assert {p["label"] for p in predictions} == set(CLASS_NAMES)
+    assert all(CLASS_NAMES[p["index"]] == p["label"] for p in predictions)
+    assert top1(result) == CLASS_NAMES[labels[0]]
+
+
+@pytest.mark.parametrize("model", ["eca_resnet50", "se_resnet50"])
+def test_batch_request_gives_each_image_its_own_correct_label(
+    torchserve, held_out, model, tmp_path
+):
+    images, labels = held_out
+    response = predict(torchserve, model, files=multipart(images), data={"top_k": "2"})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == len(images)
+    assert [top1(r) for r in results] == [CLASS_NAMES[label] for label in labels]
+    assert all(len(r["predictions"]) == 2 for r in results)
+
+
+def test_torchserve_matches_the_in_process_classifier(torchserve, held_out):
+    """Same bytes, same code: the worker's scores equal an in-process run of the same weights."""
+    images, _ = held_out
+    served = predict(torchserve, "se_resnet50", files=multipart(images)).json()["results"]
+    weights = torchserve.archive_dir.parent / "se_resnet50.pt"
+    local = ImageClassifier(
+        ClassifierConfig("se_resnet50", weights, compile=False, batch_buckets=(1, 2, 4, 8))
+    )
+    for remote, mine in zip(served, local.classify(images), strict=True):
+        assert [p["index"] for p in remote["predictions"]] == [
+            p["index"] for p in mine["predictions"]
+        ]
+        assert remote["predictions"][0]["score"] == pytest.approx(
+            mine["predictions"][0]["score"], abs=1e-4
+        )
+
+
+def test_undecodable_image_fails_alone(torchserve, held_out):
+    images, labels = held_out
+    batch = [
+        images[0],
+        b"\xff\xd8\xff\xe0 truncated jpeg",
+        images[1],
+        images[2][: len(images[2]) // 3],
+    ]
+    response = predict(torchserve, "eca_resnet50", files=multipart(batch))
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert top1(results[0]) == CLASS_NAMES[labels[0]]
+    assert results[1]["error"]["code"] == "undecodable_image"
+    assert top1(results[2]) == CLASS_NAMES[labels[1]]
+    assert results[3]["error"]["code"] == "undecodable_image"
+
+
+def test_bad_top_k_fails_only_its_own_request(torchserve, held_out):
+    images, labels = held_out
+
+    def send(top_k: str) -> httpx.Response:
+        return predict(
+            torchserve, "se_resnet50", files=multipart(images[:2]), data={"top_k": top_k}
+        )
+
+    with ThreadPoolExecutor(4) as pool:  # concurrent: TorchServe may batch them together
+        bad, good, zero, big = pool.map(send, ["abc", "3", "0", "21"])
+    for response in (bad, zero, big):
+        assert [r["error"]["code"] for r in response.json()["results"]] == ["invalid_top_k"] * 2
+    assert [top1(r) for r in good.json()["results"]] == [CLASS_NAMES[label] for label in labels[:2]]
+
+
+def test_concurrent_single_requests_are_batched_and_answered_correctly(torchserve):
+    images, labels = make_images(24, seed=777)
+    payloads = [encode(im, "PNG") for im in images]
+
+    def send(data: bytes) -> str:
+        response = predict(torchserve, "eca_resnet50", content=data)
+        assert response.status_code == 200, response.text
+        return top1(response.json()["results"][0])
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(send, payloads))
+    assert answers == [CLASS_NAMES[label] for label in labels]
+
+
+def test_requests_without_a_token_are_refused(torchserve, held_out):
+    url = f"{torchserve.inference_url}/predictions/eca_resnet50"
+    refused = httpx.post(url, content=held_out[0][0], timeout=30)
+    wrong = httpx.post(
+        url, content=held_out[0][0], headers={"Authorization": "Bearer x"}, timeout=30
+    )
+    # TorchServe 0.12 answers 400 (not 401) when the token is missing or wrong.
+    assert refused.status_code in (400, 401) and wrong.status_code in (400, 401)
+    assert "predictions" not in refused.text
+    assert predict(torchserve, "eca_resnet50", content=held_out[0][0]).status_code == 200
+
+
+def test_management_api_reports_ready_workers(torchserve):
+    response = httpx.get(
+        f"{torchserve.management_url}/models/eca_resnet50",
+        headers={"Authorization": f"Bearer {torchserve.keys()['management']}"},
+        timeout=30,
+    )
+    [description] = response.json()
+    assert description["batchSize"] == 1  # the gateway batches: one batching layer
+    assert description["workers"] and all(w["status"] == "READY" for w in description["workers"])
+
+
+def inference_count(server, model: str) -> float:
+    text = httpx.get(f"{server.metrics_url}/metrics", timeout=30).text
+    pattern = rf'^ts_inference_requests_total\{{[^}}]*model_name="{model}"[^}}]*\}} ([0-9.e+]+)$'
+    return sum(float(v) for v in re.findall(pattern, text, flags=re.M))
+
+
+def test_metrics_endpoint_counts_inference_requests(torchserve, held_out):
+    before = inference_count(torchserve, "se_resnet50")
+    for _ in range(3):
+        assert predict(torchserve, "se_resnet50", content=held_out[0][1]).status_code == 200
+    assert inference_count(torchserve, "se_resnet50") - before == 3
+
+
+def test_workers_describe_their_runtime_and_threads_that_add_up(torchserve):
+    """Two workers on this machine (one per model): each gets its share of the CPUs."""
+    response = httpx.get(
+        f"{torchserve.management_url}/models/eca_resnet50",
+        params={"customized": "true"},
+        headers={"Authorization": f"Bearer {torchserve.keys()['management']}"},
+        timeout=60,
+    )
+    [description] = response.json()
+    facts = description["customizedMetadata"]
+    facts = json.loads(facts) if isinstance(facts, str) else facts
+    assert facts["runtime"] == "aot" and facts["batch_buckets"] == [1, 2, 4, 8]
+    assert facts["threads"] == threads_per_worker(workers=2)
+
+
+def test_the_handler_module_defines_one_class():
+    """TorchServe loads a handler module only if it defines exactly one class (a second one,
+    even a small dataclass, makes every worker die at start)."""
+    import inspect
+
+    from model_store import handler
+
+    defined = [
+        name
+        for name, member in inspect.getmembers(handler, inspect.isclass)
+        if member.__module__ == handler.__name__
+    ]
+    assert defined == ["AttentionClassifierHandler"]
