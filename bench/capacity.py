@@ -49,7 +49,7 @@ import psutil
 
 from model_store.worker.archive import ArchiveSpec
 from model_store.worker.launcher import TorchServe
-from model_store.worker.protocol import GATEWAY_FED_BATCH_SIZE
+from model_store.worker.protocol import GATEWAY_FED_BATCH_SIZE, READY_STATUS, input_field
 from model_store.zoo.runtimes import DEFAULT_RUNTIME, RUNTIMES
 
 from .common import RESULTS_DIR, columns_table, environment, percentile, write_results
@@ -134,14 +134,14 @@ def first_calls(server: TorchServe, model: str, pool: list[bytes], buckets: tupl
     """Per bucket: the first request after ready, then the next (steady), in ms."""
     rows = []
     for bucket in buckets:
-        files = [(f"image_{i}", ("x.jpg", pool[i], "image/jpeg")) for i in range(bucket)]
+        files = [(input_field("image", i), ("x.jpg", pool[i], "image/jpeg")) for i in range(bucket)]
         times = []
         for _ in range(3):
             started = time.perf_counter()
             response = httpx.post(
                 f"{server.inference_url}/predictions/{model}",
                 files=files,
-                headers={"Authorization": f"Bearer {server.keys()['inference']}"},
+                headers=server.headers("inference"),
                 timeout=300,
             )
             response.raise_for_status()
@@ -158,7 +158,7 @@ def crash_restart_s(server: TorchServe, model: str, timeout_s: float = 600) -> f
     started = time.perf_counter()
     while time.perf_counter() - started < timeout_s:
         workers = server.workers(model)
-        if any(w.get("status") == "READY" and int(w["pid"]) != victim for w in workers):
+        if any(w.get("status") == READY_STATUS and int(w["pid"]) != victim for w in workers):
             return time.perf_counter() - started
         time.sleep(0.2)
     raise RuntimeError(f"{model}: no worker READY {timeout_s:g} s after the crash")

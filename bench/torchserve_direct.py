@@ -50,6 +50,8 @@ async def run_load(
 ) -> dict[str, Any]:
     import httpx
 
+    from model_store.worker.protocol import input_field
+
     url = f"{server.inference_url}/predictions/{model}"
     per_request = args.images_per_request
     limits = httpx.Limits(
@@ -58,12 +60,12 @@ async def run_load(
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
 
         async def send(n: int) -> int:
-            headers = {"Authorization": f"Bearer {server.keys()['inference']}"}
+            headers = server.headers("inference")
             if per_request == 1:
                 response = await client.post(url, content=pool[n % len(pool)], headers=headers)
             else:
                 files = [
-                    (f"image_{i}", ("x.jpg", pool[(n + i) % len(pool)], "image/jpeg"))
+                    (input_field("image", i), ("x.jpg", pool[(n + i) % len(pool)], "image/jpeg"))
                     for i in range(per_request)
                 ]
                 response = await client.post(url, files=files, headers=headers)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .worker.archive import DEFAULT_ARCHIVE_DIR, ArchiveSpec, build_archive
 from .worker.launcher import CONFIG_TEMPLATE, TorchServe, TorchServeError
-from .worker.protocol import DEFAULT_BATCH_BUCKETS, GATEWAY_FED_BATCH_SIZE
+from .worker.protocol import DEFAULT_BATCH_BUCKETS, DEFAULT_RUN_DIR, GATEWAY_FED_BATCH_SIZE
 from .zoo.registry import MODELS, parse_model_names
 from .zoo.runtimes import DEFAULT_RUNTIME, RUNTIME_CHOICES
 
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", type=parse_model_names, default=list(MODELS))
     p.add_argument("--archives", type=Path, default=DEFAULT_ARCHIVE_DIR)
     p.add_argument(
-        "--run-dir", type=Path, default=Path(".run/torchserve"), help="config, key file and logs"
+        "--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="config, key file and logs"
     )
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 in a container")
     p.add_argument("--inference-port", type=int, default=8080)

@@ -9,7 +9,12 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model_store.worker.images import ImageLimits
-from model_store.worker.protocol import DEFAULT_MAX_BATCH_SIZE, WORKER_RESPONSE_TIMEOUT_S
+from model_store.worker.protocol import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_RUN_DIR,
+    KEY_FILE_NAME,
+    WORKER_RESPONSE_TIMEOUT_S,
+)
 from model_store.zoo.registry import MODELS
 
 from .batcher import Policy
@@ -26,7 +31,7 @@ class GatewaySettings(BaseSettings):
     # TorchServe backend
     torchserve_inference_url: str = "http://127.0.0.1:8080"
     torchserve_management_url: str = "http://127.0.0.1:8081"
-    torchserve_key_file: Path | None = Path(".run/torchserve/key_file.json")
+    torchserve_key_file: Path | None = DEFAULT_RUN_DIR / KEY_FILE_NAME
     torchserve_token: str | None = None  # used when no key file is given (e.g. a k8s Secret)
 
     # inprocess backend: the same archives, loaded into this process

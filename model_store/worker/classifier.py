@@ -27,7 +27,13 @@ from ..zoo.openvino_ir import OpenVinoUnavailable, load_ir
 from ..zoo.optimize import optimize_for_inference
 from ..zoo.runtimes import DEFAULT_RUNTIME, RUNTIMES, Prebuilt
 from .images import ImageError, ImageLimits, load_upright_rgb, validate
-from .protocol import DEFAULT_BATCH_BUCKETS, MAX_TOP_K, PROBABILITIES_FIELD, TENSOR_CHANNELS
+from .protocol import (
+    DEFAULT_BATCH_BUCKETS,
+    DEFAULT_TOP_K,
+    MAX_TOP_K,
+    PROBABILITIES_FIELD,
+    TENSOR_CHANNELS,
+)
 from .transforms import crop_to_array, normalize, resize_side
 
 log = logging.getLogger(__name__)
@@ -59,7 +65,7 @@ class ClassifierConfig:
     max_batch_pixels: int = ImageLimits.max_batch_pixels
     fast_decode: bool = False
     """Reduced-scale JPEG decode (libjpeg ``draft``): faster, but not the offline pixels."""
-    top_k: int = 5
+    top_k: int = DEFAULT_TOP_K
     device: str = "auto"
     runtime: str = DEFAULT_RUNTIME
     """``inductor`` or ``openvino`` (``model_store.zoo.runtimes``); ``compile=False`` runs eager."""

@@ -28,6 +28,7 @@ from model_store.worker.classifier import (
 from model_store.worker.protocol import (
     COMPILED_GRAPHS_FIELD,
     PROBABILITIES_FIELD,
+    RESULTS_FIELD,
     TENSOR_FIELD_PREFIX,
     TOP_K_FIELD,
 )
@@ -122,7 +123,7 @@ class AttentionClassifierHandler(BaseHandler):
                 "model": info["model"],
                 "runtime": info["runtime"],
                 COMPILED_GRAPHS_FIELD: compiled,
-                "results": results,
+                RESULTS_FIELD: results,
             }
             for results in grouped
         ]

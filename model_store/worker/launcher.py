@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .archive import DEFAULT_ARCHIVE_DIR, read_model_config
+from .protocol import DEFAULT_RUN_DIR, KEY_FILE_NAME, bearer, model_ready, read_keys
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class TorchServe:
 
     models: list[str]
     archive_dir: Path = DEFAULT_ARCHIVE_DIR
-    run_dir: Path = Path(".run/torchserve")
+    run_dir: Path = DEFAULT_RUN_DIR
     host: str = "127.0.0.1"
     inference_port: int = 8080
     management_port: int = 8081
@@ -147,7 +148,7 @@ class TorchServe:
 
     @property
     def key_file(self) -> Path:
-        return self.run_dir / "key_file.json"
+        return self.run_dir / KEY_FILE_NAME
 
     @property
     def log_file(self) -> Path:
@@ -157,10 +158,13 @@ class TorchServe:
         """Current tokens: ``inference``, ``management`` and ``API`` (for renewing the others);
         none while TorchServe has not written them, or when token authorization is off."""
         try:
-            data = json.loads(self.key_file.read_text())
+            return read_keys(self.key_file)
         except (OSError, ValueError):
             return {}
-        return {name: entry["key"] for name, entry in data.items()}
+
+    def headers(self, kind: str = "inference") -> dict[str, str]:
+        """Headers presenting the current ``kind`` token (what a direct client sends)."""
+        return bearer(self.keys().get(kind))
 
     def start(self) -> TorchServe:
         check_java()
@@ -252,7 +256,8 @@ class TorchServe:
         )
 
     def wait_ready(self, timeout: float = 900.0, progress: Any = None) -> dict[str, Any]:
-        """Block until every model has a READY worker; returns the management API's descriptions.
+        """Block until every model is ready (``protocol.model_ready``); returns the management
+        API's descriptions.
 
         If that fails (exit, timeout, Ctrl-C) the whole process group is stopped first, so no
         caller leaves a half-started TorchServe behind.
@@ -273,10 +278,9 @@ class TorchServe:
                     f"TorchServe exited during start-up; log tail:\n{self.log_tail()}"
                 )
             for model in self.models:
-                if model not in ready and (description := self._describe(model)):
-                    workers = description[0].get("workers", [])
-                    if workers and all(w.get("status") == "READY" for w in workers):
-                        ready[model] = description[0]
+                description = None if model in ready else self._describe(model)
+                if description and model_ready(description[0]):
+                    ready[model] = description[0]
             if len(ready) == len(self.models):
                 return ready
             if progress and time.monotonic() - last_report > 15:
@@ -294,10 +298,8 @@ class TorchServe:
         return description[0].get("workers", []) if description else []
 
     def _describe(self, model: str) -> list[dict[str, Any]] | None:
-        key = self.keys().get("management")
         request = urllib.request.Request(
-            f"{self.management_url}/models/{model}",
-            headers={"Authorization": f"Bearer {key}"} if key else {},
+            f"{self.management_url}/models/{model}", headers=self.headers("management")
         )
         try:
             with urllib.request.urlopen(request, timeout=5) as response:

@@ -1,8 +1,17 @@
-"""What the gateway and the workers agree on, declared once and importable without torch."""
+"""What the gateway and the TorchServe workers agree on, declared once: the handler, the
+launcher and the gateway's TorchServe client all import it. Plain Python (the gateway has no
+torch)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+# Limits and defaults both sides hold to.
 MAX_TOP_K = 20
+DEFAULT_TOP_K = 5
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8)
 """Batch sizes compiled and warmed up at load; a batch is padded up to the next one."""
 DEFAULT_MAX_BATCH_SIZE = DEFAULT_BATCH_BUCKETS[-1]
@@ -14,15 +23,53 @@ defaults to it), so no batch keeps a worker busy for clients that were already a
 GATEWAY_FED_BATCH_SIZE = 1
 """TorchServe's ``batchSize`` behind the gateway: the gateway forms the batches (one layer)."""
 
-# The fields of a worker request (multipart, one field per input, in order).
+# A worker request: POST /predictions/{model}, multipart, one field per input, in order.
 TOP_K_FIELD = "top_k"
 PROBABILITIES_FIELD = "probabilities"
 """Asks, as ``"1"``, for every result to carry its input's full softmax, under this key too."""
+IMAGE_FIELD_PREFIX = "image_"
 TENSOR_FIELD_PREFIX = "tensor_"
 """A field named so carries one preprocessed image instead of an encoded one: float32,
 little-endian, ``(3, S, S)`` in row-major order, normalised as the eval pipeline does."""
-IMAGE_FIELD_PREFIX = "image_"
 TENSOR_CHANNELS = 3
+INPUT_FIELD_PREFIXES = {"image": IMAGE_FIELD_PREFIX, "tensor": TENSOR_FIELD_PREFIX}
+
+
+def input_field(kind: str, index: int) -> str:
+    """The field name of input ``index`` (``kind``: image or tensor); names sort in order."""
+    return f"{INPUT_FIELD_PREFIXES[kind]}{index:04d}"
+
+
+# A worker answer: one JSON object per request.
+RESULTS_FIELD = "results"
+"""One result per input, in order: ``{"predictions": [...]}`` or ``{"error": {...}}``."""
 COMPILED_GRAPHS_FIELD = "compiled_graphs"
 """In every worker answer: graphs compiled in its process so far (a load test's proof that
 nothing compiled while it measured)."""
+
+# TorchServe's token authorization and readiness, as both the launcher and the gateway read them.
+DEFAULT_RUN_DIR = Path(".run/torchserve")
+"""Where a locally launched TorchServe keeps its config, logs and key file."""
+KEY_FILE_NAME = "key_file.json"
+READY_STATUS = "READY"
+
+
+def read_keys(key_file: Path) -> dict[str, str]:
+    """TorchServe's current tokens by kind (``inference``, ``management``, ``API``); raises
+    ``OSError`` or ``ValueError`` while it has not written them."""
+    data = json.loads(key_file.read_text())
+    try:
+        return {kind: entry["key"] for kind, entry in data.items()}
+    except (AttributeError, KeyError, TypeError):
+        raise ValueError(f"{key_file} is not a TorchServe key file") from None
+
+
+def bearer(key: str | None) -> dict[str, str]:
+    """The request headers that present ``key`` (none when token authorization is off)."""
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def model_ready(description: Mapping[str, Any]) -> bool:
+    """A model is ready when TorchServe's management API lists a READY worker for it: it can
+    answer now. The launcher waits for this and the gateway's readiness reports it."""
+    return any(w.get("status") == READY_STATUS for w in description.get("workers", []))

@@ -19,10 +19,13 @@ import httpx
 
 from model_store.worker.protocol import (
     COMPILED_GRAPHS_FIELD,
-    IMAGE_FIELD_PREFIX,
     PROBABILITIES_FIELD,
-    TENSOR_FIELD_PREFIX,
+    RESULTS_FIELD,
     TOP_K_FIELD,
+    bearer,
+    input_field,
+    model_ready,
+    read_keys,
 )
 
 from ..schemas import READY
@@ -63,15 +66,14 @@ class TorchServeKeys:
         try:
             mtime = self.key_file.stat().st_mtime
             if mtime != self._mtime:
-                self._keys = {k: v["key"] for k, v in json.loads(self.key_file.read_text()).items()}
+                self._keys = read_keys(self.key_file)
                 self._mtime = mtime
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError):
             return self.token
         return self._keys.get(kind, self.token)
 
     def headers(self, kind: str) -> dict[str, str]:
-        key = self.get(kind)
-        return {"Authorization": f"Bearer {key}"} if key else {}
+        return bearer(self.get(kind))
 
 
 def _answer(response: httpx.Response) -> dict[str, Any]:
@@ -151,7 +153,7 @@ class TorchServeBackend:
             raise BadBackendResponse(f"TorchServe refused the batch with HTTP {status}")
         try:
             answer = _answer(response)
-            results = check_results(answer.get("results"), len(inputs), probabilities)
+            results = check_results(answer.get(RESULTS_FIELD), len(inputs), probabilities)
         except BadBackendResponse:
             breaker.record_failure()
             log.warning("malformed TorchServe answer for %s: %.300s", model, response.text)
@@ -167,9 +169,8 @@ class TorchServeBackend:
     ) -> httpx.Response:
         """Retries only where nothing can have been computed twice: a refused connection, and
         a 401 after renewing the inference key."""
-        prefix = {"image": IMAGE_FIELD_PREFIX, "tensor": TENSOR_FIELD_PREFIX}
         files = [
-            (f"{prefix[item.kind]}{i:04d}", (f"{i}", item.data, "application/octet-stream"))
+            (input_field(item.kind, i), (f"{i}", item.data, "application/octet-stream"))
             for i, item in enumerate(inputs)
         ]
         fields = {TOP_K_FIELD: str(top_k)} | ({PROBABILITIES_FIELD: "1"} if probabilities else {})
@@ -217,7 +218,7 @@ class TorchServeBackend:
             log.warning("could not renew the TorchServe inference key: %s", exc)
 
     async def readiness(self) -> dict[str, str]:
-        """Per model: ready when TorchServe reports a READY worker. All models are asked at
+        """Per model: ready as ``protocol.model_ready`` says. All models are asked at
         once, each within ``readiness_timeout_s``; cached for one second."""
         checked_at, cached = self._readiness
         if time.monotonic() - checked_at < 1.0 and cached:
@@ -246,7 +247,7 @@ class TorchServeBackend:
         worker start against what the worker itself reports)."""
         try:
             status, description = await self._describe(model, customized=False)
-            if not any(w.get("status") == "READY" for w in description.get("workers", [])):
+            if not model_ready(description):
                 self._facts.pop(model, None)
                 return f"no ready worker (HTTP {status})"
             if model not in self._facts:

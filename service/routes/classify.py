@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from model_store.worker.protocol import MAX_TOP_K
+from model_store.worker.protocol import DEFAULT_TOP_K, MAX_TOP_K
 
 from ..deps import ApiKeyDep, GatewayDep, RequestTimeoutMs, UploadSlotDep
 from ..inference import documented_errors, infer, require_served, server_timing
@@ -65,7 +65,9 @@ async def classify(
     _: ApiKeyDep,
     __: UploadSlotDep,
     model: Annotated[str, Path(description="a served model, see GET /v1/models")],
-    top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K, description="predictions per image")] = 5,
+    top_k: Annotated[
+        int, Query(ge=1, le=MAX_TOP_K, description="predictions per image")
+    ] = DEFAULT_TOP_K,
     x_request_timeout_ms: RequestTimeoutMs = None,
 ) -> ClassifyResponse:
     arrived = time.perf_counter()

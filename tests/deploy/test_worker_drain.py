@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from model_store.worker.launcher import TorchServe, free_ports
+from model_store.worker.protocol import input_field
 from model_store.worker.synthetic import encode
 
 from ..service.test_launcher import listening, processes_under
@@ -52,14 +53,14 @@ def test_sigterm_drains_the_running_batch_then_stops_everything(tiny_archives, t
             time.sleep(0.5)
         rng = np.random.default_rng(0)
         big = encode(Image.fromarray(rng.integers(0, 255, (2000, 3000, 3), np.uint8)), "JPEG")
-        files = [(f"image_{i}", (str(i), big, "image/jpeg")) for i in range(3)]
+        files = [(input_field("image", i), (str(i), big, "image/jpeg")) for i in range(3)]
 
         def send() -> None:
             try:
                 answer["response"] = httpx.post(
                     f"{server.inference_url}/predictions/se_resnet50",
                     files=files,
-                    headers={"Authorization": f"Bearer {server.keys()['inference']}"},
+                    headers=server.headers("inference"),
                     timeout=60,
                 )
             except httpx.HTTPError as exc:

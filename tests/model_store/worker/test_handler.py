@@ -12,13 +12,14 @@ import pytest
 
 from model_store.worker.classifier import ClassifierConfig, ImageClassifier
 from model_store.worker.launcher import threads_per_worker
+from model_store.worker.protocol import input_field
 from model_store.worker.synthetic import CLASS_NAMES, encode, make_images
 
 pytestmark = pytest.mark.slow
 
 
 def auth(server) -> dict[str, str]:
-    return {"Authorization": f"Bearer {server.keys()['inference']}"}
+    return server.headers("inference")
 
 
 def predict(server, model: str, headers: dict[str, str] | None = None, **kwargs) -> httpx.Response:
@@ -27,7 +28,9 @@ def predict(server, model: str, headers: dict[str, str] | None = None, **kwargs)
 
 
 def multipart(images: list[bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
-    return [(f"image_{i:04d}", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
+    return [
+        (input_field("image", i), (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +152,7 @@ def test_requests_without_a_token_are_refused(torchserve, held_out):
 def test_management_api_reports_ready_workers(torchserve):
     response = httpx.get(
         f"{torchserve.management_url}/models/eca_resnet50",
-        headers={"Authorization": f"Bearer {torchserve.keys()['management']}"},
+        headers=torchserve.headers("management"),
         timeout=30,
     )
     [description] = response.json()
@@ -175,7 +178,7 @@ def test_workers_describe_their_runtime_and_threads_that_add_up(torchserve):
     response = httpx.get(
         f"{torchserve.management_url}/models/eca_resnet50",
         params={"customized": "true"},
-        headers={"Authorization": f"Bearer {torchserve.keys()['management']}"},
+        headers=torchserve.headers("management"),
         timeout=60,
     )
     [description] = response.json()
