@@ -49,12 +49,12 @@ import psutil
 
 from model_store.worker.archive import ArchiveSpec
 from model_store.worker.launcher import TorchServe
-from model_store.worker.protocol import GATEWAY_FED_BATCH_SIZE, READY_STATUS, input_field
+from model_store.worker.protocol import READY_STATUS, bearer, input_field
 from model_store.zoo.runtimes import DEFAULT_RUNTIME, RUNTIMES
 
-from .common import RESULTS_DIR, columns_table, environment, percentile, write_results
-from .stack import build, start_gateway, start_torchserve
-from .torchserve_direct import image_pool, progress
+from .common import RESULTS_DIR, columns_table, environment, percentile, progress, write_results
+from .stack import bench_archives, build, gateway_env, start_gateway, start_torchserve
+from .torchserve_direct import image_pool
 
 TARGETS = (
     "gateway-deadline",
@@ -222,7 +222,7 @@ def make_senders(
         response = await client.post(
             f"{urls['torchserve-direct']}/predictions/{model}",
             content=data,
-            headers={"Authorization": f"Bearer {token()}"},
+            headers=bearer(token()),
         )
         return response.status_code
 
@@ -280,15 +280,9 @@ def plot(rows: list[dict[str, Any]], targets: list[str], slo_ms: float, path: Pa
     return path
 
 
-def gateway_env(model: str, server: TorchServe) -> dict[str, str]:
+def deep_queue_gateway(model: str, server: TorchServe) -> dict[str, str]:
     """A gateway in front of ``server``, queue deep enough for the highest rates."""
-    return {
-        "GATEWAY_MODELS": model,
-        "GATEWAY_TORCHSERVE_INFERENCE_URL": server.inference_url,
-        "GATEWAY_TORCHSERVE_MANAGEMENT_URL": server.management_url,
-        "GATEWAY_TORCHSERVE_KEY_FILE": str(server.key_file),
-        "GATEWAY_QUEUE_LIMIT": "256",
-    }
+    return gateway_env(server, [model]) | {"GATEWAY_QUEUE_LIMIT": "256"}
 
 
 def served_per_runtime(
@@ -337,9 +331,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     pool = image_pool(24, CAMERA_UPLOADS, quality=88)
     first, *others = args.runtimes
-    fed = build(args, f"gateway-fed-{first}", GATEWAY_FED_BATCH_SIZE, first)
-    direct = build(args, f"direct-{first}", 8, first)
-    others_fed = {r: build(args, f"gateway-fed-{r}", GATEWAY_FED_BATCH_SIZE, r) for r in others}
+    fed = build(args.model, bench_archives(f"gateway-fed-{first}", args.tiny), runtime=first)
+    direct = build(
+        args.model, bench_archives(f"direct-{first}", args.tiny), batch_size=8, runtime=first
+    )
+    others_fed = {
+        r: build(args.model, bench_archives(f"gateway-fed-{r}", args.tiny), runtime=r)
+        for r in others
+    }
     targets = [*TARGETS, *(f"gateway-deadline@{runtime}" for runtime in others)]
     processes: list[subprocess.Popen[bytes]] = []
     servers: list[TorchServe] = []
@@ -348,11 +347,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ready_s = {}
         for runtime, archives in {first: fed, **others_fed}.items():
             progress(f"cold start: TorchServe ({runtime}, gateway-fed archive) to ready ...")
-            server, ready_s[runtime] = start_torchserve(args.model, archives, workdir / runtime)
-            servers.append(server)
+            started = time.perf_counter()
+            servers.append(start_torchserve([args.model], archives, workdir / runtime))
+            ready_s[runtime] = time.perf_counter() - started
             progress(f"  ready after {ready_s[runtime]:.1f} s")
         behind, *others_behind = servers
-        direct_server, _ = start_torchserve(args.model, direct, workdir / "ts-direct")
+        direct_server = start_torchserve([args.model], direct, workdir / "ts-direct")
         servers.append(direct_server)
         try:
             buckets = ArchiveSpec(args.model).batch_buckets
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "crash_to_ready_s": crash_restart_s(behind, args.model),
             }
             progress(f"  worker killed: READY again after {cold['crash_to_ready_s']:.1f} s")
-            base = gateway_env(args.model, behind)
+            base = deep_queue_gateway(args.model, behind)
             slo = {"GATEWAY_MODEL_DEADLINE_MS": f'{{"{args.model}": {args.slo_ms}}}'}
             gateways = {
                 "gateway-deadline": base | slo,
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 | slo
                 | {"GATEWAY_BACKEND": "inprocess", "GATEWAY_ARCHIVE_DIR": str(fed)},
             } | {
-                f"gateway-deadline@{runtime}": gateway_env(args.model, server) | slo
+                f"gateway-deadline@{runtime}": deep_queue_gateway(args.model, server) | slo
                 for runtime, server in zip(others, others_behind, strict=True)
             }
             urls = {"torchserve-direct": direct_server.inference_url}

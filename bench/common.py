@@ -16,6 +16,11 @@ from typing import Any
 RESULTS_DIR = Path(__file__).parent / "results"
 
 
+def progress(message: str) -> None:
+    """Long work says what it is doing, on stderr (the tables go to stdout)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def percentile(samples: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of a non-empty sample."""
     ordered = sorted(samples)

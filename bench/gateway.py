@@ -23,12 +23,12 @@ from typing import Any
 
 import httpx
 
-from model_store.worker.protocol import DEFAULT_MAX_BATCH_SIZE, GATEWAY_FED_BATCH_SIZE
+from model_store.worker.protocol import DEFAULT_MAX_BATCH_SIZE, bearer
 
-from .common import report
+from .common import progress, report
 from .load import LoadResult, closed_loop
-from .stack import build, start_gateway, start_torchserve
-from .torchserve_direct import image_pool, progress
+from .stack import bench_archives, build, gateway_env, start_gateway, start_torchserve
+from .torchserve_direct import image_pool
 
 TARGETS = ("torchserve-direct", "gateway+torchserve", "gateway-inprocess")
 
@@ -47,7 +47,7 @@ def make_sender(
             response = await client.post(
                 f"{url}/predictions/{model}",
                 content=data,
-                headers={"Authorization": f"Bearer {token()}"},
+                headers=bearer(token()),
             )
         else:
             response = await client.post(
@@ -136,9 +136,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         workdir = Path(tmp)
-        fed = build(args, "gateway-fed", batch_size=GATEWAY_FED_BATCH_SIZE)
-        server, _ = start_torchserve(args.model, build(args, "direct", 8), workdir / "direct")
-        behind, _ = start_torchserve(args.model, fed, workdir / "gateway-fed")
+        fed = build(args.model, bench_archives("gateway-fed", args.tiny))
+        direct = build(args.model, bench_archives("direct", args.tiny), batch_size=8)
+        server = start_torchserve([args.model], direct, workdir / "direct")
+        behind = start_torchserve([args.model], fed, workdir / "gateway-fed")
         try:
             common = {
                 "GATEWAY_MODELS": args.model,
@@ -148,13 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
             progress("starting gateway (torchserve backend) and gateway (inprocess backend) ...")
             gw_ts, gw_ts_url = start_gateway(
-                common
-                | {
-                    "GATEWAY_TORCHSERVE_INFERENCE_URL": behind.inference_url,
-                    "GATEWAY_TORCHSERVE_MANAGEMENT_URL": behind.management_url,
-                    "GATEWAY_TORCHSERVE_KEY_FILE": str(behind.key_file),
-                },
-                workdir / "gateway-ts.log",
+                gateway_env(behind, [args.model]) | common, workdir / "gateway-ts.log"
             )
             processes.append(gw_ts)
             gw_ip, gw_ip_url = start_gateway(

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import resource
-import sys
 import tempfile
 import time
 import warnings
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .common import environment, markdown_table, summarize_latencies, write_results
+from .common import environment, markdown_table, progress, summarize_latencies, write_results
 
 OURS = "compiled"
 PEERS = ("openvino", "onnxruntime", "timm-compiled")
@@ -61,10 +60,6 @@ class Variant:
     @property
     def compiled(self) -> bool:
         return self.inductor.compiled if self.inductor is not None else True
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def build_variants(args: argparse.Namespace) -> list[Variant]:

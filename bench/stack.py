@@ -1,69 +1,91 @@
-"""The processes a serving benchmark runs against: archives kept between runs, TorchServe and
-gateways on free loopback ports."""
+"""The processes a benchmark, a load test or the test suite runs against: archives, TorchServe
+and gateways on free loopback ports. ``start_stack`` is all of it at once."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from model_store.worker.archive import ArchiveSpec, build_archive
 from model_store.worker.launcher import TorchServe, free_ports
+from model_store.worker.protocol import GATEWAY_FED_BATCH_SIZE
 from model_store.zoo.runtimes import DEFAULT_RUNTIME
 
-from .torchserve_direct import progress
+from .common import progress
 
 BENCH_DIR = Path(".run/bench")
 """Archives are kept here between runs (an AOT build of a full model takes minutes)."""
+READY_TIMEOUT_S = 900.0
+"""Compiling every bucket just in time on a 2-core CPU takes minutes; AOT archives seconds."""
+
+
+def bench_archives(name: str, tiny: bool) -> Path:
+    """Where a benchmark keeps its archives called ``name`` between runs."""
+    return BENCH_DIR / ("tiny" if tiny else "full") / name
 
 
 def build(
-    args: argparse.Namespace, name: str, batch_size: int, runtime: str = DEFAULT_RUNTIME
+    model: str,
+    directory: Path,
+    *,
+    tiny: bool = False,
+    batch_size: int = GATEWAY_FED_BATCH_SIZE,
+    runtime: str = DEFAULT_RUNTIME,
+    compile: bool = True,
+    max_batch_delay_ms: int = ArchiveSpec.max_batch_delay_ms,
 ) -> Path:
-    """``args.model``'s archive (tiny trained with ``args.tiny``) in ``BENCH_DIR/name``, with
-    TorchServe ``batch_size``: 1 behind a gateway, more for direct clients; served by
-    ``runtime``."""
+    """``model``'s archive in ``directory`` (a no-op when it is up to date there): seeded random
+    full-size weights, or with ``tiny`` a tiny model trained on synthetic shapes (kept beside
+    it); TorchServe ``batch_size`` 1 behind a gateway, more for direct clients."""
     from model_store.worker.tiny import save_tiny, train_tiny
 
-    directory = BENCH_DIR / ("tiny-" if args.tiny else "") / name
     checkpoint = None
-    if args.tiny:
-        checkpoint = directory.parent / f"{args.model}-tiny.pt"
+    if tiny:
+        checkpoint = directory.parent / f"{model}-tiny.pt"
         if not checkpoint.exists():
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            save_tiny(train_tiny(args.model), checkpoint)
-    spec = ArchiveSpec(args.model, checkpoint=checkpoint, batch_size=batch_size, runtime=runtime)
+            save_tiny(train_tiny(model), checkpoint)
+    spec = ArchiveSpec(
+        model,
+        checkpoint=checkpoint,
+        compile=compile,
+        batch_size=batch_size,
+        max_batch_delay_ms=max_batch_delay_ms,
+        runtime=runtime,
+    )
     build_archive(spec, directory, progress=progress)
     return directory
 
 
-def start_torchserve(model: str, archives: Path, run_dir: Path) -> tuple[TorchServe, float]:
-    server = TorchServe.on_free_ports([model], archives, run_dir)
-    started = time.perf_counter()
-    server.start()
-    server.wait_ready(progress=progress)
-    return server, time.perf_counter() - started
+def start_torchserve(models: Sequence[str], archives: Path, run_dir: Path) -> TorchServe:
+    """TorchServe serving ``models`` from ``archives``, once every one is ready."""
+    server = TorchServe.on_free_ports(list(models), archives, run_dir).start()
+    server.wait_ready(timeout=READY_TIMEOUT_S, progress=progress)
+    return server
 
 
 def start_gateway(
-    env: dict[str, str], log_path: Path, module: str = "service"
+    env: Mapping[str, str], log_path: Path, module: str = "service"
 ) -> tuple[subprocess.Popen[bytes], str]:
     """``python -m module --port PORT`` on a free port, once its /readyz answers 200."""
     port = free_ports(1)[0]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", module, "--port", str(port)],
-            env=os.environ | env,
+            env=os.environ | dict(env),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 900
+    deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"gateway exited; log:\n{log_path.read_text()[-3000:]}")
@@ -75,3 +97,60 @@ def start_gateway(
         time.sleep(1)
     process.terminate()
     raise RuntimeError(f"gateway not ready; log:\n{log_path.read_text()[-3000:]}")
+
+
+def gateway_env(server: TorchServe, models: Sequence[str]) -> dict[str, str]:
+    """The gateway's settings for serving ``models`` through ``server``."""
+    return {
+        "GATEWAY_MODELS": ",".join(models),
+        "GATEWAY_TORCHSERVE_INFERENCE_URL": server.inference_url,
+        "GATEWAY_TORCHSERVE_MANAGEMENT_URL": server.management_url,
+        "GATEWAY_TORCHSERVE_KEY_FILE": str(server.key_file),
+    }
+
+
+@dataclass(frozen=True)
+class Stack:
+    torchserve: TorchServe
+    gateway_url: str | None
+    """None when started with ``gateway=False`` (TorchServe alone)."""
+
+
+@contextmanager
+def start_stack(
+    models: Sequence[str],
+    workdir: Path,
+    *,
+    tiny: bool = False,
+    compile: bool = True,
+    batch_size: int = GATEWAY_FED_BATCH_SIZE,
+    max_batch_delay_ms: int = ArchiveSpec.max_batch_delay_ms,
+    gateway: bool = True,
+    settings: Mapping[str, str] | None = None,
+) -> Iterator[Stack]:
+    """Archives of ``models`` built in ``workdir``, TorchServe over them and (unless
+    ``gateway=False``) the gateway in front with extra ``GATEWAY_*`` ``settings``, all on free
+    loopback ports; everything stops on exit."""
+    archives = workdir / "archives"
+    for model in models:
+        build(
+            model,
+            archives,
+            tiny=tiny,
+            compile=compile,
+            batch_size=batch_size,
+            max_batch_delay_ms=max_batch_delay_ms,
+        )
+    server = start_torchserve(models, archives, workdir / "run")
+    process = None
+    try:
+        url = None
+        if gateway:
+            env = gateway_env(server, models) | dict(settings or {})
+            process, url = start_gateway(env, workdir / "gateway.log")
+        yield Stack(server, url)
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(30)
+        server.stop()

@@ -14,20 +14,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import report
+from .common import progress, report
 from .load import closed_loop
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
+from .stack import start_stack
 
 SMALL_UPLOADS = ((320, 240), (640, 480), (500, 500), (800, 600))
 
@@ -105,36 +100,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def start_torchserve(args: argparse.Namespace, workdir: Path) -> Any:
-    from model_store.worker.archive import ArchiveSpec, build_archive
-    from model_store.worker.launcher import TorchServe
-    from model_store.worker.tiny import save_tiny, train_tiny
-
-    for model in args.models:
-        checkpoint = save_tiny(train_tiny(model), workdir / f"{model}.pt") if args.tiny else None
-        spec = ArchiveSpec(
-            model,
-            checkpoint=checkpoint,
-            compile=args.compile,
-            batch_size=args.batch_size,
-            max_batch_delay_ms=args.max_batch_delay_ms,
-        )
-        build_archive(spec, workdir / "archives", progress=progress)
-    server = TorchServe.on_free_ports(args.models, workdir / "archives", workdir / "run")
-    server.start()
-    server.wait_ready(progress=progress)
-    return server
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     pool = image_pool()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-torchserve-") as tmp:
         started = time.perf_counter()
-        server = start_torchserve(args, Path(tmp))
-        progress(f"TorchServe ready after {time.perf_counter() - started:.0f} s")
-        try:
+        with start_stack(
+            args.models,
+            Path(tmp),
+            tiny=args.tiny,
+            compile=args.compile,
+            batch_size=args.batch_size,
+            max_batch_delay_ms=args.max_batch_delay_ms,
+            gateway=False,
+        ) as stack:
+            server = stack.torchserve
+            progress(f"TorchServe ready after {time.perf_counter() - started:.0f} s")
             for model in args.models:
                 for concurrency in args.concurrency:
                     progress(f"{model}: {concurrency} clients for {args.duration:.0f} s ...")
@@ -144,8 +126,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms"
                     )
                     rows.append(row)
-        finally:
-            server.stop()
     columns = [
         ("model", "model"),
         ("images/request", "images_per_request"),

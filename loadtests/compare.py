@@ -31,10 +31,11 @@ from urllib.parse import urlparse
 
 import httpx
 
+from bench.common import progress
 from model_store.zoo.registry import parse_model_names
 
 from .report import write_report
-from .runner import Generator, Load, progress, trial
+from .runner import Generator, Load, trial
 
 HERE = Path(__file__).parent
 REPORTS = HERE / "reports"
@@ -124,37 +125,13 @@ def environment(url: str, started_here: bool) -> dict[str, Any]:
 @contextmanager
 def started_stack(models: list[str], tiny: bool) -> Iterator[str]:
     """TorchServe and the gateway on free loopback ports, for --start-stack."""
-    from bench.stack import start_gateway
-    from bench.torchserve_direct import start_torchserve
-    from model_store.worker.protocol import GATEWAY_FED_BATCH_SIZE
+    from bench.stack import start_stack
 
-    with tempfile.TemporaryDirectory(prefix="loadtest-stack-") as tmp:
-        workdir = Path(tmp)
-        options = argparse.Namespace(
-            models=models,
-            compile=True,
-            batch_size=GATEWAY_FED_BATCH_SIZE,
-            max_batch_delay_ms=10,
-            tiny=tiny,
-        )
-        server = start_torchserve(options, workdir)
-        gateway = None
-        try:
-            gateway, url = start_gateway(
-                {
-                    "GATEWAY_MODELS": ",".join(models),
-                    "GATEWAY_TORCHSERVE_INFERENCE_URL": server.inference_url,
-                    "GATEWAY_TORCHSERVE_MANAGEMENT_URL": server.management_url,
-                    "GATEWAY_TORCHSERVE_KEY_FILE": str(server.key_file),
-                },
-                workdir / "gateway.log",
-            )
-            yield url
-        finally:
-            if gateway is not None:
-                gateway.terminate()
-                gateway.wait(30)
-            server.stop()
+    with (
+        tempfile.TemporaryDirectory(prefix="loadtest-stack-") as tmp,
+        start_stack(models, Path(tmp), tiny=tiny) as stack,
+    ):
+        yield stack.gateway_url
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -36,10 +36,6 @@ SHORTFALL_SIGMAS = 3.0
 count expected, by more than this many standard deviations (sqrt of the expected count)."""
 
 
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 @dataclass(frozen=True)
 class Load:
     """A load level: ``closed`` (``value`` users, each sending as soon as answered) or ``open``

@@ -34,7 +34,7 @@ def _seed() -> None:
 @pytest.fixture(scope="session")
 def tiny_archives(tmp_path_factory, tiny_trained):
     """Archives of tiny trained eca_resnet50 (AOTInductor) and se_resnet50 (OpenVINO)."""
-    from .torchserve_stack import build_tiny_archives
+    from .servers import build_tiny_archives
 
     return build_tiny_archives(tmp_path_factory.mktemp("archives"), tiny_trained)
 
@@ -42,9 +42,12 @@ def tiny_archives(tmp_path_factory, tiny_trained):
 @pytest.fixture(scope="session")
 def torchserve(tmp_path_factory, tiny_archives):
     """A real TorchServe (Java) serving the tiny archives."""
-    from .torchserve_stack import start_torchserve
+    from bench.stack import start_torchserve
 
-    server = start_torchserve(tiny_archives, tmp_path_factory.mktemp("torchserve") / "run")
+    from .servers import STACK_MODELS
+
+    run_dir = tmp_path_factory.mktemp("torchserve") / "run"
+    server = start_torchserve(list(STACK_MODELS), tiny_archives, run_dir)
     yield server
     server.stop()
 
@@ -52,7 +55,7 @@ def torchserve(tmp_path_factory, tiny_archives):
 @pytest.fixture(scope="session")
 def gateway(torchserve):
     """The real gateway (uvicorn) in front of the real TorchServe."""
-    from .torchserve_stack import GatewayThread, gateway_settings
+    from .servers import GatewayThread, gateway_settings
 
     with GatewayThread(gateway_settings(torchserve)) as running:
         yield running

@@ -19,7 +19,7 @@ from model_store.zoo.optimize import enable_inner_squeeze, fold_batchnorm, optim
 from model_store.zoo.registry import MODELS, register_attention, unregister_attention
 from service.settings import GatewaySettings
 
-from ..torchserve_stack import GatewayThread
+from ..servers import GatewayThread
 from .toy_attention import ToyGate
 
 KIND = "toy"

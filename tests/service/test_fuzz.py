@@ -14,7 +14,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 from service.app import create_app
 from service.settings import GatewaySettings
 
-from ..torchserve_stack import GatewayThread
+from ..servers import GatewayThread
 from .fakes import FakeBackend
 
 MODELS = ["se_resnet50", "eca_resnet50"]

@@ -24,7 +24,7 @@ from model_store.zoo.models import count_parameters
 from service.backends.inprocess import InProcessBackend
 from service.settings import GatewaySettings
 
-from ..torchserve_stack import GatewayThread, gateway_settings
+from ..servers import GatewayThread, gateway_settings
 
 pytestmark = pytest.mark.slow
 

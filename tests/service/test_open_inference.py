@@ -26,7 +26,7 @@ from model_store.worker.synthetic import encode, make_images
 from service.app import create_app
 from service.settings import GatewaySettings
 
-from ..torchserve_stack import GatewayThread
+from ..servers import GatewayThread
 from .fakes import FAKE_INPUT_SIZE, FakeBackend
 from .test_api import scrape
 

@@ -1,5 +1,6 @@
-"""Real servers for the tests, started once per session: tiny trained models in real archives,
-a real TorchServe (Java) and a real gateway (uvicorn) on free loopback ports."""
+"""Real servers for the tests: tiny trained models in real archives, a real TorchServe (Java,
+started as benchmarks start it: ``bench.stack``) and the real gateway app under uvicorn in a
+thread of the test process (so tests may hand it a backend), on free loopback ports."""
 
 from __future__ import annotations
 
@@ -17,22 +18,15 @@ from service.settings import GatewaySettings
 
 # Both runtimes inside real workers: eca with AOTInductor packages, se with an OpenVINO IR.
 STACK_MODELS = {"eca_resnet50": "inductor", "se_resnet50": "openvino"}
-BUCKETS = (1, 2, 4, 8)
 
 
 def build_tiny_archives(workdir: Path, trained) -> Path:
     archives = workdir / "archives"
     for model, runtime in STACK_MODELS.items():
         checkpoint = save_tiny(trained(model), workdir / f"{model}.pt")
-        spec = ArchiveSpec(model, checkpoint=checkpoint, runtime=runtime, batch_buckets=BUCKETS)
+        spec = ArchiveSpec(model, checkpoint=checkpoint, runtime=runtime)
         build_archive(spec, archives, progress=lambda _: None)
     return archives
-
-
-def start_torchserve(archives: Path, run_dir: Path) -> TorchServe:
-    server = TorchServe.on_free_ports(list(STACK_MODELS), archives, run_dir).start()
-    server.wait_ready(timeout=600)
-    return server
 
 
 class GatewayThread:
