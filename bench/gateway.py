@@ -23,7 +23,8 @@ from typing import Any
 
 import httpx
 
-from model_store.worker.protocol import DEFAULT_MAX_BATCH_SIZE, bearer
+from model_store.worker.protocol import bearer
+from service.settings import GatewaySettings
 
 from .common import progress, report
 from .load import LoadResult, closed_loop
@@ -120,9 +121,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--warmup", type=float, default=1.0, help="unmeasured seconds at the start of each slice"
     )
     parser.add_argument(
-        "--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE, help="the gateway's"
+        "--max-batch-size",
+        type=int,
+        default=GatewaySettings.model_fields["max_batch_size"].default,
+        help="the gateway's",
     )
-    parser.add_argument("--max-batch-delay-ms", type=int, default=5, help="the gateway's")
+    parser.add_argument(
+        "--max-batch-delay-ms",
+        type=float,
+        default=GatewaySettings.model_fields["max_batch_delay_ms"].default,
+        help="the gateway's",
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny trained model (smoke runs)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)

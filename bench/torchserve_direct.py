@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from model_store.worker.archive import ArchiveSpec
+
 from .common import progress, report
 from .load import closed_loop
 from .stack import start_stack
@@ -92,7 +94,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--images-per-request", type=int, default=1)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--batch-size", type=int, default=8, help="TorchServe batchSize")
-    parser.add_argument("--max-batch-delay-ms", type=int, default=10)
+    parser.add_argument("--max-batch-delay-ms", type=int, default=ArchiveSpec.max_batch_delay_ms)
     parser.add_argument("--tiny", action="store_true", help="tiny trained models (smoke runs)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)

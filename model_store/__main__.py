@@ -16,7 +16,8 @@ from pathlib import Path
 
 from .worker.archive import DEFAULT_ARCHIVE_DIR, ArchiveSpec, build_archive
 from .worker.launcher import CONFIG_TEMPLATE, TorchServe, TorchServeError
-from .worker.protocol import DEFAULT_BATCH_BUCKETS, DEFAULT_RUN_DIR, GATEWAY_FED_BATCH_SIZE
+from .worker.protocol import DEFAULT_RUN_DIR
+from .zoo.optimize import COMPILE_MODES
 from .zoo.registry import MODELS, parse_model_names
 from .zoo.runtimes import DEFAULT_RUNTIME, RUNTIME_CHOICES
 
@@ -53,19 +54,22 @@ def checkpoints_by_model(values: list[str], models: list[str]) -> dict[str, Path
 def build(args: argparse.Namespace) -> None:
     checkpoints = checkpoints_by_model(args.checkpoint, args.models)
     for index, model in enumerate(args.models, 1):
-        spec = ArchiveSpec(
-            model=model,
-            checkpoint=checkpoints.get(model),
-            compile=args.compile,
-            compile_mode=args.compile_mode,
-            runtime=args.runtime,
-            aot=args.aot,
-            batch_buckets=args.batch_buckets,
-            batch_size=args.batch_size,
-            max_batch_delay_ms=args.max_batch_delay_ms,
-            workers=args.workers,
-            fast_decode=args.fast_decode,
-        )
+        try:
+            spec = ArchiveSpec(
+                model=model,
+                checkpoint=checkpoints.get(model),
+                compile=args.compile,
+                compile_mode=args.compile_mode,
+                runtime=args.runtime,
+                aot=args.aot,
+                batch_buckets=args.batch_buckets,
+                batch_size=args.batch_size,
+                max_batch_delay_ms=args.max_batch_delay_ms,
+                workers=args.workers,
+                fast_decode=args.fast_decode,
+            )
+        except ValueError as exc:  # settings the worker would refuse at load
+            raise SystemExit(f"error: {model}: {exc}") from None
         build_archive(
             spec,
             args.out,
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         default=True,
         help="torch.compile in the worker",
     )
-    p.add_argument("--compile-mode", default="default")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default=ArchiveSpec.compile_mode)
     p.add_argument(
         "--runtime",
         choices=RUNTIME_CHOICES,
@@ -179,18 +183,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--batch-buckets",
         type=int_list,
-        default=DEFAULT_BATCH_BUCKETS,
+        default=ArchiveSpec.batch_buckets,
         help="padded batch sizes, warmed up at load",
     )
     p.add_argument(
         "--batch-size",
         type=int,
-        default=GATEWAY_FED_BATCH_SIZE,
+        default=ArchiveSpec.batch_size,
         help="TorchServe batchSize: keep 1 behind the gateway (it batches); more only for "
         "clients that call TorchServe directly with single images",
     )
-    p.add_argument("--max-batch-delay-ms", type=int, default=10, help="TorchServe maxBatchDelay")
-    p.add_argument("--workers", type=int, default=1, help="workers per model")
+    p.add_argument(
+        "--max-batch-delay-ms",
+        type=int,
+        default=ArchiveSpec.max_batch_delay_ms,
+        help="TorchServe maxBatchDelay",
+    )
+    p.add_argument("--workers", type=int, default=ArchiveSpec.workers, help="workers per model")
     p.add_argument(
         "--fast-decode",
         action="store_true",

@@ -73,12 +73,21 @@ class ArchiveSpec:
     extra: dict[str, Any] = field(default_factory=dict)  # more ``handler`` settings
 
     def __post_init__(self) -> None:
+        """Refuse here what would otherwise build fine and fail inside TorchServe."""
         if self.runtime not in RUNTIME_CHOICES:
             raise ValueError(f"runtime must be one of {RUNTIME_CHOICES}, got {self.runtime!r}")
         if self.runtime != DEFAULT_RUNTIME and not self.compiles_ahead:
             raise ValueError(
                 f"the {self.runtime} runtime is built with the archive: it needs compile and aot"
             )
+        for name in ("workers", "batch_size", "response_timeout_s", "startup_timeout_s"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_batch_delay_ms < 0:
+            raise ValueError(f"max_batch_delay_ms must be >= 0, got {self.max_batch_delay_ms}")
+        serving = DEFAULT_RUNTIME if self.runtime == AUTO else self.runtime
+        # the worker's own checks of its settings (model, buckets, compile mode, limits, extra)
+        ClassifierConfig.from_mapping(self.model_config(serving)["handler"], Path())
 
     @property
     def compiles_ahead(self) -> bool:

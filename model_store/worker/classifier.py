@@ -24,7 +24,7 @@ from ..zoo.checkpoint import read_checkpoint
 from ..zoo.labels import load_labels
 from ..zoo.models import count_parameters, create_model, get_spec
 from ..zoo.openvino_ir import OpenVinoUnavailable, load_ir
-from ..zoo.optimize import optimize_for_inference
+from ..zoo.optimize import check_compile_mode, optimize_for_inference
 from ..zoo.runtimes import DEFAULT_RUNTIME, RUNTIMES, Prebuilt
 from .images import ImageError, ImageLimits, load_upright_rgb, validate
 from .protocol import (
@@ -90,6 +90,7 @@ class ClassifierConfig:
             raise ValueError("the openvino runtime needs openvino_dir (the converted model)")
         if not 1 <= self.top_k <= MAX_TOP_K:
             raise ValueError(f"top_k must be in 1..{MAX_TOP_K}, got {self.top_k}")
+        check_compile_mode(self.compile_mode)
         self.limits  # noqa: B018 -- validates the image limits at load
 
     @classmethod

@@ -18,6 +18,13 @@ from .resnet import ResNet
 from .runtimes import Prebuilt
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def check_compile_mode(mode: str) -> None:
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {mode!r}; choose one of {COMPILE_MODES}")
+
+
 RECOMPILE_LIMIT = 64
 """Graphs per code object. Every model shares ``ResNet.forward``, and each (model, batch size)
 is one graph; dynamo's default of 8 would silently run eager past the eighth."""
@@ -154,8 +161,7 @@ def optimize_for_inference(
 ) -> InferenceModel:
     """Eval mode, BN folded, SE/ECA squeezed early, channels_last, compiled; on CUDA, autocast
     to ``dtype`` (bf16 unless told otherwise). The caller's model is left untouched."""
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"unknown compile mode {mode!r}; choose one of {COMPILE_MODES}")
+    check_compile_mode(mode)
     device = torch.device(device)
     if device.type == "cuda" and dtype is None:
         dtype = torch.bfloat16

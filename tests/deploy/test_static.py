@@ -4,10 +4,12 @@ official schemas, and Prometheus accepts the config and rules (promtool)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from unittest.mock import patch
 
 import kubernetes_validate
 import pytest
@@ -218,6 +220,35 @@ def test_dashboard_queries_use_recorded_or_exported_series():
         assert word in titles
 
 
+def effective_settings(environment: dict[str, str]):
+    """The gateway's settings under a deployment's environment (which names only what differs
+    from the defaults)."""
+    from service.settings import GatewaySettings
+
+    with patch.dict(os.environ, environment):
+        return GatewaySettings()
+
+
+@pytest.mark.parametrize("where", ["compose", "k8s"])
+def test_deployments_set_only_what_differs_from_the_defaults(where, compose, manifests):
+    """A default written again in a deployment file silently disagrees once the default
+    changes: each setting a deployment names must differ from its default."""
+    from service.settings import GatewaySettings
+
+    if where == "compose":
+        environment = compose["services"]["gateway"]["environment"]
+    else:
+        environment = by_kind(manifests, "ConfigMap", "gateway-settings")["data"]
+    defaults = GatewaySettings().model_dump()
+    assert environment
+    for name, value in environment.items():
+        field = name.removeprefix("GATEWAY_").lower()
+        assert field in defaults, name
+        assert getattr(effective_settings({name: value}), field) != defaults[field] or (
+            field == "models"  # named beside the worker's MODELS, which it must equal
+        ), f"{name} repeats the default"
+
+
 def test_compose_keeps_monitoring_local_and_grafana_without_a_default_password(compose):
     services = compose["services"]
     assert services["prometheus"]["ports"] == ["127.0.0.1:${PROMETHEUS_PORT:-9090}:9090"]
@@ -227,7 +258,7 @@ def test_compose_keeps_monitoring_local_and_grafana_without_a_default_password(c
     worker, gateway = services["torchserve"], services["gateway"]
     drain = int(worker["environment"]["DRAIN_SECONDS"])
     assert int(worker["stop_grace_period"].rstrip("s")) > drain
-    grace = float(gateway["environment"]["GATEWAY_SHUTDOWN_GRACE_S"])
+    grace = effective_settings(gateway["environment"]).shutdown_grace_s
     assert int(gateway["stop_grace_period"].rstrip("s")) > grace
 
 
@@ -248,19 +279,16 @@ def test_timeouts_and_grace_periods_fit_together(manifests):
     assert ArchiveSpec("eca_resnet50").model_config()["responseTimeout"] <= (
         defaults.backend_timeout_s
     )
-    properties = (ROOT / "model_store" / "config.properties").read_text()
+    properties = (ROOT / "model_store" / "worker" / "config.properties").read_text()
     assert f"default_response_timeout={WORKER_RESPONSE_TIMEOUT_S}\n" in properties
-    settings = by_kind(manifests, "ConfigMap", "gateway-settings")["data"]
-    assert float(settings["GATEWAY_BACKEND_TIMEOUT_S"]) >= WORKER_RESPONSE_TIMEOUT_S
+    configmap = by_kind(manifests, "ConfigMap", "gateway-settings")["data"]
+    settings = effective_settings(configmap)
+    assert settings.backend_timeout_s >= WORKER_RESPONSE_TIMEOUT_S
     pod = by_kind(manifests, "Deployment", "gateway")["spec"]["template"]["spec"]
     [gateway] = pod["containers"]
-    assert gateway["readinessProbe"]["timeoutSeconds"] > float(
-        settings["GATEWAY_READINESS_TIMEOUT_S"]
-    )
+    assert gateway["readinessProbe"]["timeoutSeconds"] > settings.readiness_timeout_s
     pre_stop = gateway["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert pod["terminationGracePeriodSeconds"] > pre_stop + float(
-        settings["GATEWAY_SHUTDOWN_GRACE_S"]
-    )
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + settings.shutdown_grace_s
     worker_pod = by_kind(manifests, "Deployment", "worker")["spec"]["template"]["spec"]
     drain = next(e for e in worker_pod["containers"][0]["env"] if e["name"] == "DRAIN_SECONDS")
     assert worker_pod["terminationGracePeriodSeconds"] > int(drain["value"])
