@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
 from model_store.zoo.registry import get_spec
 
@@ -21,6 +20,7 @@ from .metrics import PROTOCOL_V1, PROTOCOL_V2, GatewayMetrics, RequestMetrics
 from .routes import classify, health, models, v2
 from .schemas import ModelInfo
 from .settings import GatewaySettings
+from .timing import ServerTiming
 
 log = logging.getLogger(__name__)
 
@@ -86,23 +86,11 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(ServerTiming)
     app.add_middleware(
         RequestMetrics,
         routes={classify.CLASSIFY_ROUTE: PROTOCOL_V1} | dict.fromkeys(v2.INFER_ROUTES, PROTOCOL_V2),
     )
-
-    @app.middleware("http")
-    async def server_timing(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        """Every answer carries Server-Timing; classify adds its queue and backend parts."""
-        started = time.perf_counter()
-        response = await call_next(request)
-        if "server-timing" not in response.headers:
-            response.headers["Server-Timing"] = (
-                f"total;dur={(time.perf_counter() - started) * 1000:.1f}"
-            )
-        return response
 
     for router in (classify.router, models.router, health.router, v2.router):
         app.include_router(router)

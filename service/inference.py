@@ -7,8 +7,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from fastapi import Request
 from pydantic import BaseModel
 
+from . import timing
 from .backends.base import BackendError, BackendUnavailable
 from .batcher import BatchInfo, DeadlineUnmeetable, QueueFull
 from .deps import Gateway
@@ -49,18 +51,20 @@ def require_served(gateway: Gateway, model: str) -> None:
 
 
 async def infer(
+    request: Request,
     gateway: Gateway,
     model: str,
     uploads: list[Upload],
     top_k: int,
     *,
-    arrived: float,
     timeout_ms: float | None,
     protocol: str,
     probabilities: bool = False,
 ) -> tuple[list[dict[str, Any]], Timing]:
     """Each input's answer, in order, or the ``ApiError`` of the first that failed. The
-    deadline counts from the request's arrival (reading the upload spends the same budget)."""
+    deadline counts from the request's arrival (reading the upload spends the same budget);
+    the timing goes to the Server-Timing header too."""
+    arrived = timing.arrived(request)
     timeout_s = gateway.settings.deadline_s(model, timeout_ms)
     answers = await _dispatch(
         gateway, model, uploads, top_k, arrived + timeout_s, timeout_s, probabilities
@@ -74,21 +78,14 @@ async def infer(
                 f"image {index}: {result['error']['message']}",
             )
     gateway.metrics.images.labels(model, protocol).inc(len(uploads))
-    timing = Timing(
+    spent = Timing(
         queue_ms=max(info.queue_wait_s for _, info in answers) * 1000,
         backend_ms=max(info.run_s for _, info in answers) * 1000,
         total_ms=(time.perf_counter() - arrived) * 1000,
         batch_sizes=[info.size for _, info in answers],
     )
-    return [result for result, _ in answers], timing
-
-
-def server_timing(timing: Timing) -> str:
-    """The ``Server-Timing`` header of an answered inference request."""
-    return (
-        f"queue;dur={timing.queue_ms:.1f}, backend;dur={timing.backend_ms:.1f}, "
-        f"total;dur={timing.total_ms:.1f}"
-    )
+    timing.record(request, spent)
+    return [result for result, _ in answers], spent
 
 
 async def _dispatch(

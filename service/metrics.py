@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -113,6 +114,20 @@ class GatewayMetrics:
             "gateway_queue_depth", "Images waiting in the batcher", ["model"], registry=r
         )
 
+    @contextmanager
+    def request(self, model: str, protocol: str) -> Iterator[RequestOutcome]:
+        """One request to a model route: in flight while inside, then counted with the status
+        its client got (``outcome.status``) and timed."""
+        outcome = RequestOutcome()
+        started = time.perf_counter()
+        self.inflight.labels(model, protocol).inc()
+        try:
+            yield outcome
+        finally:
+            self.inflight.labels(model, protocol).dec()
+            self.requests.labels(model, protocol, str(outcome.status)).inc()
+            self.request_duration.labels(model, protocol).observe(time.perf_counter() - started)
+
     def watch_workers(self, facts: Callable[[], dict[str, WorkerFacts]]) -> None:
         """What each model's worker reports: ``gateway_model_runtime{model,runtime} 1``
         (``aot`` or ``openvino``, built with the archive; ``jit`` after those could not load
@@ -144,6 +159,12 @@ class _WorkerCollector(Collector):
         yield compiled
 
 
+@dataclass
+class RequestOutcome:
+    status: int = 500
+    """What the client got; 500 (the server error middleware's answer) until a response starts."""
+
+
 class RequestMetrics:
     """ASGI middleware: each request to a model route counted once, with the status its client
     really got (401s, 422s and 404s included, decided after the answer was built), its latency,
@@ -169,19 +190,11 @@ class RequestMetrics:
             return
         model = match["model"] if match["model"] in gateway.models else UNKNOWN_MODEL
         metrics: GatewayMetrics = gateway.metrics
-        status = 500  # what the client gets if nothing is sent: the server error middleware's
+        with metrics.request(model, protocol) as outcome:
 
-        async def record_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
+            async def record_status(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    outcome.status = message["status"]
+                await send(message)
 
-        started = time.perf_counter()
-        metrics.inflight.labels(model, protocol).inc()
-        try:
             await self.app(scope, receive, record_status)
-        finally:
-            metrics.inflight.labels(model, protocol).dec()
-            metrics.requests.labels(model, protocol, str(status)).inc()
-            metrics.request_duration.labels(model, protocol).observe(time.perf_counter() - started)

@@ -5,15 +5,14 @@ this function runs (401, 422) and errors raised after it (500) are counted with 
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request
 
 from model_store.worker.protocol import DEFAULT_TOP_K, MAX_TOP_K
 
 from ..deps import ApiKeyDep, GatewayDep, RequestTimeoutMs, UploadSlotDep
-from ..inference import documented_errors, infer, require_served, server_timing
+from ..inference import documented_errors, infer, require_served
 from ..metrics import PROTOCOL_V1
 from ..schemas import ClassifyResponse, ErrorResponse, ImageResult
 from ..uploads import IMAGE_CONTENT_TYPES, read_images
@@ -60,7 +59,6 @@ ERRORS = documented_errors(
 )
 async def classify(
     request: Request,
-    response: Response,
     gateway: GatewayDep,
     _: ApiKeyDep,
     __: UploadSlotDep,
@@ -70,19 +68,17 @@ async def classify(
     ] = DEFAULT_TOP_K,
     x_request_timeout_ms: RequestTimeoutMs = None,
 ) -> ClassifyResponse:
-    arrived = time.perf_counter()
     require_served(gateway, model)
     uploads = await read_images(request, gateway.settings)
     results, timing = await infer(
+        request,
         gateway,
         model,
         uploads,
         top_k,
-        arrived=arrived,
         timeout_ms=x_request_timeout_ms,
         protocol=PROTOCOL_V1,
     )
-    response.headers["Server-Timing"] = server_timing(timing)
     return ClassifyResponse(
         model=model,
         results=[ImageResult(predictions=r["predictions"]) for r in results],

@@ -6,7 +6,6 @@ The per-model routes are one router mounted twice: at ``/v2/models/{model}`` and
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -17,7 +16,7 @@ from model_store.worker.protocol import TENSOR_CHANNELS
 from ..backends.base import WorkerFacts
 from ..deps import ApiKeyDep, Gateway, GatewayDep, RequestTimeoutMs, UploadSlotDep
 from ..errors import ApiError
-from ..inference import documented_errors, infer, require_served, server_timing
+from ..inference import documented_errors, infer, require_served
 from ..metrics import PROTOCOL_V2
 from ..open_inference.codec import decode_request, decompress, encode_response
 from ..open_inference.protocol import (
@@ -176,7 +175,6 @@ async def model_infer(
 ) -> Response:
     """Batched with every other request for the model, /v1's included. The ``timeout``
     parameter (microseconds) or ``X-Request-Timeout-Ms`` is the request's deadline."""
-    arrived = time.perf_counter()
     require_served(gateway, model)
     settings = gateway.settings
     body = await read_body(request, settings.max_upload_bytes, settings.upload_timeout_s)
@@ -189,18 +187,18 @@ async def model_infer(
         settings.max_images_per_request,
         facts.input_size if facts else None,
     )
-    results, timing = await infer(
+    results, _ = await infer(
+        request,
         gateway,
         model,
         decoded.uploads,
         decoded.top_k,
-        arrived=arrived,
         timeout_ms=decoded.timeout_ms or x_request_timeout_ms,
         protocol=PROTOCOL_V2,
         probabilities=decoded.probabilities,
     )
     content, headers = encode_response(model, MODEL_VERSION, decoded, results)
-    return Response(content, headers=headers | {"Server-Timing": server_timing(timing)})
+    return Response(content, headers=headers)
 
 
 router.include_router(model_router, prefix=MODEL)

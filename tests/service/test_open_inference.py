@@ -10,6 +10,7 @@ import asyncio
 import base64
 import gzip
 import json
+import re
 import struct
 
 import httpx
@@ -494,8 +495,14 @@ def test_the_api_key_guards_v2_inference_and_metadata_not_health():
         assert c.post("/v2/models/se_resnet50/infer", json=body).status_code == 401
         assert c.get("/v2/models/se_resnet50").status_code == 401
         headers = {"X-API-Key": "s3cret"}
-        assert c.post("/v2/models/se_resnet50/infer", json=body, headers=headers).status_code == 200
+        answered = c.post("/v2/models/se_resnet50/infer", json=body, headers=headers)
+        assert answered.status_code == 200
         assert c.get("/v2/health/ready").status_code == 200
+    # one writer of Server-Timing for both protocols: an inference's parts, others' total
+    assert re.fullmatch(
+        r"queue;dur=[\d.]+, backend;dur=[\d.]+, total;dur=[\d.]+",
+        answered.headers["server-timing"],
+    )
 
 
 def test_metrics_count_each_protocol_apart_and_share_the_batches():

@@ -39,4 +39,3 @@ def test_the_build_command_says_what_is_wrong_before_building(tmp_path):
     with pytest.raises(SystemExit, match="error: eca_resnet50: workers must be at least 1"):
         main(["build", "--models", "eca_resnet50", "--workers", "0", "--out", str(tmp_path)])
     assert not list(tmp_path.iterdir())
-
