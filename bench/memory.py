@@ -68,7 +68,7 @@ def run_case(
         max_pixels=max_pixels,
         max_batch_pixels=batch_pixels,
     )
-    classifier = ImageClassifier(config)
+    classifier = ImageClassifier.load(config)
     small = encode(Image.new("RGB", (300, 200), (90, 90, 90)), "JPEG")
     classifier.classify([small] * batch)
     baseline = high_water_kib()

@@ -9,13 +9,13 @@ their structure (400).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Literal
 
 from fastapi import Request
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from model_store.worker.images import FORMATS, ImageError, ImageLimits, validate
@@ -95,15 +95,27 @@ async def _multipart_files(request: Request, body: bytes, max_images: int) -> li
     parts = body.count(b"--" + boundary.encode("latin-1")) - 1 if boundary else 0
     if parts > max_images + EXTRA_FORM_FIELDS:  # counted before the parser would refuse it
         raise too_many_images(parts, max_images)
-    request._body = body  # the form parser reads the already-limited body
+    parser = MultiPartParser(  # over the body already read within the limits
+        request.headers,
+        _stream(body),
+        max_files=max_images + EXTRA_FORM_FIELDS,
+        max_fields=max_images + EXTRA_FORM_FIELDS,
+    )
     try:
-        form = await request.form(
-            max_files=max_images + EXTRA_FORM_FIELDS, max_fields=max_images + EXTRA_FORM_FIELDS
-        )
-    except (MultiPartException, HTTPException) as exc:  # Starlette wraps parser errors in a 400
-        raise ApiError(
-            400, "malformed_multipart", getattr(exc, "detail", None) or str(exc)
-        ) from None
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise ApiError(400, "malformed_multipart", exc.message) from None
+    try:
+        return await _image_parts(form, max_images)
+    finally:
+        await form.close()
+
+
+async def _stream(body: bytes) -> AsyncGenerator[bytes, None]:
+    yield body
+
+
+async def _image_parts(form: FormData, max_images: int) -> list[bytes]:
     files = form.getlist("file")
     if not files:
         raise ApiError(

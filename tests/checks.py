@@ -20,11 +20,11 @@ def assert_serves_without_compiling_like_eager(
     """The archive's prebuilt runtime loads and classifies with no dynamo graph compiled, and
     its answers are the eager model's (same ranking, scores within ``tolerance``)."""
     before = counters["stats"]["unique_graphs"]
-    served = ImageClassifier(config)
+    served = ImageClassifier.load(config)
     assert served.info["runtime"] == runtime and served.info["prebuilt_fallback"] is None
     results = served.classify(photos) + served.classify(photos[:3])
     assert counters["stats"]["unique_graphs"] == before  # nothing compiled at load or later
-    eager = ImageClassifier(replace(config, compile=False))
+    eager = ImageClassifier.load(replace(config, compile=False))
     expected = eager.classify(photos) + eager.classify(photos[:3])
     for mine, reference in zip(results, expected, strict=True):
         assert [p["index"] for p in mine["predictions"]] == [

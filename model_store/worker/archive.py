@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,8 @@ from ..zoo.runtimes import (
 )
 from .classifier import ClassifierConfig, load_prebuilt
 from .protocol import DEFAULT_BATCH_BUCKETS, GATEWAY_FED_BATCH_SIZE, WORKER_RESPONSE_TIMEOUT_S
+
+log = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).parents[1]
 """The whole ``model_store`` package: it travels inside every archive."""
@@ -140,7 +143,9 @@ def fingerprint(spec: ArchiveSpec) -> str:
 
 
 def build_archive(
-    spec: ArchiveSpec, out_dir: Path = DEFAULT_ARCHIVE_DIR, progress: Callable[[str], None] = print
+    spec: ArchiveSpec,
+    out_dir: Path = DEFAULT_ARCHIVE_DIR,
+    progress: Callable[[str], None] = log.info,
 ) -> Path:
     """Write ``<out_dir>/<model>.mar`` unless an archive of the same inputs is already there."""
     get_spec(spec.model)

@@ -11,7 +11,7 @@ import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from ..zoo.checkpoint import read_checkpoint
 from ..zoo.labels import load_labels
 from ..zoo.models import count_parameters, create_model, get_spec
 from ..zoo.openvino_ir import OpenVinoUnavailable, load_ir
-from ..zoo.optimize import check_compile_mode, optimize_for_inference
+from ..zoo.optimize import InferenceModel, check_compile_mode, optimize_for_inference
 from ..zoo.runtimes import DEFAULT_RUNTIME, RUNTIMES, Prebuilt
 from .images import ImageError, ImageLimits, load_upright_rgb, validate
 from .protocol import (
@@ -143,15 +143,49 @@ def tensor_input(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype="<f4").astype(np.float32, copy=False)
 
 
-@dataclass
+def _load_prebuilt(
+    config: ClassifierConfig, device: torch.device, input_size: int
+) -> tuple[Prebuilt | None, str | None]:
+    """What the archive built for its runtime (AOTInductor packages or an OpenVINO IR), or none
+    and why: then ``compile`` decides, just in time or eager."""
+    directory = config.openvino_dir if config.runtime == "openvino" else config.aot_dir
+    if directory is None or not config.compile:
+        return None, None
+    try:
+        if device.type != "cpu":
+            raise AotMismatch(f"the prebuilt models are for CPU, the model runs on {device}")
+        return load_prebuilt(config.runtime, directory, config.batch_buckets, input_size), None
+    except (AotMismatch, OpenVinoUnavailable) as exc:
+        warnings.warn(
+            f"{config.runtime} models built ahead not used, compiling just in time: {exc}",
+            stacklevel=3,
+        )
+        return None, str(exc)
+
+
 class ImageClassifier:
-    """A loaded, optimised and warmed-up model that classifies encoded images."""
+    """A loaded, optimised and warmed-up model that classifies encoded images. ``load`` makes
+    one (minutes when it compiles just in time); the constructor only holds what it made."""
 
-    config: ClassifierConfig
-    info: dict[str, Any] = field(init=False)
+    def __init__(
+        self,
+        config: ClassifierConfig,
+        runner: InferenceModel,
+        labels: list[str],
+        input_size: int,
+        info: Mapping[str, Any],
+    ) -> None:
+        self.config = config
+        self.runner = runner
+        self.labels = labels
+        self.input_size = input_size
+        self.limits = config.limits
+        self.draft_side = resize_side(input_size) if config.fast_decode else 0
+        self.info = dict(info)
 
-    def __post_init__(self) -> None:
-        config = self.config
+    @classmethod
+    def load(cls, config: ClassifierConfig) -> ImageClassifier:
+        """Read the weights, optimise (prebuilt runtime, or compile), warm every bucket up."""
         device = config.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -159,60 +193,48 @@ class ImageClassifier:
         checkpoint = read_checkpoint(config.weights)
         model = create_model(config.model, checkpoint=checkpoint)
         meta = checkpoint.meta
-        self.labels = meta.get("labels") or load_labels(config.labels, model.num_classes)
-        if len(self.labels) != model.num_classes:
-            raise ValueError(f"{len(self.labels)} labels for {model.num_classes} classes")
-        self.input_size = checkpoint.input_size
-        self.limits = config.limits
-        self.draft_side = resize_side(self.input_size) if config.fast_decode else 0
-        prebuilt, self.prebuilt_fallback = self._load_prebuilt(torch.device(device))
-        self.runner = optimize_for_inference(
+        labels = meta.get("labels") or load_labels(config.labels, model.num_classes)
+        if len(labels) != model.num_classes:
+            raise ValueError(f"{len(labels)} labels for {model.num_classes} classes")
+        size = checkpoint.input_size
+        prebuilt, fallback = _load_prebuilt(config, torch.device(device), size)
+        runner = optimize_for_inference(
             model,
             device=device,
             compile=config.compile,
             mode=config.compile_mode,
             prebuilt=prebuilt,
         )
-        warmup = self._warm_up()
         total, attention = count_parameters(model)
-        self.info = {
-            "model": config.model,
-            "attention": get_spec(config.model).attention,
-            "parameters": total,
-            "attention_parameters": attention,
-            "num_classes": model.num_classes,
-            "input_size": self.input_size,
-            "weights": meta.get("weights", "checkpoint"),
-            "device": str(self.runner.device),
-            "compile_requested": config.compile,
-            "compiled": self.runner.compiled,
-            "runtime": self.runner.runtime,
-            "prebuilt_fallback": self.prebuilt_fallback,
-            "compile_error": self.runner.compile_error,
-            "batch_buckets": list(config.batch_buckets),
+        classifier = cls(
+            config,
+            runner,
+            labels,
+            size,
+            {
+                "model": config.model,
+                "attention": get_spec(config.model).attention,
+                "parameters": total,
+                "attention_parameters": attention,
+                "num_classes": model.num_classes,
+                "input_size": size,
+                "weights": meta.get("weights", "checkpoint"),
+                "device": str(runner.device),
+                "compile_requested": config.compile,
+                "prebuilt_fallback": fallback,
+                "batch_buckets": list(config.batch_buckets),
+            },
+        )
+        warmup = classifier._warm_up()
+        classifier.info |= {
+            "runtime": runner.runtime,  # known once every bucket has run (jit may fall back)
+            "compiled": runner.compiled,
+            "compile_error": runner.compile_error,
             "load_seconds": round(time.perf_counter() - started, 2),
             "warmup_seconds": warmup,
         }
-        log.info("loaded %s", self.info)
-
-    def _load_prebuilt(self, device: torch.device) -> tuple[Prebuilt | None, str | None]:
-        """What the archive built for its runtime (AOTInductor packages or an OpenVINO IR), or
-        none and why: then ``compile`` decides, just in time or eager."""
-        config = self.config
-        directory = config.openvino_dir if config.runtime == "openvino" else config.aot_dir
-        if directory is None or not config.compile:
-            return None, None
-        buckets, size = config.batch_buckets, self.input_size
-        try:
-            if device.type != "cpu":
-                raise AotMismatch(f"the prebuilt models are for CPU, the model runs on {device}")
-            return load_prebuilt(config.runtime, directory, buckets, size), None
-        except (AotMismatch, OpenVinoUnavailable) as exc:
-            warnings.warn(
-                f"{config.runtime} models built ahead not used, compiling just in time: {exc}",
-                stacklevel=3,
-            )
-            return None, str(exc)
+        log.info("loaded %s", classifier.info)
+        return classifier
 
     @property
     def compiled_graphs(self) -> int:

@@ -65,7 +65,7 @@ class AttentionClassifierHandler(BaseHandler):
         gpu_id = context.system_properties.get("gpu_id")
         if settings.get("device", "auto") == "auto" and gpu_id is not None:
             settings["device"] = f"cuda:{gpu_id}"
-        self.classifier = ImageClassifier(ClassifierConfig.from_mapping(settings, model_dir))
+        self.classifier = ImageClassifier.load(ClassifierConfig.from_mapping(settings, model_dir))
         log.info(
             "%s serving with runtime %s, %d intra-op threads",
             self.classifier.config.model,

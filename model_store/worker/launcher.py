@@ -333,9 +333,3 @@ class TorchServe:
         self.process.wait()
         shutil.rmtree(self._tmp_dir, ignore_errors=True)
         log.info("TorchServe stopped")
-
-    def __enter__(self) -> TorchServe:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -10,6 +10,7 @@ refused at load (``AotMismatch``); the worker then compiles just in time instead
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 import warnings
@@ -21,6 +22,8 @@ import torch
 from torch import nn
 
 from .runtimes import Runner
+
+log = logging.getLogger(__name__)
 
 AOT_DIR = "aoti"
 """Where the packages sit inside an archive (and in the classifier's ``aot_dir`` setting)."""
@@ -49,7 +52,7 @@ def compile_packages(
     batch_sizes: Sequence[int],
     input_size: int,
     directory: Path,
-    progress: Callable[[str], None] = print,
+    progress: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
     """Export ``model`` (already optimised, eval, channels_last, on CPU) once per batch size and
     compile each with inductor's CPU freezing (prepacked oneDNN weights), as the JIT path does.

@@ -8,6 +8,7 @@ serves is first compared with the eager model on fresh inputs (``MAX_LOGIT_ERROR
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 RUNTIMES = ("inductor", "openvino")
 AUTO = "auto"
@@ -71,7 +74,7 @@ def images_per_second(
     input_size: int,
     *,
     rounds: int = 5,
-    progress: Callable[[str], None] = print,
+    progress: Callable[[str], None] = log.info,
 ) -> dict[str, dict[str, float]]:
     """img/s of each candidate per batch size: median over ``rounds`` interleaved rounds
     (A, B, A, B ...), so a noisy shared CPU drifts under every candidate alike."""

@@ -175,36 +175,44 @@ class TorchServeBackend:
         ]
         fields = {TOP_K_FIELD: str(top_k)} | ({PROBABILITIES_FIELD: "1"} if probabilities else {})
         url = f"{self.inference_url}/predictions/{model}"
-        for attempt in range(2):
-            try:
-                response = await self._client.post(
-                    url,
-                    files=files,
-                    data=fields,
-                    headers=self.keys.headers("inference"),
-                )
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing reached it
-                if attempt == 0 and isinstance(exc, httpx.ConnectError):
-                    continue
-                raise BackendUnavailable(
-                    f"cannot reach TorchServe ({type(exc).__name__})",
-                    self.breakers[model].cooldown_s,
-                ) from None
-            except httpx.PoolTimeout:
-                raise LocalPoolExhausted("no free connection to TorchServe", 1.0) from None
-            except httpx.TimeoutException:
-                raise BackendTimeout(
-                    f"TorchServe did not answer within {self.timeout_s:g} s"
-                ) from None
-            except httpx.TransportError as exc:  # connection dropped mid-request (worker died)
-                raise BackendUnavailable(
-                    f"TorchServe connection failed ({type(exc).__name__})", 1.0, reached=True
-                ) from None
-            if response.status_code == 401 and attempt == 0:
-                await self._renew_inference_key()
-                continue
-            return response
+        response = await self._send(model, url, files, fields)
+        if response.status_code == 401:  # the inference key expired: renew it, try once more
+            await self._renew_inference_key()
+            response = await self._send(model, url, files, fields)
         return response
+
+    async def _send(
+        self,
+        model: str,
+        url: str,
+        files: list[tuple[str, tuple[str, bytes, str]]],
+        fields: dict[str, str],
+        refused_retries: int = 1,
+    ) -> httpx.Response:
+        """One POST, its failures as backend errors; a refused connection (nothing reached
+        TorchServe) is tried ``refused_retries`` more times."""
+        try:
+            return await self._client.post(
+                url, files=files, data=fields, headers=self.keys.headers("inference")
+            )
+        except httpx.ConnectError:
+            if refused_retries:
+                return await self._send(model, url, files, fields, refused_retries - 1)
+            raise BackendUnavailable(
+                "cannot reach TorchServe (ConnectError)", self.breakers[model].cooldown_s
+            ) from None
+        except httpx.ConnectTimeout:
+            raise BackendUnavailable(
+                "cannot reach TorchServe (ConnectTimeout)", self.breakers[model].cooldown_s
+            ) from None
+        except httpx.PoolTimeout:
+            raise LocalPoolExhausted("no free connection to TorchServe", 1.0) from None
+        except httpx.TimeoutException:
+            raise BackendTimeout(f"TorchServe did not answer within {self.timeout_s:g} s") from None
+        except httpx.TransportError as exc:  # connection dropped mid-request (worker died)
+            raise BackendUnavailable(
+                f"TorchServe connection failed ({type(exc).__name__})", 1.0, reached=True
+            ) from None
 
     async def _renew_inference_key(self) -> None:
         """Inference keys expire (token_expiration_min); the API key asks for a new one."""

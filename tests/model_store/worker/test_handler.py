@@ -79,7 +79,7 @@ def test_torchserve_matches_the_in_process_classifier(torchserve, held_out):
     images, _ = held_out
     served = predict(torchserve, "se_resnet50", files=multipart(images)).json()["results"]
     weights = torchserve.archive_dir.parent / "se_resnet50.pt"
-    local = ImageClassifier(
+    local = ImageClassifier.load(
         ClassifierConfig("se_resnet50", weights, compile=False, batch_buckets=(1, 2, 4, 8))
     )
     for remote, mine in zip(served, local.classify(images), strict=True):

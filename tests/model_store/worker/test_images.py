@@ -76,7 +76,7 @@ def weights(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def classifier(weights) -> ImageClassifier:
-    return ImageClassifier(ClassifierConfig("eca_resnet50", weights, compile=False))
+    return ImageClassifier.load(ClassifierConfig("eca_resnet50", weights, compile=False))
 
 
 def served_batch(classifier: ImageClassifier, images: list[bytes], monkeypatch) -> torch.Tensor:
@@ -168,8 +168,8 @@ def test_exif_orientation_is_applied_before_resizing(classifier, monkeypatch, or
 
 
 def test_fast_decode_is_opt_in_and_changes_pixels(weights, monkeypatch):
-    exact = ImageClassifier(ClassifierConfig("eca_resnet50", weights, compile=False))
-    fast = ImageClassifier(
+    exact = ImageClassifier.load(ClassifierConfig("eca_resnet50", weights, compile=False))
+    fast = ImageClassifier.load(
         ClassifierConfig("eca_resnet50", weights, compile=False, fast_decode=True)
     )
     assert exact.config.fast_decode is False
@@ -276,7 +276,7 @@ def test_batch_pixel_budget_fails_only_the_images_past_it(weights):
     config = ClassifierConfig(
         "eca_resnet50", weights, compile=False, max_pixels=40_000, max_batch_pixels=100_000
     )
-    classifier = ImageClassifier(config)
+    classifier = ImageClassifier.load(config)
     images = [encode(photo((200, 200), seed), "PNG") for seed in range(4)]  # 40,000 pixels each
     results = classifier.classify(images)
     assert ["predictions" in r for r in results] == [True, True, False, False]

@@ -47,7 +47,7 @@ def test_packages_built_for_another_machine_class_fall_back_to_jit(tiny_archives
     built["machine"]["cpu_capability"] = "a vector ISA this machine lacks"
     manifest.write_text(json.dumps(built))
     with pytest.warns(UserWarning, match="inductor models built ahead not used, compiling just"):
-        fallback = ImageClassifier(replace(config, batch_buckets=(1,)))
+        fallback = ImageClassifier.load(replace(config, batch_buckets=(1,)))
     assert fallback.info["runtime"] == "jit" and fallback.compiled_graphs > 0
     assert "a vector ISA this machine lacks" in fallback.info["prebuilt_fallback"]
 
@@ -60,7 +60,7 @@ def test_serving_an_aot_archive_needs_no_compiler(tiny_archives, tmp_path, photo
         "import sys; from pathlib import Path\n"
         "from model_store.worker.archive import load_archive\n"
         "from model_store.worker.classifier import ImageClassifier\n"
-        "c = ImageClassifier(load_archive(Path(sys.argv[1]), Path(sys.argv[2])))\n"
+        "c = ImageClassifier.load(load_archive(Path(sys.argv[1]), Path(sys.argv[2])))\n"
         "[r] = c.classify([Path(sys.argv[3]).read_bytes()])\n"
         "print(c.info['runtime'], r['predictions'][0]['label'])\n"
     )
@@ -85,7 +85,7 @@ def test_the_warm_up_warms_what_requests_use(tiny_trained, tmp_path, photos):
     warm-up fed tensors made outside inference mode, so the first real call of every bucket
     compiled again: seconds per bucket, the first-request and p99 tails.)"""
     weights = save_tiny(tiny_trained("eca_resnet50"), tmp_path / "eca.pt")
-    served = ImageClassifier(ClassifierConfig("eca_resnet50", weights, batch_buckets=(1, 2)))
+    served = ImageClassifier.load(ClassifierConfig("eca_resnet50", weights, batch_buckets=(1, 2)))
     assert served.info["runtime"] == "jit"
     before = graphs_compiled()
     for count in (1, 2, 3):  # 3 = a padded 2 plus a 1

@@ -102,7 +102,7 @@ def test_auto_builds_both_measures_them_and_keeps_the_faster(tiny_trained, tmp_p
         folders = {name.split("/")[0] for name in packed.namelist()}
     kept, dropped = ("aoti", "openvino")[:: 1 if report["serving"] == "inductor" else -1]
     assert kept in folders and dropped not in folders
-    served = ImageClassifier(load_archive(archive, tmp_path / "unpacked"))
+    served = ImageClassifier.load(load_archive(archive, tmp_path / "unpacked"))
     assert served.info["runtime"] == {"inductor": "aot", "openvino": "openvino"}[report["serving"]]
 
 
@@ -153,7 +153,7 @@ def test_a_worker_without_openvino_says_so_and_compiles_just_in_time(tiny_archiv
         "config = replace(load_archive(Path(sys.argv[1]), Path(sys.argv[2])), batch_buckets=(1,))\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"
-        "    c = ImageClassifier(config)\n"
+        "    c = ImageClassifier.load(config)\n"
         "print(c.info['runtime']); print(c.info['prebuilt_fallback'])\n"
         "print([str(w.message) for w in caught if 'not used' in str(w.message)])\n"
     )
