@@ -1,4 +1,4 @@
-"""Every failure leaves as ``{"error": {"code", "message"}}`` with a SPEC status code; under
+"""Every failure leaves as ``{"error": {"code", "message"}}`` with a status code from ``docs/ARCHITECTURE.md``; under
 ``/v2`` as the Open Inference Protocol's ``{"error": "message"}``, with the same status."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What every inference route does once it has read its inputs, whatever protocol it speaks:
 run them through the model's batcher within the request's deadline, turn each failure into its
-SPEC status, count the images, time the answer."""
+status (``docs/ARCHITECTURE.md``), count the images, time the answer."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ async def _dispatch(
     timeout_s: float,
     probabilities: bool,
 ) -> list[tuple[dict[str, Any], BatchInfo]]:
-    """Backpressure, deadlines and backend failures, as SPEC status codes."""
+    """Backpressure, deadlines and backend failures, as the status codes of ``docs/ARCHITECTURE.md``."""
     try:
         return await gateway.dispatcher.classify(model, uploads, top_k, deadline, probabilities)
     except QueueFull as exc:

@@ -1,4 +1,4 @@
-"""The gateway's Prometheus metrics (names fixed by SPEC), on a registry of the app's own so
+"""The gateway's Prometheus metrics (names fixed by ``docs/ARCHITECTURE.md``), on a registry of the app's own so
 several apps (tests) never share counters."""
 
 from __future__ import annotations
