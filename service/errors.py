@@ -1,5 +1,6 @@
-"""Every failure leaves as ``{"error": {"code", "message"}}`` with a status code from ``docs/ARCHITECTURE.md``; under
-``/v2`` as the Open Inference Protocol's ``{"error": "message"}``, with the same status."""
+"""Every failure leaves as ``{"error": {"code", "message"}}`` with a status code of the API
+contract (``docs/ARCHITECTURE.md``); under ``/v2`` as the Open Inference Protocol's
+``{"error": "message"}``, with the same status."""
 
 from __future__ import annotations
 

@@ -97,7 +97,7 @@ async def _dispatch(
     timeout_s: float,
     probabilities: bool,
 ) -> list[tuple[dict[str, Any], BatchInfo]]:
-    """Backpressure, deadlines and backend failures, as the status codes of ``docs/ARCHITECTURE.md``."""
+    """Backpressure, deadlines and backend failures, as the API contract's status codes."""
     try:
         return await gateway.dispatcher.classify(model, uploads, top_k, deadline, probabilities)
     except QueueFull as exc:

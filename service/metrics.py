@@ -1,5 +1,5 @@
-"""The gateway's Prometheus metrics (names fixed by ``docs/ARCHITECTURE.md``), on a registry of the app's own so
-several apps (tests) never share counters."""
+"""The gateway's Prometheus metrics (names fixed by the contract in ``docs/ARCHITECTURE.md``), on
+a registry of the app's own so several apps (tests) never share counters."""
 
 from __future__ import annotations
 

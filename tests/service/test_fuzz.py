@@ -1,6 +1,7 @@
 """Fuzz the gateway from its own OpenAPI schema (schemathesis): no input may cause a 5xx that
-docs/ARCHITECTURE.md does not name, and every answer must match the schema the API publishes. The Open Inference
-Protocol routes are fuzzed a second time with bodies that break the schema, too."""
+the API contract (docs/ARCHITECTURE.md) does not name, and every answer must match the schema
+the API publishes. The Open Inference Protocol routes are fuzzed a second time with bodies that
+break the schema, too."""
 
 from __future__ import annotations
 

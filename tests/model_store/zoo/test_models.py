@@ -15,7 +15,7 @@ PUBLISHED_PARAMS = {
     "cbam_resnet50": (28_089_624, 2_532_592),  # SE's MLP + 16 x (7x7x2 conv + BN affine)
     "sa_resnet50": (25_557_740, 708),
 }
-"""The published counts of the served models (papers, timm); a new kind adds its own if it has one."""
+"""The published counts of the served models (papers, timm); a new kind adds its own."""
 ECA_K3557 = [{"kernel_size": k} for k in (3, 5, 5, 7)]
 """The official ECA-ResNet-50 weights' kernel size per stage."""
 
