@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).parent / "results"
 
 
@@ -46,13 +47,28 @@ def environment(device: str) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device,
-        "command": " ".join([Path(sys.orig_argv[0]).name, *sys.orig_argv[1:]]),
+        "command": command_line(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
     return info
+
+
+def command_line() -> str:
+    """How this run was started, paths relative to the repository (no one else's home dir)."""
+    return " ".join([Path(sys.orig_argv[0]).name, *map(repo_relative, sys.orig_argv[1:])])
+
+
+def repo_relative(arg: str) -> str:
+    """``arg`` with an absolute path under the repository made relative to it (``--out=...``
+    included)."""
+    prefix, equals, value = arg.rpartition("=") if arg.startswith("--") else ("", "", arg)
+    path = Path(value)
+    if path.is_absolute() and path.is_relative_to(REPO_ROOT):
+        value = str(path.relative_to(REPO_ROOT))
+    return f"{prefix}{equals}{value}"
 
 
 def write_results(name: str, payload: dict[str, Any], out: Path | None = None) -> Path:

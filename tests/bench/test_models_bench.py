@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
 from bench import models as bench_models
-from bench.common import markdown_table, percentile
+from bench.common import command_line, markdown_table, percentile
 
 
 def test_percentile_nearest_rank():
@@ -15,6 +17,15 @@ def test_percentile_nearest_rank():
     assert percentile(samples, 50) == 3.0
     assert percentile(samples, 90) == 5.0
     assert percentile(samples, 0) == 1.0
+
+
+def test_the_recorded_command_names_paths_relative_to_the_repository(monkeypatch):
+    root = Path(__file__).resolve().parents[2]
+    argv = ["/usr/bin/python3", "-m", "bench.models", "--out", str(root / "bench/results/x.json")]
+    monkeypatch.setattr(sys, "orig_argv", [*argv, f"--checkpoint={root}/w.pt", "/tmp/elsewhere"])
+    assert command_line() == (
+        "python3 -m bench.models --out bench/results/x.json --checkpoint=w.pt /tmp/elsewhere"
+    )
 
 
 def test_markdown_table_formats_numbers():

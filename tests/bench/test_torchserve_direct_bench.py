@@ -22,5 +22,7 @@ def test_load_numbers_agree_with_torchserve_metrics(torchserve, images_per_reque
     assert row["errors"] == 0 and row["requests"] > 3
     assert row["images"] == row["requests"] * images_per_request
     assert inference_count(torchserve, "se_resnet50") - before == row["requests"]
-    assert row["img_per_s"] == pytest.approx(row["images"] / 2.0, rel=0.25)
+    # rates are counts over one measured interval (speed itself is the benchmark's business)
+    assert row["img_per_s"] == pytest.approx(row["req_per_s"] * images_per_request)
+    assert row["img_per_s"] > 0
     assert 0 < row["p50_ms"] <= row["p99_ms"]

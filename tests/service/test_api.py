@@ -9,7 +9,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -829,19 +828,18 @@ def test_a_request_that_cannot_meet_its_deadline_is_refused_at_once_with_503():
                 await post()  # the cost model learns one batch's time
                 backlog = [asyncio.ensure_future(post()) for _ in range(5)]  # ~1 s queued
                 await asyncio.sleep(0.05)
-                started = time.perf_counter()
                 refused = await post(deadline_ms=300)
-                refused_after = time.perf_counter() - started
                 patient = await post(deadline_ms=10_000)
                 await asyncio.gather(*backlog)
                 metrics = (await http.get("/metrics")).text
-                return refused, refused_after, patient, metrics
+                return refused, patient, metrics
 
-    refused, refused_after, patient, metrics = asyncio.run(scenario())
+    refused, patient, metrics = asyncio.run(scenario())
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "deadline_unmeetable"
     assert int(refused.headers["retry-after"]) >= 1
-    assert refused_after < 0.3  # refused at admission, not after waiting out the deadline
+    # deadline_unmeetable is decided at admission: the refused image never reached the backend
+    assert len(backend.images) == 1 + 5 + 1
     assert patient.status_code == 200
     assert 'gateway_deadline_refusals_total{model="se_resnet50"} 1.0' in metrics
     assert 'gateway_backend_predicted_seconds_count{model="se_resnet50"}' in metrics
