@@ -86,4 +86,4 @@ def test_sigterm_drains_the_running_batch_then_stops_everything(tiny_archives, t
     assert response.status_code == 200 and len(response.json()["results"]) == 3
     assert leftovers == [], (tmp_path / "worker.log").read_text()[-2000:]
     assert not listening(inference) and not listening(management)
-    assert DRAIN_SECONDS <= took < DRAIN_SECONDS + 60
+    assert took >= DRAIN_SECONDS  # it drained before stopping (wait() bounds it above)

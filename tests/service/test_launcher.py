@@ -71,10 +71,8 @@ def test_launcher_stops_torchserve_on_signal(tiny_archives, tmp_path, signum):
             time.sleep(0.5)
         assert processes_under(tmp_path / ".run"), "TorchServe should run in its run directory"
         assert listening(inference) and listening(management)
-        started = time.monotonic()
         launcher.send_signal(signum)
-        launcher.wait(STOP_WITHIN_S)
-        elapsed = time.monotonic() - started
+        launcher.wait(STOP_WITHIN_S)  # raises if it is still running then
     finally:
         if launcher.poll() is None:
             launcher.kill()
@@ -84,4 +82,3 @@ def test_launcher_stops_torchserve_on_signal(tiny_archives, tmp_path, signum):
         os.kill(pid, signal.SIGKILL)
     assert leftovers == [], (tmp_path / "launcher.log").read_text()[-3000:]
     assert not listening(inference) and not listening(management) and not listening(gateway)
-    assert elapsed < STOP_WITHIN_S
