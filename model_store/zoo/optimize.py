@@ -1,6 +1,6 @@
 """Inference optimisation: fold BN, squeeze SE/ECA early, channels_last, torch.compile.
 
-Every step is exact up to float rounding; ``tests/model_store/test_optimize.py`` compares
+Every step is exact up to float rounding; ``tests/model_store/zoo/test_optimize.py`` compares
 logits before and after.
 """
 
