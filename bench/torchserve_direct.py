@@ -75,7 +75,7 @@ async def run_load(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from model_store.zoo.registry import parse_model_names
+    from model_store.zoo.registry import DEFAULT_MODELS, parse_model_names
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--models",
         type=parse_model_names,
-        default="se_resnet50,eca_resnet50",
+        default=",".join(DEFAULT_MODELS),
         help="comma list or 'all'",
     )
     parser.add_argument("--concurrency", default="1,4,8", help="concurrent clients, comma list")

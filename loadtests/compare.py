@@ -32,7 +32,7 @@ from urllib.parse import urlparse
 import httpx
 
 from bench.common import progress
-from model_store.zoo.registry import parse_model_names
+from model_store.zoo.registry import DEFAULT_MODELS, parse_model_names
 
 from .report import write_report
 from .runner import Generator, Load, trial
@@ -141,7 +141,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--models",
         type=parse_model_names,
-        default="se_resnet50,eca_resnet50",
+        default=",".join(DEFAULT_MODELS),
         help="comma list; ratios are the second over the first",
     )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")

@@ -15,7 +15,7 @@ from model_store.worker.protocol import (
     KEY_FILE_NAME,
     WORKER_RESPONSE_TIMEOUT_S,
 )
-from model_store.zoo.registry import MODELS
+from model_store.zoo.registry import DEFAULT_MODELS, MODELS
 
 from .batcher import Policy
 
@@ -24,9 +24,7 @@ class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=None, extra="forbid")
 
     backend: Literal["torchserve", "inprocess"] = "torchserve"
-    models: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["se_resnet50", "eca_resnet50"]
-    )
+    models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_MODELS))
 
     # TorchServe backend
     torchserve_inference_url: str = "http://127.0.0.1:8080"

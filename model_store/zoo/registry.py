@@ -40,6 +40,11 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+DEFAULT_MODELS = ("se_resnet50", "eca_resnet50")
+"""The pair this project exists to compare: what the gateway serves and the load tests and
+TorchServe benchmark compare unless told otherwise."""
+
+
 def register_attention(kind: str, layer: str) -> ModelSpec:
     """Add a kind at run time (a plug-in, a test): ``layer`` is ``"module:Class"``."""
     if not kind.isidentifier() or kind == NO_ATTENTION:
