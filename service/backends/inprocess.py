@@ -42,7 +42,7 @@ class InProcessBackend:
                 config = load_archive(
                     self.archive_dir / f"{model}.mar", Path(self._tmp.name) / model
                 )
-                classifier = await asyncio.to_thread(ImageClassifier, config)
+                classifier = await asyncio.to_thread(ImageClassifier.load, config)
                 facts = WorkerFacts.model_validate(
                     classifier.info | {"compiled_graphs": classifier.compiled_graphs}
                 )

@@ -193,7 +193,7 @@ def test_the_handler_module_defines_one_class():
     even a small dataclass, makes every worker die at start)."""
     import inspect
 
-    from model_store import handler
+    from model_store.worker import handler
 
     defined = [
         name

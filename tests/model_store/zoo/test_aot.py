@@ -22,7 +22,7 @@ from ...checks import assert_serves_without_compiling_like_eager
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

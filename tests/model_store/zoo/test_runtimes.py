@@ -35,7 +35,7 @@ from model_store.zoo.runtimes import (
 
 from ...checks import assert_serves_without_compiling_like_eager
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PREPACKED_CONV = "_convolution_pointwise"  # oneDNN convolution on weights packed once, at load
 
 
