@@ -25,16 +25,15 @@ from typing import Any
 import torch
 import yaml
 
-from ..zoo.aot import AOT_DIR, compile_packages, machine_key
+from ..zoo.aot import compile_packages, machine_key
 from ..zoo.checkpoint import read_checkpoint, save_checkpoint
 from ..zoo.models import create_model, get_spec
-from ..zoo.openvino_ir import OPENVINO_DIR, export_ir
+from ..zoo.openvino_ir import export_ir
 from ..zoo.optimize import optimize_for_inference
 from ..zoo.runtimes import (
     AUTO,
     DEFAULT_RUNTIME,
     RUNTIME_CHOICES,
-    RUNTIME_REPORT,
     RUNTIMES,
     RuntimeCheckFailed,
     fastest,
@@ -50,9 +49,12 @@ PACKAGE_DIR = Path(__file__).parents[1]
 """The whole ``model_store`` package: it travels inside every archive."""
 DEFAULT_ARCHIVE_DIR = PACKAGE_DIR / "archives"
 ARCHIVE_VERSION = "1.0"
+RUNTIME_REPORT = "runtime.json"
+"""The build's record inside an archive: what was asked, what serves, the checks and timings."""
 
-PREBUILT_DIRS = {"inductor": ("aot_dir", AOT_DIR), "openvino": ("openvino_dir", OPENVINO_DIR)}
-"""Per runtime: the classifier setting naming its prebuilt models, and their folder."""
+PREBUILT_DIRS = {"inductor": ("aot_dir", "aoti"), "openvino": ("openvino_dir", "openvino")}
+"""Per runtime: the classifier setting naming its prebuilt models, and their folder inside the
+archive."""
 
 
 @dataclass(frozen=True)

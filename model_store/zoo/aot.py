@@ -25,8 +25,6 @@ from .runtimes import Runner
 
 log = logging.getLogger(__name__)
 
-AOT_DIR = "aoti"
-"""Where the packages sit inside an archive (and in the classifier's ``aot_dir`` setting)."""
 MANIFEST = "manifest.json"
 
 

@@ -19,8 +19,6 @@ from torch import nn
 
 from .runtimes import Runner
 
-OPENVINO_DIR = "openvino"
-"""Where the IR sits inside an archive (and in the classifier's ``openvino_dir`` setting)."""
 IR_FILE = "model.xml"  # and model.bin beside it
 CPU_PROPERTIES = {
     "PERFORMANCE_HINT": "LATENCY",

@@ -25,8 +25,6 @@ RUNTIME_CHOICES = (*RUNTIMES, AUTO)
 DEFAULT_RUNTIME = "inductor"
 MAX_LOGIT_ERROR = 1e-3
 """Largest absolute logit difference from the eager model that a runtime may serve with."""
-RUNTIME_REPORT = "runtime.json"
-"""The build's record inside an archive: what was asked, what serves, the checks and timings."""
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
