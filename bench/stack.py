@@ -99,14 +99,20 @@ def start_gateway(
     raise RuntimeError(f"gateway not ready; log:\n{log_path.read_text()[-3000:]}")
 
 
-def gateway_env(server: TorchServe, models: Sequence[str]) -> dict[str, str]:
-    """The gateway's settings for serving ``models`` through ``server``."""
+def gateway_fields(server: TorchServe, models: Sequence[str]) -> dict[str, str]:
+    """The gateway settings (``GatewaySettings`` fields) that serve ``models`` through
+    ``server``."""
     return {
-        "GATEWAY_MODELS": ",".join(models),
-        "GATEWAY_TORCHSERVE_INFERENCE_URL": server.inference_url,
-        "GATEWAY_TORCHSERVE_MANAGEMENT_URL": server.management_url,
-        "GATEWAY_TORCHSERVE_KEY_FILE": str(server.key_file),
+        "models": ",".join(models),
+        "torchserve_inference_url": server.inference_url,
+        "torchserve_management_url": server.management_url,
+        "torchserve_key_file": str(server.key_file),
     }
+
+
+def gateway_env(server: TorchServe, models: Sequence[str]) -> dict[str, str]:
+    """The same as ``GATEWAY_*`` environment variables, for a gateway process."""
+    return {f"GATEWAY_{k.upper()}": v for k, v in gateway_fields(server, models).items()}
 
 
 @dataclass(frozen=True)
@@ -126,11 +132,10 @@ def start_stack(
     batch_size: int = GATEWAY_FED_BATCH_SIZE,
     max_batch_delay_ms: int = ArchiveSpec.max_batch_delay_ms,
     gateway: bool = True,
-    settings: Mapping[str, str] | None = None,
 ) -> Iterator[Stack]:
     """Archives of ``models`` built in ``workdir``, TorchServe over them and (unless
-    ``gateway=False``) the gateway in front with extra ``GATEWAY_*`` ``settings``, all on free
-    loopback ports; everything stops on exit."""
+    ``gateway=False``) the gateway in front, all on free loopback ports; everything stops on
+    exit."""
     archives = workdir / "archives"
     for model in models:
         build(
@@ -146,8 +151,7 @@ def start_stack(
     try:
         url = None
         if gateway:
-            env = gateway_env(server, models) | dict(settings or {})
-            process, url = start_gateway(env, workdir / "gateway.log")
+            process, url = start_gateway(gateway_env(server, models), workdir / "gateway.log")
         yield Stack(server, url)
     finally:
         if process is not None:

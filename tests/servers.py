@@ -10,6 +10,7 @@ from pathlib import Path
 
 import uvicorn
 
+from bench.stack import gateway_fields
 from model_store.worker.archive import ArchiveSpec, build_archive
 from model_store.worker.launcher import TorchServe, free_ports
 from model_store.worker.tiny import save_tiny
@@ -55,10 +56,4 @@ class GatewayThread:
 
 
 def gateway_settings(server: TorchServe, **overrides) -> GatewaySettings:
-    return GatewaySettings(
-        models=list(STACK_MODELS),
-        torchserve_inference_url=server.inference_url,
-        torchserve_management_url=server.management_url,
-        torchserve_key_file=server.key_file,
-        **overrides,
-    )
+    return GatewaySettings(**(gateway_fields(server, list(STACK_MODELS)) | overrides))

@@ -27,7 +27,7 @@ import yaml
 
 from ..zoo.aot import compile_packages, machine_key
 from ..zoo.checkpoint import read_checkpoint, save_checkpoint
-from ..zoo.models import create_model, get_spec
+from ..zoo.models import create_model
 from ..zoo.openvino_ir import export_ir
 from ..zoo.optimize import optimize_for_inference
 from ..zoo.runtimes import (
@@ -150,7 +150,6 @@ def build_archive(
     progress: Callable[[str], None] = log.info,
 ) -> Path:
     """Write ``<out_dir>/<model>.mar`` unless an archive of the same inputs is already there."""
-    get_spec(spec.model)
     out_dir.mkdir(parents=True, exist_ok=True)
     archive = out_dir / f"{spec.model}.mar"
     stamp = out_dir / f"{spec.model}.fingerprint"

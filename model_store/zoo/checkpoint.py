@@ -115,9 +115,9 @@ def _attention_weights(
     return blocks
 
 
-def detect_attention(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """The attention kind a converted state_dict holds: the kinds whose marker it has."""
-    inner = {name for weights in _attention_weights(state_dict).values() for name in weights}
+def _kind_of(blocks: Mapping[tuple[int, int], Mapping[str, torch.Tensor]]) -> str:
+    """The attention kind the blocks' weights hold: the kinds whose marker they have."""
+    inner = {name for weights in blocks.values() for name in weights}
     found = {
         kind
         for kind, layer in attention_layers().items()
@@ -131,7 +131,8 @@ def detect_attention(state_dict: Mapping[str, torch.Tensor]) -> str:
 def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """ResNet constructor arguments implied by a converted state_dict: the attention kind, the
     tensor shapes, and the per-stage settings the kind reads from its weights."""
-    arch: dict[str, Any] = {"attn_layer": detect_attention(state_dict)}
+    attention = _attention_weights(state_dict)
+    arch: dict[str, Any] = {"attn_layer": _kind_of(attention)}
     if "fc.weight" in state_dict:
         arch["num_classes"] = state_dict["fc.weight"].shape[0]
     if "conv1.weight" in state_dict:
@@ -145,7 +146,7 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]
     if arch["attn_layer"] != NO_ATTENTION and "layers" in arch:
         layer = attention_layer(arch["attn_layer"])
         stages: dict[int, list[dict[str, Any]]] = {}
-        for (stage, _), weights in sorted(_attention_weights(state_dict).items()):
+        for (stage, _), weights in sorted(attention.items()):
             stages.setdefault(stage, []).append(layer.kwargs_from_weights(weights))
         if differ := {s: k for s, k in stages.items() if any(x != k[0] for x in k)}:
             raise CheckpointError(f"attention settings differ within a stage: {differ}")
