@@ -59,13 +59,15 @@ loadtest: setup system-deps
 	$(PY) -m loadtests.compare $(LOADTEST_ARGS)
 
 # The serving benchmarks too: TorchServe direct, gateway vs TorchServe vs in-process, the
-# worker's memory ceiling, and what the reduced-scale JPEG decode saves and changes.
-bench-all: bench
+# worker's memory ceiling, what the reduced-scale JPEG decode saves and changes, and a 30-minute
+# soak with faults (bench/soak.py).
+bench-all: bench system-deps
 	$(PY) -m bench.torchserve_direct
 	$(PY) -m bench.gateway
 	$(PY) -m bench.capacity
 	$(PY) -m bench.memory
 	$(PY) -m bench.decode
+	$(PY) -m bench.soak
 
 # Mutation testing of the hot paths against the fast unit tests ([tool.mutmut] in
 # pyproject.toml): the killed share, then every surviving mutant (`mutmut show NAME`).

@@ -49,11 +49,18 @@ import psutil
 
 from model_store.worker.archive import ArchiveSpec
 from model_store.worker.launcher import TorchServe
-from model_store.worker.protocol import READY_STATUS, bearer, input_field
+from model_store.worker.protocol import READY_STATUS, input_field
 from model_store.zoo.runtimes import DEFAULT_RUNTIME, RUNTIMES
 
 from .common import RESULTS_DIR, columns_table, environment, percentile, progress, write_results
-from .stack import bench_archives, build, gateway_env, start_gateway, start_torchserve
+from .stack import (
+    bench_archives,
+    build,
+    gateway_env,
+    post_direct,
+    start_gateway,
+    start_torchserve,
+)
 from .torchserve_direct import image_pool
 
 TARGETS = (
@@ -205,7 +212,7 @@ def null_gateway_efficiency(seconds: float) -> dict[str, Any]:
 
 
 def make_senders(
-    client: httpx.AsyncClient, urls: dict[str, str], model: str, token: Callable[[], str]
+    client: httpx.AsyncClient, urls: dict[str, str], model: str, direct_server: TorchServe
 ) -> dict[str, Send]:
     def gateway(url: str) -> Send:
         async def send(data: bytes) -> int:
@@ -219,23 +226,19 @@ def make_senders(
         return send
 
     async def direct(data: bytes) -> int:
-        response = await client.post(
-            f"{urls['torchserve-direct']}/predictions/{model}",
-            content=data,
-            headers=bearer(token()),
-        )
+        response = await post_direct(client, direct_server, f"/predictions/{model}", content=data)
         return response.status_code
 
     return {t: direct if t == "torchserve-direct" else gateway(urls[t]) for t in urls}
 
 
 async def sweep(
-    urls: dict[str, str], args: argparse.Namespace, pool: list[bytes], token: Callable[[], str]
+    urls: dict[str, str], args: argparse.Namespace, pool: list[bytes], direct_server: TorchServe
 ) -> list[dict[str, Any]]:
     rows = []
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        senders = make_senders(client, urls, args.model, token)
+        senders = make_senders(client, urls, args.model, direct_server)
         for send in senders.values():  # warm every path once
             await send(pool[0])
         for index, rate in enumerate(args.rates):
@@ -383,7 +386,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 process, urls[target] = start_gateway(env, workdir / f"{target}.log")
                 processes.append(process)
             urls = {t: urls[t] for t in targets}
-            rows = asyncio.run(sweep(urls, args, pool, lambda: direct_server.keys()["inference"]))
+            rows = asyncio.run(sweep(urls, args, pool, direct_server))
         finally:
             for process in processes:
                 process.terminate()

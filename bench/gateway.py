@@ -23,12 +23,19 @@ from typing import Any
 
 import httpx
 
-from model_store.worker.protocol import bearer
+from model_store.worker.launcher import TorchServe
 from service.settings import GatewaySettings
 
 from .common import progress, report
 from .load import LoadResult, closed_loop
-from .stack import bench_archives, build, gateway_env, start_gateway, start_torchserve
+from .stack import (
+    bench_archives,
+    build,
+    gateway_env,
+    post_direct,
+    start_gateway,
+    start_torchserve,
+)
 from .torchserve_direct import image_pool
 
 TARGETS = ("torchserve-direct", "gateway+torchserve", "gateway-inprocess")
@@ -40,16 +47,12 @@ def make_sender(
     url: str,
     model: str,
     pool: list[bytes],
-    token: Callable[[], str],
+    direct: TorchServe,
 ) -> Callable[[int], Any]:
     async def send(n: int) -> int:
         data = pool[n % len(pool)]
         if target == "torchserve-direct":
-            response = await client.post(
-                f"{url}/predictions/{model}",
-                content=data,
-                headers=bearer(token()),
-            )
+            response = await post_direct(client, direct, f"/predictions/{model}", content=data)
         else:
             response = await client.post(
                 f"{url}/v1/models/{model}/classify",
@@ -71,7 +74,7 @@ def merge(results: list[LoadResult]) -> LoadResult:
 
 
 async def measure(
-    urls: dict[str, str], args: argparse.Namespace, pool: list[bytes], token: Callable[[], str]
+    urls: dict[str, str], args: argparse.Namespace, pool: list[bytes], direct: TorchServe
 ) -> list[dict[str, Any]]:
     rows = []
     limits = httpx.Limits(max_connections=max(args.concurrency) + 8)
@@ -81,7 +84,7 @@ async def measure(
             for index in range(args.slices):
                 for target, url in urls.items():
                     progress(f"{concurrency} clients, slice {index + 1}/{args.slices}: {target}")
-                    send = make_sender(client, target, url, args.model, pool, token)
+                    send = make_sender(client, target, url, args.model, pool, direct)
                     slices[target].append(
                         await closed_loop(
                             send, concurrency, args.duration / args.slices, args.warmup
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             processes.append(gw_ip)
             urls = dict(zip(TARGETS, (server.inference_url, gw_ts_url, gw_ip_url), strict=True))
-            rows = asyncio.run(measure(urls, args, pool, lambda: server.keys()["inference"]))
+            rows = asyncio.run(measure(urls, args, pool, server))
         finally:
             for process in processes:
                 process.terminate()

@@ -4,6 +4,7 @@ and gateways on free loopback ports. ``start_stack`` is all of it at once."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -15,12 +16,15 @@ from pathlib import Path
 import httpx
 
 from model_store.worker.archive import ArchiveSpec, build_archive
+from model_store.worker.keys import bearer, key_refused
 from model_store.worker.launcher import TorchServe, free_ports
 from model_store.worker.protocol import GATEWAY_FED_BATCH_SIZE
 from model_store.zoo.runtimes import DEFAULT_RUNTIME
 
 from .common import progress
 
+PROMETHEUS_DIR = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
+"""The project's scrape config and rules, run as shipped with the targets moved to loopback."""
 BENCH_DIR = Path(".run/bench")
 """Archives are kept here between runs (an AOT build of a full model takes minutes)."""
 READY_TIMEOUT_S = 900.0
@@ -70,6 +74,21 @@ def start_torchserve(models: Sequence[str], archives: Path, run_dir: Path) -> To
     server = TorchServe.on_free_ports(list(models), archives, run_dir).start()
     server.wait_ready(timeout=READY_TIMEOUT_S, progress=progress)
     return server
+
+
+async def post_direct(
+    client: httpx.AsyncClient, server: TorchServe, path: str, **request: object
+) -> httpx.Response:
+    """A direct client's POST to ``server``'s inference API that survives key expiry as the
+    gateway does: the key renewed before it expires, and after a refusal renewed and the
+    request sent once more (TorchServe refuses a key before computing anything)."""
+    url = f"{server.inference_url}{path}"
+    sent = server.token("inference")
+    response = await client.post(url, headers=bearer(sent), **request)  # type: ignore[arg-type]
+    if key_refused(response.status_code, response.content):
+        server.recover("inference", sent)
+        response = await client.post(url, headers=server.headers("inference"), **request)  # type: ignore[arg-type]
+    return response
 
 
 def start_gateway(
@@ -158,3 +177,54 @@ def start_stack(
             process.terminate()
             process.wait(30)
         server.stop()
+
+
+@contextmanager
+def start_prometheus(
+    targets: Mapping[str, str], workdir: Path, scrape_interval_s: float = 5.0
+) -> Iterator[str]:
+    """A real Prometheus (Debian's package) running the project's scrape config and rules,
+    each job's target replaced by ``targets[job]``, once it is ready; its URL."""
+    import yaml
+
+    binary = shutil.which("prometheus")
+    if binary is None:
+        raise RuntimeError("prometheus missing: `make system-deps` installs Debian's package")
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    interval = f"{scrape_interval_s:g}s"
+    config["global"] = {"scrape_interval": interval, "evaluation_interval": interval}
+    config["rule_files"] = [str(PROMETHEUS_DIR / "rules" / "*.yml")]
+    for job in config["scrape_configs"]:
+        job["static_configs"] = [{"targets": [targets[job["job_name"]].removeprefix("http://")]}]
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_ports(1)[0]
+    with (workdir / "prometheus.log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(f"{url}/-/ready"):
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"Prometheus not ready; log: {workdir / 'prometheus.log'}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -49,7 +49,9 @@ async def run_load(
 
     from model_store.worker.protocol import input_field
 
-    url = f"{server.inference_url}/predictions/{model}"
+    from .stack import post_direct
+
+    path = f"/predictions/{model}"
     per_request = args.images_per_request
     limits = httpx.Limits(
         max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4
@@ -57,15 +59,14 @@ async def run_load(
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
 
         async def send(n: int) -> int:
-            headers = server.headers("inference")
             if per_request == 1:
-                response = await client.post(url, content=pool[n % len(pool)], headers=headers)
+                response = await post_direct(client, server, path, content=pool[n % len(pool)])
             else:
                 files = [
                     (input_field("image", i), ("x.jpg", pool[(n + i) % len(pool)], "image/jpeg"))
                     for i in range(per_request)
                 ]
-                response = await client.post(url, files=files, headers=headers)
+                response = await post_direct(client, server, path, files=files)
             if response.status_code != 200:
                 return 0
             return sum("predictions" in r for r in response.json()["results"])

@@ -1,10 +1,10 @@
 """Run the gateway: ``python -m service [--start-torchserve] [--host 127.0.0.1] [--port 8000]``.
 
 With ``--start-torchserve`` it also starts TorchServe on the archives (what ``make serve`` does)
-on the ports of ``GATEWAY_TORCHSERVE_*_URL``, and stops it on Ctrl-C or SIGTERM (systemd,
-``docker stop``, CI runners), also while the models are still loading; without Java it says so
-and serves with the ``inprocess`` backend. Everything else comes from ``GATEWAY_*`` environment
-variables (see ``service/settings.py``).
+on the ports of ``GATEWAY_TORCHSERVE_*_URL``, starts it again whenever it exits, and stops it on
+Ctrl-C or SIGTERM (systemd, ``docker stop``, CI runners), also while the models are still
+loading; without Java it says so and serves with the ``inprocess`` backend. Everything else
+comes from ``GATEWAY_*`` environment variables (see ``service/settings.py``).
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, exit_on_sigterm)
     settings = GatewaySettings()
-    torchserve = None
+    torchserve = supervisor = None
     if args.start_torchserve and settings.backend == "torchserve":
-        from model_store.worker.launcher import TorchServe, TorchServeError, check_java
+        from model_store.worker.launcher import Supervisor, TorchServe, TorchServeError, check_java
 
         try:
             check_java()
@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
         if torchserve is not None:
             torchserve.start()
             torchserve.wait_ready(progress=log.info)
+            supervisor = Supervisor(torchserve)
+            supervisor.start()
         print(
             f"gateway on http://{args.host}:{args.port} ({settings.backend} backend); "
             "Ctrl-C stops it",
@@ -89,7 +91,9 @@ def main(argv: list[str] | None = None) -> None:
             timeout_graceful_shutdown=settings.shutdown_grace_s,
         )
     finally:
-        if torchserve is not None:
+        if supervisor is not None:
+            supervisor.stop()
+        elif torchserve is not None:
             torchserve.stop()
 
 

@@ -8,11 +8,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from model_store.worker.keys import RENEWABLE_KINDS, KeyRing
 from model_store.zoo.registry import get_spec
 
 from .backends.base import Backend
 from .backends.circuit import CircuitBreaker
-from .backends.torchserve_client import TorchServeBackend, TorchServeKeys
+from .backends.torchserve_client import RENEWAL_FAILED, RENEWED, TorchServeBackend
 from .deps import Gateway
 from .dispatcher import Dispatcher
 from .errors import install_error_handlers
@@ -25,7 +26,7 @@ from .timing import ServerTiming
 log = logging.getLogger(__name__)
 
 
-def build_backend(settings: GatewaySettings) -> Backend:
+def build_backend(settings: GatewaySettings, metrics: GatewayMetrics) -> Backend:
     if settings.backend == "inprocess":
         # the models in this process: torch and the worker's dependencies (`.[worker]`)
         from .backends.inprocess import InProcessBackend
@@ -36,16 +37,20 @@ def build_backend(settings: GatewaySettings) -> Backend:
             settings.backend_timeout_s,
             settings.max_batch_size,
         )
+    for kind in RENEWABLE_KINDS:  # every series from the start, so rate() sees the first failure
+        for outcome in (RENEWED, RENEWAL_FAILED):
+            metrics.key_renewals.labels(kind, outcome)
     return TorchServeBackend(
         settings.models,
         settings.torchserve_inference_url,
         settings.torchserve_management_url,
-        TorchServeKeys(settings.torchserve_key_file, settings.torchserve_token),
+        KeyRing(settings.torchserve_key_file, settings.torchserve_token),
         timeout_s=settings.backend_timeout_s,
         breakers=lambda: CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s),
         readiness_timeout_s=settings.readiness_timeout_s,
         max_batch_size=settings.max_batch_size,
         max_connections=len(settings.models) * settings.max_concurrent_batches + 8,
+        on_key_renewal=lambda kind, outcome: metrics.key_renewals.labels(kind, outcome).inc(),
     )
 
 
@@ -64,9 +69,9 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        chosen = backend or build_backend(settings)
-        await chosen.start()
         metrics = GatewayMetrics()
+        chosen = backend or build_backend(settings, metrics)
+        await chosen.start()
         metrics.watch_workers(chosen.worker_facts)
         dispatcher = Dispatcher(chosen, settings, metrics)
         app.state.gateway = Gateway(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -13,6 +13,7 @@ from fastapi import Depends, Header, Request
 from .backends.base import Backend
 from .dispatcher import Dispatcher
 from .errors import ApiError, unavailable
+from .metrics import UNKNOWN_MODEL as UNSERVED
 from .metrics import GatewayMetrics
 from .schemas import ModelInfo
 from .settings import GatewaySettings
@@ -25,10 +26,33 @@ class Gateway:
     dispatcher: Dispatcher
     metrics: GatewayMetrics
     models: dict[str, ModelInfo]
-    upload_slots: asyncio.Semaphore = field(init=False)
+    upload_slots: UploadSlots = field(init=False)
 
     def __post_init__(self) -> None:
-        self.upload_slots = asyncio.Semaphore(self.settings.max_concurrent_uploads)
+        self.upload_slots = UploadSlots(self.settings.max_concurrent_uploads, list(self.models))
+
+
+class UploadSlots:
+    """Requests holding upload bytes (reading, queued or in a batch): at most ``total`` at once,
+    and no served model more than ``per_model``, which leaves every other model a reserve of
+    ``total / (2 * models)`` slots. Found by the soak: while one model's worker restarted, its
+    waiting requests took every slot and the other, healthy model was answered 503."""
+
+    def __init__(self, total: int, models: list[str]) -> None:
+        self.total = total
+        reserve = total // (2 * len(models)) if len(models) > 1 else 0
+        self.per_model = max(1, total - reserve * (len(models) - 1))
+        self.held: Counter[str] = Counter()
+
+    def take(self, model: str) -> bool:
+        """One slot for a request to ``model``, if there is one."""
+        if sum(self.held.values()) >= self.total or self.held[model] >= self.per_model:
+            return False
+        self.held[model] += 1
+        return True
+
+    def give_back(self, model: str) -> None:
+        self.held[model] -= 1
 
 
 def get_gateway(request: Request) -> Gateway:
@@ -53,15 +77,17 @@ def require_api_key(gateway: GatewayDep, x_api_key: Annotated[str | None, Header
 ApiKeyDep = Annotated[None, Depends(require_api_key)]
 
 
-async def upload_slot(gateway: GatewayDep) -> AsyncIterator[None]:
-    """Bounds the requests holding upload bytes at once (reading, queued or in a batch), so
-    gateway memory stays under ``max_concurrent_uploads * max_upload_bytes``."""
-    if gateway.upload_slots.locked():
-        raise unavailable(
-            f"{gateway.settings.max_concurrent_uploads} uploads in progress; retry shortly", 1.0
-        )
-    async with gateway.upload_slots:
+async def upload_slot(gateway: GatewayDep, model: str) -> AsyncIterator[None]:
+    """Bounds the requests holding upload bytes at once (``UploadSlots``), so gateway memory
+    stays under ``max_concurrent_uploads * max_upload_bytes``. Requests for models that are
+    not served share one name (they are refused with 404)."""
+    key = model if model in gateway.models else UNSERVED
+    if not gateway.upload_slots.take(key):
+        raise unavailable(f"too many uploads in progress for {model}; retry shortly", 1.0)
+    try:
         yield
+    finally:
+        gateway.upload_slots.give_back(key)
 
 
 UploadSlotDep = Annotated[None, Depends(upload_slot)]

@@ -104,6 +104,13 @@ class GatewayMetrics:
             ["model"],
             registry=r,
         )
+        self.key_renewals = Counter(
+            "gateway_backend_key_renewals",
+            "TorchServe key renewals by key kind (inference, management) and outcome (renewed, "
+            "failed): a failure that persists turns into 503s once the key expires",
+            ["kind", "outcome"],
+            registry=r,
+        )
         self.inflight = Gauge(
             "gateway_inflight_requests",
             "Requests to model routes being handled",

@@ -9,10 +9,10 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model_store.worker.images import ImageLimits
+from model_store.worker.keys import KEY_FILE_NAME
 from model_store.worker.protocol import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_RUN_DIR,
-    KEY_FILE_NAME,
     WORKER_RESPONSE_TIMEOUT_S,
 )
 from model_store.zoo.registry import DEFAULT_MODELS, MODELS

@@ -16,15 +16,26 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .archive import DEFAULT_ARCHIVE_DIR, read_model_config
-from .protocol import DEFAULT_RUN_DIR, KEY_FILE_NAME, bearer, model_ready, read_keys
+from .keys import (
+    KEY_FILE_NAME,
+    TOKEN_EXPIRATION_ENV,
+    KeyRing,
+    bearer,
+    key_refused,
+    token_expiration_min,
+)
+from .protocol import DEFAULT_RUN_DIR, model_ready
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +129,7 @@ class TorchServe:
     grpc_ports: tuple[int, int] = (7070, 7071)  # unused by us, but TorchServe always binds them
     config_template: Path = CONFIG_TEMPLATE
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _keyring: KeyRing | None = field(default=None, init=False, repr=False)
     _tmp_dir: Path = field(default=Path(), init=False, repr=False)
 
     @classmethod
@@ -154,17 +166,50 @@ class TorchServe:
     def log_file(self) -> Path:
         return self.run_dir / "logs" / "console.log"
 
-    def keys(self) -> dict[str, str]:
-        """Current tokens: ``inference``, ``management`` and ``API`` (for renewing the others);
-        none while TorchServe has not written them, or when token authorization is off."""
-        try:
-            return read_keys(self.key_file)
-        except (OSError, ValueError):
-            return {}
+    @property
+    def keyring(self) -> KeyRing:
+        """This server's keys (re-read when TorchServe rewrites its key file)."""
+        if self._keyring is None or self._keyring.key_file != self.key_file:
+            self._keyring = KeyRing(self.key_file)
+        return self._keyring
+
+    def token(self, kind: str = "inference") -> str | None:
+        """The current ``kind`` key, renewed first when it is about to expire; None while
+        TorchServe has not written its keys, or when token authorization is off."""
+        if self.keyring.due(kind):
+            self.renew(kind)
+        return self.keyring.current(kind)
 
     def headers(self, kind: str = "inference") -> dict[str, str]:
-        """Headers presenting the current ``kind`` token (what a direct client sends)."""
-        return bearer(self.keys().get(kind))
+        """Headers presenting the current ``kind`` key (what a direct client sends)."""
+        return bearer(self.token(kind))
+
+    def recover(self, kind: str, refused: str | None) -> None:
+        """After TorchServe refused the ``refused`` key: renew it, unless the key file already
+        holds another one (renewed meanwhile, or TorchServe restarted)."""
+        if self.keyring.current(kind) == refused:
+            self.renew(kind)
+
+    def renew(self, kind: str) -> None:
+        """Ask TorchServe for a new ``kind`` key (it rewrites the key file); a failure is
+        logged, and the next refusal asks again."""
+        try:
+            renewal = self.keyring.renewal(kind)
+        except LookupError as exc:
+            log.warning("cannot renew TorchServe's %s key: %s", kind, exc)
+            return
+        query = urllib.parse.urlencode(renewal["params"])
+        request = urllib.request.Request(
+            f"{self.management_url}{renewal['path']}?{query}",
+            method="POST",
+            headers=renewal["headers"],
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5):
+                pass
+        except (urllib.error.URLError, ConnectionError) as exc:
+            log.warning("renewing TorchServe's %s key failed: %s", kind, exc)
+        self.keyring.renewed()
 
     def start(self) -> TorchServe:
         check_java()
@@ -177,7 +222,10 @@ class TorchServe:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.key_file.unlink(missing_ok=True)
         config = self.run_dir / "config.properties"
-        config.write_text(self.config_text())
+        try:
+            config.write_text(self.config_text())
+        except ValueError as exc:  # a setting from the environment that TorchServe would refuse
+            raise TorchServeError(str(exc)) from None
         torchserve = Path(sys.executable).parent / "torchserve"
         command = [
             str(torchserve),
@@ -249,11 +297,14 @@ class TorchServe:
                 flags=re.M,
             )
         grpc_inference, grpc_management = self.grpc_ports
-        return (
+        text = (
             f"{text.rstrip()}\n# gRPC (not used by the gateway) on ports of this server's own\n"
             f"grpc_inference_address={self.host}\ngrpc_inference_port={grpc_inference}\n"
             f"grpc_management_address={self.host}\ngrpc_management_port={grpc_management}\n"
         )
+        if (minutes := token_expiration_min()) is not None:
+            text += f"# from ${TOKEN_EXPIRATION_ENV}\ntoken_expiration_min={minutes:g}\n"
+        return text
 
     def wait_ready(self, timeout: float = 900.0, progress: Any = None) -> dict[str, Any]:
         """Block until every model is ready (``protocol.model_ready``); returns the management
@@ -298,14 +349,23 @@ class TorchServe:
         return description[0].get("workers", []) if description else []
 
     def _describe(self, model: str) -> list[dict[str, Any]] | None:
-        request = urllib.request.Request(
-            f"{self.management_url}/models/{model}", headers=self.headers("management")
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return json.loads(response.read())
-        except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
-            return None
+        """The management API's description of ``model``; None while it cannot answer. A
+        refused key is renewed and the question asked once more."""
+        for attempt in range(2):
+            sent = self.token("management")
+            request = urllib.request.Request(
+                f"{self.management_url}/models/{model}", headers=bearer(sent)
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    return json.loads(response.read())
+            except urllib.error.HTTPError as exc:
+                if attempt or not key_refused(exc.code, exc.read()):
+                    return None
+                self.recover("management", sent)
+            except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
+                return None
+        return None
 
     def log_tail(self, lines: int = 40) -> str:
         if not self.log_file.exists():
@@ -333,3 +393,57 @@ class TorchServe:
         self.process.wait()
         shutil.rmtree(self._tmp_dir, ignore_errors=True)
         log.info("TorchServe stopped")
+
+
+class Supervisor(threading.Thread):
+    """Starts ``server`` again whenever it exits (its Java frontend crashed or was killed),
+    until ``stop``: a local stack outlives the loss of its TorchServe as a pod outlives a
+    container. TorchServe restarts its own dead workers; this covers the frontend. Each
+    restart writes new keys, which every ``KeyRing`` reads from the key file."""
+
+    def __init__(
+        self,
+        server: TorchServe,
+        progress: Callable[[str], None] = log.info,
+        poll_s: float = 1.0,
+        ready_timeout_s: float = 900.0,
+    ) -> None:
+        super().__init__(name="torchserve-supervisor", daemon=True)
+        self.server = server
+        self.progress = progress
+        self.poll_s = poll_s
+        self.ready_timeout_s = ready_timeout_s
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._lifecycle = threading.Lock()  # no start after stop() has begun
+
+    def run(self) -> None:
+        failures = 0
+        while not self._stopping.wait(self.poll_s * 2**failures):
+            process = self.server.process
+            if process is None or process.poll() is None:
+                continue
+            with self._lifecycle:
+                if self._stopping.is_set():
+                    return
+                log.error("TorchServe exited with code %s; starting it again", process.returncode)
+                self.server.stop()  # what is left of its group: workers, a frontend
+                self.server.start()
+            try:
+                self.server.wait_ready(self.ready_timeout_s, self.progress)
+            except TorchServeError as exc:
+                if self._stopping.is_set():  # stopped while it came back
+                    return
+                failures = min(failures + 1, 6)
+                log.error("TorchServe did not come back: %s", exc)
+                continue
+            failures = 0
+            self.restarts += 1
+            self.progress(f"TorchServe is back (restart {self.restarts})")
+
+    def stop(self) -> None:
+        """Stop supervising, then stop the server."""
+        self._stopping.set()
+        with self._lifecycle:
+            self.server.stop()
+        self.join(timeout=self.poll_s + 35)

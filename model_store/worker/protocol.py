@@ -4,7 +4,6 @@ torch)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,26 +46,10 @@ COMPILED_GRAPHS_FIELD = "compiled_graphs"
 """In every worker answer: graphs compiled in its process so far (a load test's proof that
 nothing compiled while it measured)."""
 
-# TorchServe's token authorization and readiness, as both the launcher and the gateway read them.
+# TorchServe's readiness, as both the launcher and the gateway read it (its keys: ``keys.py``).
 DEFAULT_RUN_DIR = Path(".run/torchserve")
 """Where a locally launched TorchServe keeps its config, logs and key file."""
-KEY_FILE_NAME = "key_file.json"
 READY_STATUS = "READY"
-
-
-def read_keys(key_file: Path) -> dict[str, str]:
-    """TorchServe's current tokens by kind (``inference``, ``management``, ``API``); raises
-    ``OSError`` or ``ValueError`` while it has not written them."""
-    data = json.loads(key_file.read_text())
-    try:
-        return {kind: entry["key"] for kind, entry in data.items()}
-    except (AttributeError, KeyError, TypeError):
-        raise ValueError(f"{key_file} is not a TorchServe key file") from None
-
-
-def bearer(key: str | None) -> dict[str, str]:
-    """The request headers that present ``key`` (none when token authorization is off)."""
-    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def model_ready(description: Mapping[str, Any]) -> bool:

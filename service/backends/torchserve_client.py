@@ -1,31 +1,31 @@
 """The product path: batches go to TorchServe as one multipart request each.
 
-One pooled ``httpx.AsyncClient``; token authorization (keys from TorchServe's key file, renewed
-with its API key on a 401); a circuit breaker per model so a dead worker means fast 503s for its
+One pooled ``httpx.AsyncClient``; token authorization (keys from TorchServe's key file, each
+renewed with its API key before it expires and again when TorchServe refuses it: see
+``model_store.worker.keys``); a circuit breaker per model so a dead worker means fast 503s for its
 model only. TorchServe's raw answers go to the log, never into a client's error message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
 
+from model_store.worker.keys import RENEWABLE_KINDS, KeyRing, bearer, key_refused
 from model_store.worker.protocol import (
     COMPILED_GRAPHS_FIELD,
     PROBABILITIES_FIELD,
     RESULTS_FIELD,
     TOP_K_FIELD,
-    bearer,
     input_field,
     model_ready,
-    read_keys,
 )
 
 from ..schemas import READY
@@ -51,29 +51,17 @@ class LocalPoolExhausted(BackendUnavailable):
     """Every pooled connection is busy: the gateway's own limit, no verdict on the worker."""
 
 
-class TorchServeKeys:
-    """Tokens from TorchServe's ``key_file.json`` (re-read when it changes), or one fixed token."""
+class KeyRefused(BackendUnavailable):
+    """TorchServe refuses the gateway's key and renewing it failed: the gateway's own trouble,
+    an honest 503 and no verdict on the worker."""
 
-    def __init__(self, key_file: Path | None, token: str | None) -> None:
-        self.key_file = key_file
-        self.token = token
-        self._mtime = -1.0
-        self._keys: dict[str, str] = {}
 
-    def get(self, kind: str) -> str | None:
-        if self.key_file is None:
-            return self.token
-        try:
-            mtime = self.key_file.stat().st_mtime
-            if mtime != self._mtime:
-                self._keys = read_keys(self.key_file)
-                self._mtime = mtime
-        except (OSError, ValueError):
-            return self.token
-        return self._keys.get(kind, self.token)
+KEY_RETRY_AFTER_S = 5.0
+RENEWED, RENEWAL_FAILED = "renewed", "failed"
+"""The outcomes of a key renewal (``gateway_backend_key_renewals_total``'s label)."""
 
-    def headers(self, kind: str) -> dict[str, str]:
-        return bearer(self.get(kind))
+Send = Callable[[dict[str, str]], Awaitable[httpx.Response]]
+"""One request to TorchServe, made with the authorization headers it is given."""
 
 
 def _answer(response: httpx.Response) -> dict[str, Any]:
@@ -91,12 +79,13 @@ class TorchServeBackend:
         models: list[str],
         inference_url: str,
         management_url: str,
-        keys: TorchServeKeys,
+        keys: KeyRing,
         timeout_s: float,
         breakers: Callable[[], CircuitBreaker],
         readiness_timeout_s: float = 2.0,
         max_batch_size: int = 1,
         max_connections: int = 64,
+        on_key_renewal: Callable[[str, str], None] = lambda kind, outcome: None,
     ) -> None:
         self.models = models
         self.inference_url = inference_url.rstrip("/")
@@ -106,6 +95,8 @@ class TorchServeBackend:
         self.breakers = {model: breakers() for model in models}
         self.readiness_timeout_s = readiness_timeout_s
         self.max_batch_size = max_batch_size
+        self.on_key_renewal = on_key_renewal
+        self._renewing = {kind: asyncio.Lock() for kind in RENEWABLE_KINDS}
         self._facts: dict[str, WorkerFacts] = {}  # per model, while its worker is ready
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S),
@@ -132,7 +123,7 @@ class TorchServeBackend:
             )
         try:
             response = await self._post(model, inputs, top_k, probabilities)
-        except LocalPoolExhausted:  # the gateway's own limit: no verdict on the backend
+        except (LocalPoolExhausted, KeyRefused):  # the gateway's own trouble: no verdict
             breaker.release()
             raise
         except BackendError:
@@ -167,19 +158,59 @@ class TorchServeBackend:
     async def _post(
         self, model: str, inputs: Sequence[Upload], top_k: int, probabilities: bool
     ) -> httpx.Response:
-        """Retries only where nothing can have been computed twice: a refused connection, and
-        a 401 after renewing the inference key."""
         files = [
             (input_field(item.kind, i), (f"{i}", item.data, "application/octet-stream"))
             for i, item in enumerate(inputs)
         ]
         fields = {TOP_K_FIELD: str(top_k)} | ({PROBABILITIES_FIELD: "1"} if probabilities else {})
         url = f"{self.inference_url}/predictions/{model}"
-        response = await self._send(model, url, files, fields)
-        if response.status_code == 401:  # the inference key expired: renew it, try once more
-            await self._renew_inference_key()
-            response = await self._send(model, url, files, fields)
+        return await self._with_key(
+            "inference", lambda headers: self._send(model, url, files, fields, headers)
+        )
+
+    async def _with_key(self, kind: str, send: Send) -> httpx.Response:
+        """``send`` with the current ``kind`` key, renewed first when it is about to expire.
+        TorchServe refuses an expired key before computing anything, so a refused request is
+        sent once more with a renewed key."""
+        if self.keys.due(kind):  # still valid a while: a failure is logged, counted, retried
+            with contextlib.suppress(KeyRefused):
+                await self._renew(kind, self.keys.current(kind))
+        sent = self.keys.current(kind)
+        response = await send(bearer(sent))
+        if not key_refused(response.status_code, response.content):
+            return response
+        log.warning("TorchServe refused the gateway's %s key; renewing it", kind)
+        await self._renew(kind, sent)
+        response = await send(self.keys.headers(kind))
+        if key_refused(response.status_code, response.content):
+            raise KeyRefused(
+                f"TorchServe refuses the gateway's renewed {kind} key", KEY_RETRY_AFTER_S
+            )
         return response
+
+    async def _renew(self, kind: str, stale: str | None) -> None:
+        """A new ``kind`` key from TorchServe, unless ``stale`` was replaced meanwhile (another
+        request renewed it, or TorchServe restarted with new keys). One renewal at a time."""
+        async with self._renewing[kind]:
+            if self.keys.current(kind) != stale:
+                return
+            try:
+                renewal = self.keys.renewal(kind)
+                response = await self._client.post(
+                    f"{self.management_url}{renewal.pop('path')}",
+                    timeout=self.readiness_timeout_s,
+                    **renewal,
+                )
+                problem = None if response.status_code == 200 else f"HTTP {response.status_code}"
+            except (LookupError, httpx.HTTPError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            self.keys.renewed()
+            if problem is not None:
+                self.on_key_renewal(kind, RENEWAL_FAILED)
+                log.error("renewing TorchServe's %s key failed (%s)", kind, problem)
+                raise KeyRefused(f"cannot renew TorchServe's {kind} key", KEY_RETRY_AFTER_S)
+            self.on_key_renewal(kind, RENEWED)
+            log.info("renewed TorchServe's %s key", kind)
 
     async def _send(
         self,
@@ -187,17 +218,16 @@ class TorchServeBackend:
         url: str,
         files: list[tuple[str, tuple[str, bytes, str]]],
         fields: dict[str, str],
+        headers: dict[str, str],
         refused_retries: int = 1,
     ) -> httpx.Response:
         """One POST, its failures as backend errors; a refused connection (nothing reached
         TorchServe) is tried ``refused_retries`` more times."""
         try:
-            return await self._client.post(
-                url, files=files, data=fields, headers=self.keys.headers("inference")
-            )
+            return await self._client.post(url, files=files, data=fields, headers=headers)
         except httpx.ConnectError:
             if refused_retries:
-                return await self._send(model, url, files, fields, refused_retries - 1)
+                return await self._send(model, url, files, fields, headers, refused_retries - 1)
             raise BackendUnavailable(
                 "cannot reach TorchServe (ConnectError)", self.breakers[model].cooldown_s
             ) from None
@@ -213,17 +243,6 @@ class TorchServeBackend:
             raise BackendUnavailable(
                 f"TorchServe connection failed ({type(exc).__name__})", 1.0, reached=True
             ) from None
-
-    async def _renew_inference_key(self) -> None:
-        """Inference keys expire (token_expiration_min); the API key asks for a new one."""
-        try:
-            await self._client.post(
-                f"{self.management_url}/token",
-                params={"type": "inference"},
-                headers=self.keys.headers("API"),
-            )
-        except httpx.HTTPError as exc:
-            log.warning("could not renew the TorchServe inference key: %s", exc)
 
     async def readiness(self) -> dict[str, str]:
         """Per model: ready as ``protocol.model_ready`` says. All models are asked at
@@ -242,11 +261,14 @@ class TorchServeBackend:
     async def _describe(self, model: str, customized: bool) -> tuple[int, dict[str, Any]]:
         """TorchServe's description of ``model``; ``customized`` asks its worker too (the
         handler's ``describe_handle``: a round trip to a worker that may be busy, so once)."""
-        response = await self._client.get(
-            f"{self.management_url}/models/{model}",
-            params={"customized": "true"} if customized else None,
-            headers=self.keys.headers("management"),
-            timeout=self.readiness_timeout_s,
+        response = await self._with_key(
+            "management",
+            lambda headers: self._client.get(
+                f"{self.management_url}/models/{model}",
+                params={"customized": "true"} if customized else None,
+                headers=headers,
+                timeout=self.readiness_timeout_s,
+            ),
         )
         return response.status_code, response.json()[0] if response.status_code == 200 else {}
 
@@ -265,6 +287,8 @@ class TorchServeBackend:
                     (json.loads(reported) if isinstance(reported, str) else reported)
                     | {"batch_size": described["batchSize"]}
                 )
+        except KeyRefused as exc:
+            return str(exc)
         except (httpx.HTTPError, ValueError, TypeError, LookupError, AttributeError) as exc:
             return f"TorchServe unreachable: {type(exc).__name__}"
         if mismatch := serving_mismatch(self._facts[model], self.max_batch_size):

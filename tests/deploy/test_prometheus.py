@@ -4,55 +4,24 @@ recording rules must arrive with the gateway's own numbers."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from model_store.worker.launcher import free_ports
+from bench.stack import start_prometheus
 from model_store.worker.synthetic import encode, make_images
 
 from ..service.test_gateway_torchserve import metric
 
 pytestmark = pytest.mark.slow
-PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 
 
 @pytest.fixture
 def prometheus(gateway, torchserve, tmp_path):
-    binary = shutil.which("prometheus")
-    assert binary, "prometheus missing: `make test` installs Debian's prometheus package"
-    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
-    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-    config["rule_files"] = [str(PROMETHEUS_DIR / "rules" / "*.yml")]
     targets = {"gateway": gateway.url, "torchserve": torchserve.metrics_url}
-    for job in config["scrape_configs"]:
-        job["static_configs"] = [{"targets": [targets[job["job_name"]].removeprefix("http://")]}]
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_ports(1)[0]
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "prometheus.log").open("wb"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(
-            lambda: httpx.get(f"{url}/-/ready", timeout=2).status_code == 200, "Prometheus ready"
-        )
+    with start_prometheus(targets, tmp_path, scrape_interval_s=1) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def wait_for(condition, what: str, timeout: float = 60.0) -> None:

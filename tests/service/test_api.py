@@ -692,6 +692,50 @@ def test_stalled_upload_is_cut_off_and_upload_slots_are_bounded():
     assert after.status_code == 200  # the slot was given back
 
 
+class StalledModel(FakeBackend):
+    """se_resnet50's worker is down: its batches wait until ``released``; eca answers."""
+
+    def __init__(self, models: list[str]) -> None:
+        super().__init__(models)
+        self.released = asyncio.Event()
+
+    async def classify(self, model, inputs, top_k, probabilities=False):
+        if model == "se_resnet50":
+            await self.released.wait()
+        return await super().classify(model, inputs, top_k, probabilities)
+
+
+def test_a_stalled_model_cannot_take_every_upload_slot_from_the_others():
+    """What the soak found: requests waiting on one model's restarting worker held all upload
+    slots, and the healthy model got 503. Now each model keeps a reserve."""
+    backend = StalledModel(MODELS)
+    app = create_app(make_settings(max_concurrent_uploads=8), backend)
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+
+                def post(model: str):
+                    return http.post(
+                        f"/v1/models/{model}/classify",
+                        content=RED,
+                        headers={"Content-Type": "image/jpeg"},
+                    )
+
+                waiting = [asyncio.create_task(post("se_resnet50")) for _ in range(10)]
+                await asyncio.sleep(0.2)
+                healthy = await asyncio.gather(*(post("eca_resnet50") for _ in range(2)))
+                backend.released.set()
+                return await asyncio.gather(*waiting), healthy
+
+    waiting, healthy = asyncio.run(scenario())
+    assert [r.status_code for r in healthy] == [200, 200]
+    statuses = sorted(r.status_code for r in waiting)
+    assert statuses == [200] * 6 + [503] * 4  # 8 slots, 2 kept for eca
+    assert app.state.gateway.upload_slots.held == {"se_resnet50": 0, "eca_resnet50": 0}
+
+
 def test_readiness_is_per_model_and_ready_while_one_model_is():
     backend = FakeBackend(MODELS)
     backend.ready = {"se_resnet50": False, "eca_resnet50": True}
@@ -878,3 +922,32 @@ def test_the_gateway_imports_neither_torch_nor_numpy():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def series_count(client: TestClient) -> int:
+    """Time series on /metrics (sample lines), the gateway's own registry."""
+    return sum(1 for line in client.get("/metrics").text.splitlines() if line and line[0] != "#")
+
+
+def test_unknown_names_versions_and_routes_never_create_time_series(client):
+    """Label values come from served model names and fixed sets only: 1,000 distinct unknown
+    model names, versions and routes, on every protocol, leave the series count where one of
+    each left it."""
+    v2_body = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}
+
+    def unknowns(i: int) -> None:
+        classify(client, model=f"nope{i}", content=RED, content_type="image/jpeg")
+        client.post(f"/v2/models/nope{i}/infer", json=v2_body)
+        client.post(f"/v2/models/eca_resnet50/versions/{i + 2}/infer", json=v2_body)
+        client.get(f"/v2/models/nope{i}/ready")
+        client.get(f"/v1/models/nope{i}")
+        client.get(f"/no/such/route/{i}")
+        client.post(f"/v1/models/nope{i}/classify?top_k={i}", content=b"junk")
+
+    unknowns(0)
+    before = series_count(client)
+    for i in range(1, 1000):
+        unknowns(i)
+    assert series_count(client) == before
+    text = client.get("/metrics").text
+    assert "nope" not in text and "/no/such" not in text and "versions" not in text

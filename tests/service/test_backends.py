@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from model_store.worker.keys import KeyRing
 from model_store.worker.synthetic import encode
 from service.app import create_app
 from service.backends.base import (
@@ -26,7 +27,7 @@ from service.backends.base import (
 )
 from service.backends.circuit import CircuitBreaker
 from service.backends.inprocess import InProcessBackend
-from service.backends.torchserve_client import TorchServeBackend, TorchServeKeys
+from service.backends.torchserve_client import TorchServeBackend
 from service.settings import GatewaySettings
 from service.uploads import Upload
 
@@ -41,7 +42,7 @@ def backend_answering(answer: Callable[[httpx.Request], httpx.Response]) -> Torc
         MODELS,
         "http://ts:8080",
         "http://ts:8081",
-        TorchServeKeys(None, None),
+        KeyRing(None),
         timeout_s=5,
         breakers=lambda: CircuitBreaker(2, cooldown_s=30),
     )

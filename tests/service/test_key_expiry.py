@@ -1,0 +1,186 @@
+"""TorchServe's keys expire (``token_expiration_min``): the gateway, the launcher and a direct
+client keep working across expiries of both keys, against a real TorchServe started with short
+keys through ``TORCHSERVE_TOKEN_EXPIRATION_MIN``; a key that cannot be renewed is an honest 503,
+never a 502 blamed on the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from bench.stack import post_direct, start_torchserve
+from model_store.worker.keys import (
+    TOKEN_EXPIRATION_ENV,
+    KeyRing,
+    bearer,
+    key_refused,
+    read_key_file,
+)
+from service.backends.circuit import CircuitBreaker
+from service.backends.torchserve_client import TorchServeBackend
+
+from ..servers import STACK_MODELS, GatewayThread, gateway_settings
+from .test_gateway_torchserve import labelled_images, metric, top1
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def short_keys(monkeypatch, tmp_path, tiny_archives):
+    """A TorchServe of its own whose keys live ``minutes`` (set through the environment)."""
+    servers = []
+
+    def start(minutes: float):
+        monkeypatch.setenv(TOKEN_EXPIRATION_ENV, f"{minutes:g}")
+        server = start_torchserve(list(STACK_MODELS), tiny_archives, tmp_path / f"run{minutes:g}")
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_the_environment_sets_torchserves_key_lifetime(short_keys):
+    server = short_keys(0.5)
+    assert "token_expiration_min=0.5" in (server.run_dir / "config.properties").read_text()
+    keys = read_key_file(server.key_file)
+    written = server.key_file.stat().st_mtime  # the launcher may have renewed one key since
+    assert all(0 < keys[kind].expires_at - written <= 31 for kind in ("inference", "management"))
+    assert keys["API"].expires_at is None
+
+
+def test_torchserve_answers_an_expired_key_with_400_invalid_key(short_keys):
+    """What the renewal is built on: an expired key is refused as a wrong one, 400, before any
+    inference; the API key renews it."""
+    server = short_keys(0.05)  # 3 s
+    stale = server.keyring.current("inference")
+    time.sleep(4)
+    url = f"{server.inference_url}/predictions/eca_resnet50"
+    refused = httpx.post(url, headers=bearer(stale), files={"image_0000": b"x"})
+    assert refused.status_code == 400 and key_refused(refused.status_code, refused.content)
+    server.recover("inference", stale)
+    assert server.keyring.current("inference") != stale
+    renewed = httpx.post(url, headers=server.headers("inference"), files={"image_0000": b"x"})
+    assert renewed.status_code == 200
+
+
+def test_gateway_classifies_and_stays_ready_across_expiries_of_both_keys(short_keys):
+    """1-minute keys, 2.3 minutes of traffic and readiness checks: every answer 200, both keys
+    renewed at least twice, and a direct client (the benchmarks') survives too."""
+    server = short_keys(1)
+    images, labels = labelled_images(4, seed=5)
+    first = read_key_file(server.key_file)
+    seen = {kind: {first[kind].token} for kind in ("inference", "management")}
+    statuses: list[int] = []
+    direct: list[int] = []
+
+    async def direct_call() -> int:
+        async with httpx.AsyncClient(timeout=60) as client:
+            response = await post_direct(
+                client, server, "/predictions/eca_resnet50", content=images[0]
+            )
+            return response.status_code
+
+    with GatewayThread(gateway_settings(server)) as gateway:
+        deadline = time.monotonic() + 140
+        while time.monotonic() < deadline:
+            statuses.append(httpx.get(f"{gateway.url}/readyz", timeout=30).status_code)
+            for model in STACK_MODELS:
+                response = httpx.post(
+                    f"{gateway.url}/v1/models/{model}/classify",
+                    files=[("file", ("x", images[1], "image/jpeg"))],
+                    timeout=30,
+                )
+                statuses.append(response.status_code)
+                assert response.status_code != 200 or top1(response) == labels[1]
+            direct.append(asyncio.run(direct_call()))
+            keys = server.keyring.keys()
+            for kind in seen:
+                seen[kind].add(keys[kind].token)
+            time.sleep(3)
+        renewed = {
+            kind: metric(
+                gateway.url, "gateway_backend_key_renewals_total", kind=kind, outcome="renewed"
+            )
+            for kind in seen
+        }
+        failed = metric(
+            gateway.url, "gateway_backend_key_renewals_total", kind="inference", outcome="failed"
+        )
+    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    assert set(direct) == {200}, direct
+    assert all(len(tokens) >= 3 for tokens in seen.values()), seen  # two renewals at least
+    assert all(count >= 2 for count in renewed.values()), renewed
+    assert failed == 0
+
+
+class SkewedKeyRing(KeyRing):
+    """A gateway whose clock says its keys are fresh: it only learns of expiry from
+    TorchServe's refusal."""
+
+    def due(self, kind: str, now: float | None = None) -> bool:
+        return False
+
+
+def backend_for(server, keys: KeyRing, renewals: list[tuple[str, str]]) -> TorchServeBackend:
+    return TorchServeBackend(
+        list(STACK_MODELS),
+        server.inference_url,
+        server.management_url,
+        keys,
+        timeout_s=30,
+        breakers=lambda: CircuitBreaker(1, 30),
+        on_key_renewal=lambda kind, outcome: renewals.append((kind, outcome)),
+    )
+
+
+def test_an_expired_key_refused_by_torchserve_is_renewed_and_the_batch_sent_again(short_keys):
+    server = short_keys(0.05)
+    renewals: list[tuple[str, str]] = []
+    backend = backend_for(server, SkewedKeyRing(server.key_file), renewals)
+    with GatewayThread(gateway_settings(server), backend) as gateway:
+        images, labels = labelled_images(2, seed=9)
+        for _ in range(2):
+            time.sleep(4)  # both keys expired
+            assert httpx.get(f"{gateway.url}/readyz", timeout=30).status_code == 200
+            response = httpx.post(
+                f"{gateway.url}/v1/models/eca_resnet50/classify",
+                files=[("file", ("x", images[0], "image/jpeg"))],
+                timeout=30,
+            )
+            assert response.status_code == 200 and top1(response) == labels[0]
+    assert renewals.count(("inference", "renewed")) >= 2
+    assert renewals.count(("management", "renewed")) >= 2
+
+
+def test_a_key_that_cannot_be_renewed_is_an_honest_503_and_no_verdict_on_the_worker(
+    short_keys, tmp_path
+):
+    """An API key TorchServe does not know: every renewal fails. Clients get 503 (not 502),
+    readiness says why, the failure is counted, and the breaker (one failure opens it here)
+    stays closed."""
+    server = short_keys(0.05)
+    forged = tmp_path / "forged_key_file.json"
+    forged.write_text(server.key_file.read_text().replace(server.keyring.current("API"), "nope"))
+    renewals: list[tuple[str, str]] = []
+    backend = backend_for(server, SkewedKeyRing(forged), renewals)
+    with GatewayThread(gateway_settings(server), backend) as gateway:
+        time.sleep(4)
+        images, _ = labelled_images(1, seed=3)
+        for _ in range(3):
+            response = httpx.post(
+                f"{gateway.url}/v1/models/eca_resnet50/classify",
+                files=[("file", ("x", images[0], "image/jpeg"))],
+                timeout=30,
+            )
+            assert response.status_code == 503, response.text
+            assert "renew" in response.json()["error"]["message"]
+            assert "open" not in response.json()["error"]["message"]
+        ready = httpx.get(f"{gateway.url}/readyz", timeout=30)
+        assert ready.status_code == 503 and "renew" in ready.text
+    assert ("inference", "failed") in renewals and ("management", "failed") in renewals
+    assert ("inference", "renewed") not in renewals
