@@ -16,9 +16,16 @@ from PIL import Image
 
 from model_store.worker.synthetic import encode, make_images
 
-SLOW_UPLOAD_BYTES = 64 * 1024
-SLOW_CHUNK_INTERVAL_S = 0.5
-"""A slow upload sends 256 bytes this often: it never finishes within any upload timeout."""
+
+@dataclass(frozen=True)
+class Trickle:
+    """A body sent over a raw connection, ``chunk`` bytes every ``interval_s``, announced with
+    ``Expect: 100-continue`` as curl announces large bodies: a gateway that refuses it from its
+    head (413) answers before any of it is sent, instead of closing on a connection still
+    receiving, whose reset may destroy the answer before the client reads it."""
+
+    chunk: int
+    interval_s: float
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,7 @@ class Hostile:
     kind: str
     expected_status: int
     body: Callable[[], bytes]
-    slow: bool = False
+    trickle: Trickle | None = None
 
 
 @cache
@@ -60,8 +67,9 @@ HOSTILE = (
     Hostile("pixel_bomb", 413, pixel_bomb),
     Hostile("truncated", 400, truncated_jpeg),
     Hostile("gif", 415, gif),
-    Hostile("oversized_body", 413, oversized_body),
-    Hostile("slow_upload", 408, lambda: b"", slow=True),
+    Hostile("oversized_body", 413, oversized_body, Trickle(64 * 1024, 0.0)),
+    # 512 bytes/s: never arrives within the gateway's upload time, nor at its minimum rate
+    Hostile("slow_upload", 408, lambda: bytes(64 * 1024), Trickle(256, 0.5)),
 )
 HOSTILE_KINDS = {h.kind: h for h in HOSTILE}
 
@@ -69,8 +77,8 @@ HOSTILE_KINDS = {h.kind: h for h in HOSTILE}
 async def send_hostile(client: httpx.AsyncClient, url: str, model: str, hostile: Hostile) -> int:
     """The status the gateway answered ``hostile`` with; 0 when none came back."""
     path = f"/v1/models/{model}/classify"
-    if hostile.slow:
-        return await slow_upload(url, path, timeout_s=120)
+    if hostile.trickle is not None:
+        return await raw_upload(url, path, hostile.body(), hostile.trickle, timeout_s=120)
     try:
         response = await client.post(
             f"{url}{path}", content=hostile.body(), headers={"Content-Type": "image/jpeg"}
@@ -80,29 +88,50 @@ async def send_hostile(client: httpx.AsyncClient, url: str, model: str, hostile:
     return response.status_code
 
 
-async def slow_upload(url: str, path: str, timeout_s: float) -> int:
-    """A client that announces a body and trickles it (a slowloris upload): the status line
-    the gateway answers with once it gives up on the body; 0 when none came."""
+async def raw_upload(url: str, path: str, body: bytes, trickle: Trickle, timeout_s: float) -> int:
+    """The final status the gateway answers ``body`` with, sent as ``trickle`` says; 0 when
+    none came."""
     address = urlsplit(url)
     reader, writer = await asyncio.open_connection(address.hostname, address.port)
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: image/jpeg\r\n"
-        f"Content-Length: {SLOW_UPLOAD_BYTES}\r\nConnection: close\r\n\r\n"
+        f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
     )
     writer.write(head.encode())
 
-    async def trickle() -> None:
-        for _ in range(SLOW_UPLOAD_BYTES // 256):
-            writer.write(b"\0" * 256)
+    async def send() -> None:
+        for start in range(0, len(body), trickle.chunk):
+            writer.write(body[start : start + trickle.chunk])
             await writer.drain()
-            await asyncio.sleep(SLOW_CHUNK_INTERVAL_S)
+            await asyncio.sleep(trickle.interval_s)
 
-    trickling = asyncio.create_task(trickle())
+    sending: asyncio.Task[None] | None = None
     try:
-        status_line = await asyncio.wait_for(reader.readline(), timeout_s)
-        return int(status_line.split()[1]) if status_line else 0
+        status = await _status(reader, CONTINUE_WAIT_S)
+        if status not in (None, 100):  # refused from its head
+            return status
+        sending = asyncio.create_task(send())
+        return await _status(reader, timeout_s) or 0
     except (TimeoutError, ConnectionError, ValueError, IndexError):
         return 0
     finally:
-        trickling.cancel()
+        if sending is not None:
+            sending.cancel()
         writer.close()
+
+
+CONTINUE_WAIT_S = 1.0
+"""How long a client waits for ``100 Continue`` before sending the body anyway (curl's)."""
+
+
+async def _status(reader: asyncio.StreamReader, timeout_s: float) -> int | None:
+    """The next status line's code, skipping a ``100 Continue`` already read past; None when
+    nothing came within ``timeout_s``."""
+    try:
+        line = await asyncio.wait_for(reader.readline(), timeout_s)
+    except TimeoutError:
+        return None
+    status = int(line.split()[1])
+    if status == 100:
+        await reader.readline()  # the blank line ending the interim answer
+    return status

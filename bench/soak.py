@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 import psutil
 
-from model_store.worker.keys import RENEWABLE_KINDS, TOKEN_EXPIRATION_ENV
+from model_store.worker.keys import RENEWABLE_KINDS
 from model_store.worker.launcher import Supervisor, TorchServe
 from model_store.worker.synthetic import CLASS_NAMES, encode, make_images
 from model_store.zoo.registry import DEFAULT_MODELS, parse_model_names
@@ -82,6 +82,7 @@ async def classify(
 ) -> None:
     data, content_type, label = item
     sent = time.monotonic()
+    status, right, code = 0, False, None
     try:
         response = await client.post(
             f"{url}/v1/models/{model}/classify",
@@ -89,11 +90,13 @@ async def classify(
             headers={"Content-Type": content_type},
         )
         status = response.status_code
-        right = status == 200 and response.json()["results"][0]["predictions"][0]["label"] == label
-    except (httpx.HTTPError, ValueError, LookupError):
-        status, right = 0, False
+        answer = response.json()
+        right = status == 200 and answer["results"][0]["predictions"][0]["label"] == label
+        code = None if status == 200 else answer["error"]["code"]
+    except (httpx.HTTPError, ValueError, LookupError, TypeError):
+        pass  # no answer (status 0), or one that is not the gateway's JSON
     run.outcomes.append(
-        Outcome(sent - run.t0, time.monotonic() - sent, model, "labelled", status, right)
+        Outcome(sent - run.t0, time.monotonic() - sent, model, "labelled", status, right, code)
     )
 
 
@@ -342,8 +345,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))  # stop what it started
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="soak-"))
     archives = archives_for(args.models, args)
-    os.environ[TOKEN_EXPIRATION_ENV] = f"{args.key_minutes:g}"
-    server = start_torchserve(args.models, archives, workdir / "run")
+    server = start_torchserve(args.models, archives, workdir / "run", args.key_minutes)
     supervisor = Supervisor(server, progress=progress)
     supervisor.start()
     gateway = None

@@ -31,6 +31,8 @@ class Outcome:
     """0: no HTTP answer came back; ``NOT_SENT``: dropped by the load generator."""
     right: bool = False
     """Labelled: a 200 with the right label; hostile: the status it must get."""
+    code: str | None = None
+    """The gateway's error code of a labelled request's refusal (which 503 it was)."""
 
     @property
     def answered_at(self) -> float:

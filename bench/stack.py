@@ -69,9 +69,13 @@ def build(
     return directory
 
 
-def start_torchserve(models: Sequence[str], archives: Path, run_dir: Path) -> TorchServe:
-    """TorchServe serving ``models`` from ``archives``, once every one is ready."""
-    server = TorchServe.on_free_ports(list(models), archives, run_dir).start()
+def start_torchserve(
+    models: Sequence[str], archives: Path, run_dir: Path, key_minutes: float | None = None
+) -> TorchServe:
+    """TorchServe serving ``models`` from ``archives``, once every one is ready; its keys live
+    ``key_minutes`` (None: as ``TorchServe.key_minutes`` says)."""
+    server = TorchServe.on_free_ports(list(models), archives, run_dir, key_minutes=key_minutes)
+    server.start()
     server.wait_ready(timeout=READY_TIMEOUT_S, progress=progress)
     return server
 

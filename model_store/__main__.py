@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from .worker.archive import DEFAULT_ARCHIVE_DIR, ArchiveSpec, build_archive
-from .worker.launcher import CONFIG_TEMPLATE, TorchServe, TorchServeError
+from .worker.launcher import CONFIG_TEMPLATE, TorchServe, TorchServeError, free_ports, is_loopback
+from .worker.management_gate import ManagementGate
 from .worker.protocol import DEFAULT_RUN_DIR
 from .zoo.optimize import COMPILE_MODES
 from .zoo.registry import MODELS, parse_model_names
@@ -78,25 +79,35 @@ def build(args: argparse.Namespace) -> None:
 
 
 def serve(args: argparse.Namespace) -> None:
+    """TorchServe until a signal. On a host other hosts reach (``--host 0.0.0.0`` in a
+    container), its management API stays on loopback and the management port is a read-only
+    ``ManagementGate`` in front of it."""
+    gated = not is_loopback(args.host)
     server = TorchServe(
         models=args.models,
         archive_dir=args.archives,
         run_dir=args.run_dir,
         host=args.host,
         inference_port=args.inference_port,
-        management_port=args.management_port,
+        management_port=free_ports(1)[0] if gated else args.management_port,
         metrics_port=args.metrics_port,
         grpc_ports=args.grpc_ports,
         config_template=args.config,
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     serving = False
+    gate = None
     try:
+        if gated:
+            gate = ManagementGate((args.host, args.management_port), server.management_url)
+            gate.start()
         server.start()
         server.wait_ready(progress=lambda msg: print(msg, flush=True))
         print(
             f"TorchServe ready: inference {server.inference_url}, "
-            f"management {server.management_url}, metrics {server.metrics_url}/metrics; "
+            f"management {server.management_url}"
+            + (f" (read-only on {args.host}:{args.management_port})" if gate else "")
+            + f", metrics {server.metrics_url}/metrics; "
             f"token keys in {server.key_file}; log {server.log_file}",
             flush=True,
         )
@@ -115,6 +126,8 @@ def serve(args: argparse.Namespace) -> None:
         if serving and server.process.poll() is None:
             drain(args.drain_seconds)
         server.stop()
+        if gate is not None:
+            gate.stop()
 
 
 def drain(seconds: float) -> None:

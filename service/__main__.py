@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import uvicorn
 
 from .app import create_app
+from .http_server import server_config
 from .settings import GatewaySettings
 
 log = logging.getLogger("service")
@@ -83,13 +84,7 @@ def main(argv: list[str] | None = None) -> None:
             "Ctrl-C stops it",
             flush=True,
         )
-        uvicorn.run(
-            create_app(settings),
-            host=args.host,
-            port=args.port,
-            log_level="info",
-            timeout_graceful_shutdown=settings.shutdown_grace_s,
-        )
+        uvicorn.Server(server_config(create_app(settings), settings, args.host, args.port)).run()
     finally:
         if supervisor is not None:
             supervisor.stop()

@@ -84,7 +84,9 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
             await dispatcher.stop()
             await chosen.close()
 
+    hide_docs = settings.api_key is not None and not settings.public_docs
     app = FastAPI(
+        **({"openapi_url": None, "docs_url": None, "redoc_url": None} if hide_docs else {}),
         title="Channel-attention classifier gateway",
         version="0.1.0",
         description="Batches image uploads to ResNet-50 workers with SE/ECA/CBAM/SA attention.",

@@ -132,10 +132,17 @@ class Batcher(Generic[T, R]):
         if self._worker is None:
             self._worker = asyncio.create_task(self._loop(), name=f"{self.name}-loop")
 
-    async def stop(self) -> None:
-        """Stop taking batches; items still queued fail with CancelledError."""
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """Stop taking batches: items still queued fail with CancelledError, batches already
+        running get ``grace_s`` to finish, then are cancelled too. A server stops its batchers
+        after its own graceful shutdown, when every caller was answered or given up on: waiting
+        longer on a slow backend would only hold the exit past the grace."""
         if self._worker is not None:
             self._worker.cancel()
+            if self._running:
+                await asyncio.wait(list(self._running), timeout=grace_s)
+            for running in self._running:
+                running.cancel()
             await asyncio.gather(self._worker, *self._running, return_exceptions=True)
             self._worker = None
         if self._next is not None:
@@ -274,6 +281,10 @@ class Batcher(Generic[T, R]):
                 raise BatchSizeMismatch(
                     f"{self.name}: {len(batch)} items in, {len(results)} results out"
                 )
+        except asyncio.CancelledError:  # stopped: its callers are not left waiting
+            for pending in batch:
+                pending.future.cancel()
+            raise
         except Exception as exc:
             for pending in batch:
                 if not pending.future.done():

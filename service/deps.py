@@ -36,13 +36,18 @@ class UploadSlots:
     """Requests holding upload bytes (reading, queued or in a batch): at most ``total`` at once,
     and no served model more than ``per_model``, which leaves every other model a reserve of
     ``total / (2 * models)`` slots. Found by the soak: while one model's worker restarted, its
-    waiting requests took every slot and the other, healthy model was answered 503."""
+    waiting requests took every slot and the other, healthy model was answered 503.
+
+    Uploads still arriving after their first second (``slow``) hold at most ``total - reserve``
+    of them: a quarter stays for uploads that arrive at once, whatever slow clients do."""
 
     def __init__(self, total: int, models: list[str]) -> None:
         self.total = total
         reserve = total // (2 * len(models)) if len(models) > 1 else 0
         self.per_model = max(1, total - reserve * (len(models) - 1))
+        self.max_slow = max(1, total - total // 4)
         self.held: Counter[str] = Counter()
+        self.slow = 0
 
     def take(self, model: str) -> bool:
         """One slot for a request to ``model``, if there is one."""
@@ -55,6 +60,30 @@ class UploadSlots:
         self.held[model] -= 1
 
 
+@dataclass
+class UploadSlot:
+    """One request's slot; ``slow_down`` when its body is still arriving after the first
+    second."""
+
+    slots: UploadSlots
+    model: str
+    slow: bool = False
+
+    def slow_down(self) -> bool:
+        """Whether this upload may go on arriving slowly (a slow place was free)."""
+        if not self.slow:
+            if self.slots.slow >= self.slots.max_slow:
+                return False
+            self.slots.slow += 1
+            self.slow = True
+        return True
+
+    def give_back(self) -> None:
+        if self.slow:
+            self.slots.slow -= 1
+        self.slots.give_back(self.model)
+
+
 def get_gateway(request: Request) -> Gateway:
     return request.app.state.gateway
 
@@ -63,13 +92,11 @@ GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
 def require_api_key(gateway: GatewayDep, x_api_key: Annotated[str | None, Header()] = None) -> None:
-    """Compared as bytes: a header with non-ASCII characters is a wrong key (401), not a crash."""
+    """Compared as the bytes the client sent (Starlette decodes headers as latin-1, so encoding
+    back gives them) with the key's UTF-8: a non-ASCII key sent as UTF-8 matches."""
     expected = gateway.settings.api_key
     if expected and not (
-        x_api_key
-        and secrets.compare_digest(
-            x_api_key.encode("utf-8", "surrogateescape"), expected.encode("utf-8")
-        )
+        x_api_key and secrets.compare_digest(x_api_key.encode("latin-1"), expected.encode("utf-8"))
     ):
         raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header")
 
@@ -77,20 +104,21 @@ def require_api_key(gateway: GatewayDep, x_api_key: Annotated[str | None, Header
 ApiKeyDep = Annotated[None, Depends(require_api_key)]
 
 
-async def upload_slot(gateway: GatewayDep, model: str) -> AsyncIterator[None]:
+async def upload_slot(gateway: GatewayDep, model: str) -> AsyncIterator[UploadSlot]:
     """Bounds the requests holding upload bytes at once (``UploadSlots``), so gateway memory
     stays under ``max_concurrent_uploads * max_upload_bytes``. Requests for models that are
     not served share one name (they are refused with 404)."""
     key = model if model in gateway.models else UNSERVED
     if not gateway.upload_slots.take(key):
         raise unavailable(f"too many uploads in progress for {model}; retry shortly", 1.0)
+    slot = UploadSlot(gateway.upload_slots, key)
     try:
-        yield
+        yield slot
     finally:
-        gateway.upload_slots.give_back(key)
+        slot.give_back()
 
 
-UploadSlotDep = Annotated[None, Depends(upload_slot)]
+UploadSlotDep = Annotated[UploadSlot, Depends(upload_slot)]
 
 RequestTimeoutMs = Annotated[
     float | None,

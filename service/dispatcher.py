@@ -48,6 +48,7 @@ class Dispatcher:
         self.backend = backend
         self.metrics = metrics
         self.costs = {model: BatchCostModel() for model in settings.models}
+        self._recovering: set[str] = set()  # models whose last batch failed
         self.batchers: dict[str, Batcher[ImageJob, dict[str, Any]]] = {}
         for model in settings.models:
             batcher = Batcher(
@@ -70,7 +71,10 @@ class Dispatcher:
         """One backend call at the batch's largest top_k (probabilities if any job asks); each
         image trimmed to what it asked for.
         Duration and size are observed only for batches the backend received; the cost model
-        learns from the batches that succeeded."""
+        learns from the batches that succeeded, except the first after a failure (Karn's rule
+        for round-trip times): it may have waited out a worker's restart, and one such outlier
+        made the model refuse every request as unmeetable once the worker was back (the soak
+        found it)."""
         if (predicted := self.costs[model].predict(len(jobs))) is not None:
             self.metrics.backend_predicted.labels(model).observe(predicted)
         started = time.perf_counter()
@@ -82,10 +86,15 @@ class Dispatcher:
                 any(job.probabilities for job in jobs),
             )
         except BackendError as exc:
+            self._recovering.add(model)
             if exc.reached:
                 self._observe(model, started, len(jobs))
             raise
-        self.costs[model].observe(len(jobs), self._observe(model, started, len(jobs)))
+        seconds = self._observe(model, started, len(jobs))
+        if model in self._recovering:
+            self._recovering.discard(model)
+        else:
+            self.costs[model].observe(len(jobs), seconds)
         return [own_answer(result, job) for result, job in zip(results, jobs, strict=True)]
 
     def _observe(self, model: str, started: float, size: int) -> float:

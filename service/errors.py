@@ -44,6 +44,8 @@ IMAGE_ERROR_STATUS = {
     "unsupported_image_type": 415,
     "invalid_top_k": 422,
     "batch_too_large": 413,
+    "invalid_tensor": 400,
+    "non_finite_output": 422,
 }
 
 

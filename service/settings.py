@@ -64,12 +64,21 @@ class GatewaySettings(BaseSettings):
     max_images_per_request: int = Field(16, ge=1)
     # uploads being read at once (each holds up to max_upload_bytes); more get 503 at once
     max_concurrent_uploads: int = Field(64, ge=1)
-    # a request body must arrive within this, so a stalled upload cannot hold a slot (408)
+    # a request body must arrive within this, and after its first second at least this fast
+    # (bytes/s on average): a stalled or trickling upload cannot hold a slot (408)
     upload_timeout_s: float = Field(30.0, gt=0)
+    min_upload_rate_bps: float = Field(8 * 1024, ge=0)
+    # a request's head (request line and headers): larger or more fields is 431, slower is 408
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    max_headers: int = Field(100, ge=8)
+    header_timeout_s: float = Field(10.0, gt=0)
     # on SIGTERM, in-flight requests get this long to finish before the gateway exits
     shutdown_grace_s: float = Field(20.0, gt=0)
 
-    api_key: str | None = None  # when set, clients send it as "X-API-Key"
+    # when set, clients send it as "X-API-Key" everywhere but the probes (/healthz, /readyz,
+    # /v2/health/*) and /metrics; /docs and /openapi.json are then off unless public_docs
+    api_key: str | None = None
+    public_docs: bool = False
 
     @field_validator("torchserve_key_file", "torchserve_token", "api_key", mode="before")
     @classmethod

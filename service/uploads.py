@@ -1,7 +1,8 @@
 """Reading and validating uploads before anything is queued.
 
 Limits are enforced while reading (a lying Content-Length cannot get more bytes in, a stalled
-upload is cut off after ``upload_timeout_s``), image headers are checked for format, pixels and
+or trickling upload is cut off by a minimum rate after its first second and by
+``upload_timeout_s``), image headers are checked for format, pixels and
 aspect ratio before any decoding (bombs are refused at 413), and truncated files are caught from
 their structure (400).
 """
@@ -9,7 +10,8 @@ their structure (400).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+import math
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,7 +22,7 @@ from starlette.requests import ClientDisconnect
 
 from model_store.worker.images import FORMATS, ImageError, ImageLimits, validate
 
-from .errors import CLIENT_CLOSED, IMAGE_ERROR_STATUS, ApiError
+from .errors import CLIENT_CLOSED, IMAGE_ERROR_STATUS, ApiError, unavailable
 from .settings import GatewaySettings
 
 IMAGE_CONTENT_TYPES = set(FORMATS.values())
@@ -43,33 +45,84 @@ class Upload:
     kind: InputKind = "image"
 
 
-async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+UPLOAD_GRACE_S = 1.0
+"""A body's first second is free of the minimum rate: connections start slowly."""
+
+
+async def read_body(
+    request: Request, settings: GatewaySettings, slow_down: Callable[[], bool]
+) -> bytes:
+    """The body within ``max_upload_bytes``, ``upload_timeout_s`` and, after its first second,
+    ``min_upload_rate_bps`` on average (408 otherwise). Still arriving after the first second,
+    it asks ``slow_down`` for one of the places kept for slow uploads (503 when none is free)."""
+    limit = settings.max_upload_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(
             413, "payload_too_large", f"request body of {int(declared):,} bytes exceeds {limit:,}"
         )
-    chunks, size = [], 0
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    chunks, size, slow = [], 0, False
+    stream = request.stream()
+    reading: asyncio.Future[bytes] | None = None  # never cancelled but to give up the body
     try:
-        async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise ApiError(
-                        413, "payload_too_large", f"request body exceeds {limit:,} bytes"
-                    )
-                chunks.append(chunk)
-    except TimeoutError:
-        raise ApiError(
-            408, "upload_timeout", f"the request body did not arrive within {timeout_s:g} s"
-        ) from None
+        while True:
+            total_due = started + settings.upload_timeout_s
+            rate_due = (
+                started
+                + UPLOAD_GRACE_S
+                + (
+                    size / settings.min_upload_rate_bps
+                    if settings.min_upload_rate_bps
+                    else math.inf
+                )
+            )
+            grace_due = started + UPLOAD_GRACE_S if not slow else math.inf
+            due = min(total_due, rate_due, grace_due)
+            reading = reading or asyncio.ensure_future(anext(stream))
+            done, _ = await asyncio.wait({reading}, timeout=max(0.0, due - loop.time()))
+            if not done:
+                if due == grace_due < min(rate_due, total_due):  # still arriving, fast enough
+                    if not slow_down():
+                        raise unavailable("too many uploads arriving slowly; retry shortly", 1.0)
+                    slow = True
+                    continue
+                raise _too_slow(settings, rate=due == rate_due)
+            try:
+                chunk = reading.result()
+            except StopAsyncIteration:
+                break
+            finally:
+                reading = None
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "payload_too_large", f"request body exceeds {limit:,} bytes")
+            chunks.append(chunk)
     except ClientDisconnect:
         raise ApiError(CLIENT_CLOSED, "client_closed_request", "the client went away") from None
+    finally:
+        if reading is not None:
+            reading.cancel()
     return b"".join(chunks)
 
 
-async def read_images(request: Request, settings: GatewaySettings) -> list[Upload]:
-    """The uploaded images, in order: multipart ``file`` fields, or one raw image body."""
+def _too_slow(settings: GatewaySettings, rate: bool) -> ApiError:
+    if rate:
+        message = (
+            f"the request body arrived slower than {settings.min_upload_rate_bps:g} bytes/s "
+            "after its first second"
+        )
+    else:
+        message = f"the request body did not arrive within {settings.upload_timeout_s:g} s"
+    return ApiError(408, "upload_timeout", message)
+
+
+async def read_images(
+    request: Request, settings: GatewaySettings, slow_down: Callable[[], bool]
+) -> list[Upload]:
+    """The uploaded images, in order: multipart ``file`` fields, or one raw image body,
+    validated off the event loop (a structure walk may take milliseconds)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in IMAGE_CONTENT_TYPES and content_type != "multipart/form-data":
         raise ApiError(
@@ -78,12 +131,13 @@ async def read_images(request: Request, settings: GatewaySettings) -> list[Uploa
             "send multipart/form-data with 'file' fields or a raw body of type "
             f"{', '.join(sorted(IMAGE_CONTENT_TYPES))}; got {content_type or 'none'!r}",
         )
-    body = await read_body(request, settings.max_upload_bytes, settings.upload_timeout_s)
+    body = await read_body(request, settings, slow_down)
     if content_type != "multipart/form-data":
         images = [body]
     else:
         images = await _multipart_files(request, body, settings.max_images_per_request)
-    return [validate_image(data, index, settings.limits) for index, data in enumerate(images)]
+    del body  # held once: as the images
+    return await asyncio.to_thread(validate_images, images, settings.limits)
 
 
 def too_many_images(count: int, limit: int) -> ApiError:
@@ -140,6 +194,10 @@ async def _image_parts(form: FormData, max_images: int) -> list[bytes]:
             )
         images.append(await part.read())
     return images
+
+
+def validate_images(images: list[bytes], limits: ImageLimits) -> list[Upload]:
+    return [validate_image(data, index, limits) for index, data in enumerate(images)]
 
 
 def validate_image(data: bytes, index: int, limits: ImageLimits) -> Upload:

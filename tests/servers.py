@@ -15,6 +15,7 @@ from model_store.worker.archive import ArchiveSpec, build_archive
 from model_store.worker.launcher import TorchServe, free_ports
 from model_store.worker.tiny import save_tiny
 from service.app import create_app
+from service.http_server import server_config
 from service.settings import GatewaySettings
 
 # Both runtimes inside real workers: eca with AOTInductor packages, se with an OpenVINO IR.
@@ -37,7 +38,7 @@ class GatewayThread:
         self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
         app = create_app(settings, backend)  # type: ignore[arg-type]
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        config = server_config(app, settings, "127.0.0.1", self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -31,13 +31,16 @@ ARG MODELS
 # TorchServe's frontend is Java 17; tini is PID 1 (reaps zombies, forwards SIGTERM).
 RUN apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-headless tini \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --create-home torchserve
+ && useradd --system --uid 10001 --create-home torchserve \
+ && install -d -o torchserve /home/torchserve/run
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build --chown=torchserve /archives /home/torchserve/archives
 COPY deploy/docker/torchserve.properties /home/torchserve/config.properties
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
 USER torchserve
 WORKDIR /home/torchserve
+# the run directory (config, logs, compile cache) and /tmp are all it writes: the root
+# filesystem may be read-only (compose and Kubernetes mount writable space on these two)
 EXPOSE 8080 8081 8082
 HEALTHCHECK --interval=15s --timeout=3s --start-period=600s --retries=3 \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/ping', timeout=2)"

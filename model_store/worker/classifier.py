@@ -31,12 +31,18 @@ from .protocol import (
     DEFAULT_BATCH_BUCKETS,
     DEFAULT_TOP_K,
     MAX_TOP_K,
+    PIXEL_BOUND,
     PROBABILITIES_FIELD,
     TENSOR_CHANNELS,
 )
 from .transforms import crop_to_array, normalize, resize_side
 
 log = logging.getLogger(__name__)
+
+NON_FINITE_OUTPUT = {
+    "code": "non_finite_output",
+    "message": "the model's output for this input is not a number (NaN or infinity)",
+}
 
 
 def load_prebuilt(
@@ -293,7 +299,11 @@ class ImageClassifier:
         if not batch:
             return results
         rows = self.predict(torch.cat(batch))
-        for row, position in zip(rows, crop_positions + tensor_positions, strict=True):
+        finite = torch.isfinite(rows).all(dim=1).tolist()
+        for row, ok, position in zip(rows, finite, crop_positions + tensor_positions, strict=True):
+            if not ok:  # this input alone: the other rows of the batch are its neighbours'
+                results[position] = {"error": NON_FINITE_OUTPUT}
+                continue
             scores, indices = row.topk(min(ks[position], len(self.labels)))
             results[position] = {
                 "predictions": [
@@ -314,8 +324,11 @@ class ImageClassifier:
                 f"a preprocessed input must be {math.prod(shape):,} float32 values "
                 f"{list(shape)}, got {tensor.size:,} {tensor.dtype}",
             )
-        if not np.isfinite(tensor).all():
-            raise ImageError("invalid_tensor", "a preprocessed input holds NaN or infinity")
+        if not np.abs(tensor).max() <= PIXEL_BOUND:  # NaN compares false too
+            raise ImageError(
+                "invalid_tensor",
+                f"a preprocessed input holds NaN, infinity or values beyond ±{PIXEL_BOUND:.2f}",
+            )
         return tensor.reshape(shape)
 
     def _crop(self, data: bytes, budget: BatchPixelBudget) -> np.ndarray:

@@ -32,6 +32,14 @@ _OTHER_SIGNATURES = {
     b"\x00\x00\x00\x0cjP  ": "JPEG 2000",
     b"%PDF": "PDF",
 }
+MULTI_PICTURE_JPEG = "MPO"
+"""Pillow's name for a JPEG carrying more pictures after the first (MPF: Ultra HDR gain maps of
+current phones, stereo cameras): its first picture is the primary one, and the one served."""
+MAX_JPEG_SEGMENTS = 512
+"""Marker segments before a JPEG's first scan: a photo has tens (APPn, ICC chunks, tables); a file
+of millions of empty ones would keep the walk busy for seconds."""
+MAX_PNG_CHUNKS = 8192
+"""A PNG's chunks: a 10 MiB image written in 8 KiB IDAT chunks (libpng's size) has about 1,300."""
 _ISO_BMFF_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"avif": "AVIF"}
 
 
@@ -99,7 +107,7 @@ def open_image(data: bytes, image_format: str, limits: ImageLimits) -> Image.Ima
         raise ImageError("image_too_large", f"more than {limits.max_pixels:,} pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
         raise ImageError("undecodable_image", f"not a valid {image_format} file") from None
-    if getattr(image, "n_frames", 1) > 1:
+    if getattr(image, "n_frames", 1) > 1 and image.format != MULTI_PICTURE_JPEG:
         raise unsupported(f"animated {image_format}")
     width, height = image.size
     if width * height > limits.max_pixels:
@@ -115,11 +123,20 @@ def open_image(data: bytes, image_format: str, limits: ImageLimits) -> Image.Ima
     return image
 
 
+class TooManyParts(Exception):
+    """A structure walk met more segments or chunks than any real image has."""
+
+
 def check_complete(image_format: str, data: bytes) -> None:
     """Refuse files cut short, from their structure, without decoding. Bytes after the end of
     the image (a phone's "motion photo" video after a JPEG's EOI, data after a PNG's IEND) are
-    allowed: the image itself is whole."""
-    if not _COMPLETE[image_format](data):
+    allowed: the image itself is whole. The walk is bounded (``MAX_JPEG_SEGMENTS``,
+    ``MAX_PNG_CHUNKS``)."""
+    try:
+        complete = _COMPLETE[image_format](data)
+    except TooManyParts as exc:
+        raise ImageError("undecodable_image", f"not a served {image_format}: {exc}") from None
+    if not complete:
         raise ImageError(
             "undecodable_image", f"truncated {image_format} file ({len(data):,} bytes)"
         )
@@ -129,10 +146,13 @@ def _jpeg_complete(data: bytes) -> bool:
     """Walk the marker segments to the first scan, then look for EOI: inside entropy-coded data
     0xFF is always stuffed, so FF D9 there is the real end (an EXIF thumbnail's EOI sits inside a
     segment we skipped)."""
-    position = 2
+    position, segments = 2, 0
     while position + 4 <= len(data):
         if data[position] != 0xFF:
             return False
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise TooManyParts(f"more than {MAX_JPEG_SEGMENTS} segments before its first scan")
         marker = data[position + 1]
         if marker == 0xFF:  # fill byte
             position += 1
@@ -151,8 +171,11 @@ def _jpeg_complete(data: bytes) -> bool:
 
 def _png_complete(data: bytes) -> bool:
     """Walk the chunks (length, type, data, CRC) until IEND."""
-    position = 8
+    position, chunks = 8, 0
     while position + 12 <= len(data):
+        chunks += 1
+        if chunks > MAX_PNG_CHUNKS:
+            raise TooManyParts(f"more than {MAX_PNG_CHUNKS} chunks")
         length = int.from_bytes(data[position : position + 4], "big")
         if data[position + 4 : position + 8] == b"IEND":
             return True

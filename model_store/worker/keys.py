@@ -102,28 +102,38 @@ def bearer(key: str | None) -> dict[str, str]:
 
 class KeyRing:
     """The keys of one TorchServe: from its key file (re-read whenever the file changes), or one
-    fixed token (which cannot be renewed); none when token authorization is off."""
+    fixed token (which cannot be renewed); none when token authorization is off.
+
+    TorchServe rewrites the file in place (truncate, then write), so a read can meet it empty or
+    half written: the last keys read whole are kept until the next read succeeds. File times are
+    coarse (a clock tick), so two rewrites within one tick can leave the same stamp: a file
+    younger than ``FRESH_S`` is read again on every call."""
+
+    FRESH_S = 1.0
 
     def __init__(self, key_file: Path | None, token: str | None = None) -> None:
         self.key_file = key_file
         self.token = token
         self._stamp: tuple[int, int] | None = None
         self._keys: dict[str, Key] = {}
-        self._first_seen: dict[str, float] = {}
+        self._lifetime_s: float | None = None
 
     def keys(self) -> dict[str, Key]:
         if self.key_file is None:
             return {}
         try:
             stat = self.key_file.stat()
-            if (stat.st_mtime_ns, stat.st_size) != self._stamp:
-                self._keys = read_key_file(self.key_file)
-                self._stamp = (stat.st_mtime_ns, stat.st_size)
-                now = time.time()
-                for key in self._keys.values():
-                    self._first_seen.setdefault(key.token, now)
-        except (OSError, ValueError):
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            if stamp != self._stamp or time.time() - stat.st_mtime < self.FRESH_S:
+                keys = read_key_file(self.key_file)
+                self._keys, self._stamp = keys, stamp
+                expiries = [key.expires_at for key in keys.values() if key.expires_at is not None]
+                if expiries:  # the newest key was made when the file was written
+                    self._lifetime_s = max(expiries) - stat.st_mtime
+        except OSError:  # no file (yet, or TorchServe stopped): no keys
             self._keys, self._stamp = {}, None
+        except ValueError:  # met mid-write: keep the last whole read, read again next time
+            self._stamp = None
         return self._keys
 
     def current(self, kind: str) -> str | None:
@@ -137,12 +147,13 @@ class KeyRing:
         return "API" in self.keys()
 
     def due(self, kind: str, now: float | None = None) -> bool:
-        """Whether ``kind``'s key should be renewed now: close to (or past) its expiry."""
+        """Whether ``kind``'s key should be renewed now: close to (or past) its expiry. Every
+        client of one TorchServe derives the same lifetime from the file, so they agree when."""
         key = self.keys().get(kind)
         if key is None or key.expires_at is None or not self.can_renew():
             return False
         now = time.time() if now is None else now
-        lifetime = key.expires_at - self._first_seen.get(key.token, now)
+        lifetime = self._lifetime_s if self._lifetime_s is not None else 2 * RENEW_BEFORE_S
         return key.expires_at - now <= min(RENEW_BEFORE_S, lifetime / 2)
 
     def renewal(self, kind: str) -> dict[str, Any]:

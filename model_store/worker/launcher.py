@@ -77,6 +77,25 @@ class TorchServeError(RuntimeError):
     """TorchServe could not be started, or a model did not become ready."""
 
 
+LOOPBACK = "127.0.0.1"
+
+
+def allowed_urls(archive_dir: Path) -> str:
+    """TorchServe's ``allowed_urls``: ``file://`` URLs inside ``archive_dir``, as a Java regex
+    written for a properties file (which would eat backslashes): each character that is not a
+    letter, digit or slash goes in a bracket of its own."""
+    literal = "".join(
+        c if c.isalnum() or c == "/" else f"[{c}]" for c in str(archive_dir.resolve())
+    )
+    if any(c in "[]^\\" for c in str(archive_dir)):
+        raise TorchServeError(f"archive directory {archive_dir} has characters we do not escape")
+    return f"file://{literal}/[^/]+"
+
+
+def is_loopback(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
 def available_cpus() -> int:
     """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (a
     container's ``cpus`` / a pod's CPU limit, which ``os.cpu_count()`` does not see)."""
@@ -128,12 +147,17 @@ class TorchServe:
     metrics_port: int = 8082
     grpc_ports: tuple[int, int] = (7070, 7071)  # unused by us, but TorchServe always binds them
     config_template: Path = CONFIG_TEMPLATE
+    key_minutes: float | None = None
+    """TorchServe's ``token_expiration_min``; None: ``$TORCHSERVE_TOKEN_EXPIRATION_MIN`` when set,
+    else TorchServe's own (60)."""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _keyring: KeyRing | None = field(default=None, init=False, repr=False)
     _tmp_dir: Path = field(default=Path(), init=False, repr=False)
 
     @classmethod
-    def on_free_ports(cls, models: list[str], archive_dir: Path, run_dir: Path) -> TorchServe:
+    def on_free_ports(
+        cls, models: list[str], archive_dir: Path, run_dir: Path, **settings: Any
+    ) -> TorchServe:
         """One on loopback ports nobody uses now (tests, benchmarks: several may run at once)."""
         inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
         return cls(
@@ -144,6 +168,7 @@ class TorchServe:
             management_port=management,
             metrics_port=metrics,
             grpc_ports=(grpc_inference, grpc_management),
+            **settings,
         )
 
     @property
@@ -152,7 +177,8 @@ class TorchServe:
 
     @property
     def management_url(self) -> str:
-        return f"http://{self.host}:{self.management_port}"
+        """Always on loopback: from other hosts only through a ``ManagementGate``."""
+        return f"http://{LOOPBACK}:{self.management_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -283,27 +309,29 @@ class TorchServe:
         }
 
     def config_text(self) -> str:
-        """The template with this server's host and ports."""
+        """The template with this server's host and ports: inference and metrics on ``host``;
+        the management API and gRPC (which the gateway does not use) on loopback only; model
+        archives fetched from the archive directory only (``allowed_urls``)."""
         text = self.config_template.read_text()
-        for name, port in (
-            ("inference", self.inference_port),
-            ("management", self.management_port),
-            ("metrics", self.metrics_port),
+        for name, host, port in (
+            ("inference", self.host, self.inference_port),
+            ("management", LOOPBACK, self.management_port),
+            ("metrics", self.host, self.metrics_port),
         ):
             text = re.sub(
-                rf"^{name}_address=.*$",
-                f"{name}_address=http://{self.host}:{port}",
-                text,
-                flags=re.M,
+                rf"^{name}_address=.*$", f"{name}_address=http://{host}:{port}", text, flags=re.M
             )
         grpc_inference, grpc_management = self.grpc_ports
         text = (
-            f"{text.rstrip()}\n# gRPC (not used by the gateway) on ports of this server's own\n"
-            f"grpc_inference_address={self.host}\ngrpc_inference_port={grpc_inference}\n"
-            f"grpc_management_address={self.host}\ngrpc_management_port={grpc_management}\n"
+            f"{text.rstrip()}\n# gRPC (not used by the gateway) on loopback, on ports of its own\n"
+            f"grpc_inference_address={LOOPBACK}\ngrpc_inference_port={grpc_inference}\n"
+            f"grpc_management_address={LOOPBACK}\ngrpc_management_port={grpc_management}\n"
+            "# archives come from the archive directory only, never from a URL\n"
+            f"allowed_urls={allowed_urls(self.archive_dir)}\n"
         )
-        if (minutes := token_expiration_min()) is not None:
-            text += f"# from ${TOKEN_EXPIRATION_ENV}\ntoken_expiration_min={minutes:g}\n"
+        minutes = self.key_minutes if self.key_minutes is not None else token_expiration_min()
+        if minutes is not None:
+            text += f"# key lifetime (${TOKEN_EXPIRATION_ENV})\ntoken_expiration_min={minutes:g}\n"
         return text
 
     def wait_ready(self, timeout: float = 900.0, progress: Any = None) -> dict[str, Any]:

@@ -31,6 +31,15 @@ TENSOR_FIELD_PREFIX = "tensor_"
 """A field named so carries one preprocessed image instead of an encoded one: float32,
 little-endian, ``(3, S, S)`` in row-major order, normalised as the eval pipeline does."""
 TENSOR_CHANNELS = 3
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+"""The eval pipeline's normalisation: the units of a preprocessed input."""
+PIXEL_BOUND = 3 * max(
+    max(mean / std, (1 - mean) / std) for mean, std in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)
+)
+"""The largest magnitude a preprocessed input may hold: three times the eval pipeline's extreme
+((1 - 0.406) / 0.225 = 2.64), so 7.92. Finite but extreme values (1e38) drive the model to NaN,
+which would fail every image of the batch they share."""
 INPUT_FIELD_PREFIXES = {"image": IMAGE_FIELD_PREFIX, "tensor": TENSOR_FIELD_PREFIX}
 
 

@@ -22,7 +22,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from model_store.worker.images import ImageLimits
-from model_store.worker.protocol import MAX_TOP_K, PROBABILITIES_FIELD, TENSOR_CHANNELS
+from model_store.worker.protocol import (
+    MAX_TOP_K,
+    PIXEL_BOUND,
+    PROBABILITIES_FIELD,
+    TENSOR_CHANNELS,
+)
 
 from ..errors import ApiError, unavailable
 from ..uploads import Upload, too_many_images, validate_image
@@ -32,6 +37,7 @@ from .protocol import (
     FP32,
     HEADER_LENGTH,
     IMAGES_INPUT,
+    MAX_TIMEOUT_US,
     PIXELS_INPUT,
     PROBABILITIES_OUTPUT,
     InferenceRequest,
@@ -97,16 +103,18 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     return inflated
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
-    """The JSON object and the binary data after it (``Inference-Header-Content-Length``)."""
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """The JSON object and a view of the binary data after it (``Inference-Header-Content-Length``):
+    the body's bytes are not copied, only each input taken from them."""
     if header_length is None:
-        return body, b""
+        return body, memoryview(b"")
     if not header_length.isdigit() or not 0 < int(header_length) <= len(body):
         raise malformed(
             f"{HEADER_LENGTH} must be the length of the JSON object in the body, between 1 and "
             f"the body's {len(body):,} bytes; got {header_length!r}"
         )
-    return body[: int(header_length)], body[int(header_length) :]
+    view = memoryview(body)
+    return bytes(view[: int(header_length)]), view[int(header_length) :]
 
 
 def parse_request(header: bytes) -> InferenceRequest:
@@ -138,8 +146,13 @@ def decode_request(
     [tensor] = request.inputs
     outputs = _wanted_outputs(request)  # parameters first: they cost nothing to check
     timeout = request.parameters.timeout
-    if timeout is not None and timeout < 0:
-        raise ApiError(422, "invalid_parameters", f"timeout must be >= 0 µs, got {timeout}")
+    if timeout is not None and not 0 <= timeout <= MAX_TIMEOUT_US:
+        raise ApiError(
+            422,
+            "invalid_parameters",
+            f"timeout must be >= 0 µs and at most {MAX_TIMEOUT_US} (uint64), got "
+            f"{str(timeout)[:24]}{'...' if len(str(timeout)) > 24 else ''}",
+        )
     count = _batch_count(tensor, max_images)
     raw = _binary_part(tensor, binary)
     if tensor.name == IMAGES_INPUT:
@@ -167,7 +180,7 @@ def _batch_count(tensor: RequestInput, max_images: int) -> int:
     return tensor.shape[0]
 
 
-def _binary_part(tensor: RequestInput, binary: bytes) -> bytes | None:
+def _binary_part(tensor: RequestInput, binary: memoryview) -> memoryview | None:
     """The input's binary data, or ``None`` when it came as JSON ``data``."""
     size = tensor.parameters.binary_data_size
     if (size is None) == (tensor.data is None):
@@ -184,7 +197,7 @@ def _binary_part(tensor: RequestInput, binary: bytes) -> bytes | None:
     return binary if size is not None else None
 
 
-def _byte_elements(raw: bytes, count: int) -> list[bytes]:
+def _byte_elements(raw: memoryview, count: int) -> list[bytes]:
     elements, at = [], 0
     while at < len(raw) and len(elements) <= count:
         if at + LENGTH_PREFIX.size > len(raw):
@@ -195,7 +208,7 @@ def _byte_elements(raw: bytes, count: int) -> list[bytes]:
             raise malformed(
                 f"{BYTES} element {len(elements)} claims {size:,} bytes, {len(raw) - at:,} follow"
             )
-        elements.append(raw[at : at + size])
+        elements.append(bytes(raw[at : at + size]))
         at += size
     if len(elements) != count or at != len(raw):
         raise malformed(f"input {IMAGES_INPUT!r} has shape [{count}]: its binary data does not")
@@ -216,7 +229,7 @@ def _base64_elements(tensor: RequestInput) -> list[bytes]:
 
 
 def _pixel_uploads(
-    tensor: RequestInput, raw: bytes | None, count: int, input_size: int
+    tensor: RequestInput, raw: memoryview | None, count: int, input_size: int
 ) -> list[Upload]:
     """Float32 little-endian bytes per image, checked for shape and finite values."""
     image_shape = [TENSOR_CHANNELS, input_size, input_size]
@@ -238,12 +251,17 @@ def _pixel_uploads(
             values.byteswap()
     else:
         values = _json_floats(tensor.data or [], count * per_image)
-        raw = _float32_bytes(values)
+        raw = memoryview(_float32_bytes(values))
     if not math.isfinite(sum(values)):  # a NaN or infinity anywhere makes the sum one
         raise malformed(f"input {PIXELS_INPUT!r} holds NaN or infinity")
+    if min(values) < -PIXEL_BOUND or max(values) > PIXEL_BOUND:
+        raise malformed(
+            f"input {PIXELS_INPUT!r} holds values beyond ±{PIXEL_BOUND:.2f}: preprocess as the "
+            "eval pipeline does (x / 255 - ImageNet mean) / ImageNet std"
+        )
     step = per_image * FLOAT32
     return [
-        Upload(raw[i * step : (i + 1) * step], input_size * input_size, kind="tensor")
+        Upload(bytes(raw[i * step : (i + 1) * step]), input_size * input_size, kind="tensor")
         for i in range(count)
     ]
 

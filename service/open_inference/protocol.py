@@ -21,6 +21,8 @@ BINARY_DATA = "binary_data"
 BINARY_DATA_OUTPUT = "binary_data_output"
 CLASSIFICATION = "classification"
 TIMEOUT = "timeout"
+MAX_TIMEOUT_US = 2**64 - 1
+"""Triton's ``timeout`` is a uint64 of microseconds; past it, a number is refused (422)."""
 """A request parameter: microseconds the client waits; the request's deadline."""
 
 IMAGES_INPUT = "images"

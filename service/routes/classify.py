@@ -61,7 +61,7 @@ async def classify(
     request: Request,
     gateway: GatewayDep,
     _: ApiKeyDep,
-    __: UploadSlotDep,
+    slot: UploadSlotDep,
     model: Annotated[str, Path(description="a served model, see GET /v1/models")],
     top_k: Annotated[
         int, Query(ge=1, le=MAX_TOP_K, description="predictions per image")
@@ -69,7 +69,7 @@ async def classify(
     x_request_timeout_ms: RequestTimeoutMs = None,
 ) -> ClassifyResponse:
     require_served(gateway, model)
-    uploads = await read_images(request, gateway.settings)
+    uploads = await read_images(request, gateway.settings, slot.slow_down)
     results, timing = await infer(
         request,
         gateway,

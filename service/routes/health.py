@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from ..deps import GatewayDep
+from ..deps import ApiKeyDep, GatewayDep
 from ..inference import require_served
 from ..schemas import READY, ErrorResponse, Health, ModelReadiness, Readiness
 
@@ -42,8 +42,11 @@ async def readyz(gateway: GatewayDep) -> Readiness | JSONResponse:
     response_model=ModelReadiness,
     responses={404: {"model": ErrorResponse}, 503: {"model": ModelReadiness}},
 )
-async def model_ready(gateway: GatewayDep, model: str) -> ModelReadiness | JSONResponse:
-    """200 when this model has a ready worker, 503 (with the reason) when not."""
+async def model_ready(
+    gateway: GatewayDep, _: ApiKeyDep, model: str
+) -> ModelReadiness | JSONResponse:
+    """200 when this model has a ready worker, 503 (with the reason) when not. Behind the API
+    key, as everything that names models: the probes are ``/healthz`` and ``/readyz``."""
     require_served(gateway, model)
     state = (await gateway.backend.readiness()).get(model, "unknown")
     body = ModelReadiness(model=model, ready=state == READY, status=state)

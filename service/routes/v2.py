@@ -6,6 +6,7 @@ The per-model routes are one router mounted twice: at ``/v2/models/{model}`` and
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -14,11 +15,16 @@ from fastapi.responses import JSONResponse
 from model_store.worker.protocol import TENSOR_CHANNELS
 
 from ..backends.base import WorkerFacts
-from ..deps import ApiKeyDep, Gateway, GatewayDep, RequestTimeoutMs, UploadSlotDep
+from ..deps import ApiKeyDep, Gateway, GatewayDep, RequestTimeoutMs, UploadSlot, UploadSlotDep
 from ..errors import ApiError
 from ..inference import documented_errors, infer, require_served
 from ..metrics import PROTOCOL_V2
-from ..open_inference.codec import decode_request, decompress, encode_response
+from ..open_inference.codec import (
+    DecodedRequest,
+    decode_request,
+    decompress,
+    encode_response,
+)
 from ..open_inference.protocol import (
     BYTES,
     EXTENSIONS,
@@ -88,7 +94,7 @@ INFER_ANSWERS: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("", response_model=ServerMetadata)
-async def server_metadata(request: Request) -> ServerMetadata:
+async def server_metadata(request: Request, _: ApiKeyDep) -> ServerMetadata:
     return ServerMetadata(name=SERVER_NAME, version=request.app.version, extensions=EXTENSIONS)
 
 
@@ -106,6 +112,7 @@ async def server_ready(gateway: GatewayDep) -> ServerReady | JSONResponse:
 
 def served_version(
     gateway: GatewayDep,
+    _: ApiKeyDep,  # before the 404, which names the served models
     model: str,
     version: Annotated[str, Path(description=f"the one served: {MODEL_VERSION}")],
 ) -> None:
@@ -150,7 +157,7 @@ async def model_metadata(gateway: GatewayDep, _: ApiKeyDep, model: str) -> Model
 @model_router.get(
     "/ready", response_model=ModelReady, responses={503: {"model": ModelReady}, **ERRORS}
 )
-async def model_ready(gateway: GatewayDep, model: str) -> ModelReady | JSONResponse:
+async def model_ready(gateway: GatewayDep, _: ApiKeyDep, model: str) -> ModelReady | JSONResponse:
     """200 when this model has a ready worker, 503 when not (as ``/v1/models/{model}/ready``)."""
     require_served(gateway, model)
     ready = (await gateway.backend.readiness()).get(model) == READY
@@ -169,24 +176,14 @@ async def model_infer(
     request: Request,
     gateway: GatewayDep,
     _: ApiKeyDep,
-    __: UploadSlotDep,
+    slot: UploadSlotDep,
     model: str,
     x_request_timeout_ms: RequestTimeoutMs = None,
 ) -> Response:
     """Batched with every other request for the model, /v1's included. The ``timeout``
     parameter (microseconds) or ``X-Request-Timeout-Ms`` is the request's deadline."""
     require_served(gateway, model)
-    settings = gateway.settings
-    body = await read_body(request, settings.max_upload_bytes, settings.upload_timeout_s)
-    body = decompress(body, request.headers.get("content-encoding"), settings.max_upload_bytes)
-    facts = await reported_facts(gateway, model)
-    decoded = decode_request(
-        body,
-        request.headers.get(HEADER_LENGTH),
-        settings.limits,
-        settings.max_images_per_request,
-        facts.input_size if facts else None,
-    )
+    decoded = await read_inference_request(request, gateway, model, slot)
     results, _ = await infer(
         request,
         gateway,
@@ -199,6 +196,31 @@ async def model_infer(
     )
     content, headers = encode_response(model, MODEL_VERSION, decoded, results)
     return Response(content, headers=headers)
+
+
+async def read_inference_request(
+    request: Request, gateway: Gateway, model: str, slot: UploadSlot
+) -> DecodedRequest:
+    """The request's validated inputs, decoded off the event loop (inflating, parsing and
+    checking 10 MiB takes tens of milliseconds). The body is not held past this: while the
+    request waits for its batch, only its inputs are."""
+    settings = gateway.settings
+    body = await read_body(request, settings, slot.slow_down)
+    facts = await reported_facts(gateway, model)
+
+    def decode() -> DecodedRequest:
+        inflated = decompress(
+            body, request.headers.get("content-encoding"), settings.max_upload_bytes
+        )
+        return decode_request(
+            inflated,
+            request.headers.get(HEADER_LENGTH),
+            settings.limits,
+            settings.max_images_per_request,
+            facts.input_size if facts else None,
+        )
+
+    return await asyncio.to_thread(decode)
 
 
 router.include_router(model_router, prefix=MODEL)

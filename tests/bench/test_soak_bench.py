@@ -5,6 +5,7 @@ request; timings are reported, never asserted."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -64,11 +65,15 @@ def test_growth_is_fitted_per_process_after_warm_up_on_its_longest_life():
 
 @pytest.mark.slow
 def test_a_short_soak_accounts_for_every_request(tiny_archives, tmp_path):
+    """Also: its short keys are its own TorchServe's, not every later TorchServe's of this
+    process (the test suite's session TorchServe once got 1-minute keys from it)."""
     out = tmp_path / "soak.json"
+    environment = dict(os.environ)
     main(["--duration-min", "2.75", "--key-minutes", "1", "--rate", "6",
           "--faults", "worker_kill,frontend_kill,hostile_burst", "--fault-every-s", "40",
           "--warmup-s", "15", "--burst-each", "1", "--sample-s", "5", "--out", str(out),
           "--archives", str(tiny_archives), "--workdir", str(tmp_path)])  # fmt: skip
+    assert dict(os.environ) == environment
     record = json.loads(out.read_text())
     accounting = record["accounting"]
     assert accounting["unaccounted"] == [], accounting["unaccounted"]

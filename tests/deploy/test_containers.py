@@ -193,6 +193,55 @@ def test_the_gateway_image_speaks_the_open_inference_protocol(stack):
     assert [row[0].decode().split(":", 2)[2] for row in answer] == labels
 
 
+NEIGHBOUR_CALLS = """
+import httpx
+fetch = "http://127.0.0.1:9999"
+calls = [
+    ("POST", "/workflows", {"url": f"{fetch}/x.war"}),
+    ("POST", "/models", {"url": f"{fetch}/y.mar", "initial_workers": "1"}),
+    ("PUT", "/models/eca_resnet50", {"min_worker": "0", "max_worker": "0"}),
+    ("POST", "/token", {"type": "inference"}),
+]
+gate = "http://torchserve:8081"
+for method, path, params in calls:
+    print(method, path, httpx.request(method, f"{gate}{path}", params=params).status_code)
+print("GET /models/eca_resnet50", httpx.get(f"{gate}/models/eca_resnet50").status_code)
+"""
+PROBE_FETCHES = """
+import time, urllib.error, urllib.request
+for _ in range(50):
+    try:
+        urllib.request.urlopen("http://127.0.0.1:9999/probe")
+    except urllib.error.HTTPError:
+        break  # its 404: the server answers
+    except OSError:
+        time.sleep(0.2)
+"""
+
+
+def test_a_neighbour_cannot_use_the_workers_management_api(stack):
+    """From the gateway's container (a neighbour on the backend network): TorchServe's workflow,
+    registration, scaling and key calls are refused by the worker's read-only management gate,
+    and a server inside the worker container, which TorchServe could reach, is asked nothing."""
+    worker = stack.container("torchserve")
+    serve_fetches = "cd /tmp && exec python -m http.server 9999 --bind 127.0.0.1 2> fetches.log"
+    run(["docker", "exec", "-d", worker, "sh", "-c", serve_fetches], stack.env)
+    run(["docker", "exec", worker, "python", "-c", PROBE_FETCHES], stack.env)
+    answers = run(
+        ["docker", "exec", stack.container("gateway"), "python", "-c", NEIGHBOUR_CALLS], stack.env
+    )
+    assert answers.split("\n")[:5] == [
+        "POST /workflows 403", "POST /models 403", "PUT /models/eca_resnet50 403",
+        "POST /token 403", "GET /models/eca_resnet50 200",
+    ], answers  # fmt: skip
+    time.sleep(2)
+    fetched = run(["docker", "exec", worker, "cat", "/tmp/fetches.log"], stack.env)
+    assert "GET /probe" in fetched and "GET /x.war" not in fetched and "/y.mar" not in fetched
+    for service in ("torchserve", "gateway"):
+        host = stack.inspect(service)["HostConfig"]
+        assert host["ReadonlyRootfs"] and host["CapDrop"] == ["ALL"], service
+
+
 def test_prometheus_scrapes_both_targets_and_counts_what_was_sent(stack):
     def counted() -> float | None:
         return query(stack.prometheus_url, 'sum(gateway_requests_total{code="200"})')

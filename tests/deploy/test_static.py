@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 from unittest.mock import patch
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -46,7 +47,9 @@ def test_compose_health_ordering_and_exposure(compose):
         "TorchServe (management API) must not be published"
     )
     assert compose["networks"]["backend"]["internal"] is True
-    assert services["gateway"]["ports"] == ["${GATEWAY_PORT:-8000}:8000"]
+    # published on this machine only unless asked; the API key passed from the user's shell
+    assert services["gateway"]["ports"] == ["${GATEWAY_BIND:-127.0.0.1}:${GATEWAY_PORT:-8000}:8000"]
+    assert services["gateway"]["environment"]["GATEWAY_API_KEY"] == "${GATEWAY_API_KEY:-}"
     assert (
         services["gateway"]["environment"]["GATEWAY_TORCHSERVE_INFERENCE_URL"]
         == "http://torchserve:8080"
@@ -129,7 +132,10 @@ def test_the_locust_jobs_validate_and_agree_on_their_workers():
     assert by_kind(docs, "Job", "locust-workers")["spec"]["parallelism"] == expected
     assert worker[worker.index("--master-host") + 1] == "locust-master"
     assert by_kind(docs, "Service", "locust-master")["spec"]["ports"][0]["port"] == 5557
-    assert master[master.index("--host") + 1] == "http://gateway:8000"  # the gateway Service
+    target = urlsplit(master[master.index("--host") + 1])
+    service = by_kind(render(ROOT / "deploy/k8s"), "Service", "gateway")
+    assert target.hostname == "gateway"  # the gateway Service, on a port it listens on
+    assert (target.port or 80) in {port["port"] for port in service["spec"]["ports"]}
     assert {d["metadata"]["namespace"] for d in docs} == {"attention-serving"}
 
 
@@ -244,6 +250,8 @@ def test_deployments_set_only_what_differs_from_the_defaults(where, compose, man
     for name, value in environment.items():
         field = name.removeprefix("GATEWAY_").lower()
         assert field in defaults, name
+        if value == f"${{{name}:-}}":  # the user's own value, passed through from the shell
+            continue
         assert getattr(effective_settings({name: value}), field) != defaults[field] or (
             field == "models"  # named beside the worker's MODELS, which it must equal
         ), f"{name} repeats the default"
@@ -292,3 +300,103 @@ def test_timeouts_and_grace_periods_fit_together(manifests):
     worker_pod = by_kind(manifests, "Deployment", "worker")["spec"]["template"]["spec"]
     drain = next(e for e in worker_pod["containers"][0]["env"] if e["name"] == "DRAIN_SECONDS")
     assert worker_pod["terminationGracePeriodSeconds"] > int(drain["value"])
+
+
+RESTRICTED_VOLUME_TYPES = {
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+    "projected", "secret",
+}  # fmt: skip
+SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+}  # fmt: skip
+WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"}
+
+
+def pod_security_violations(pod: dict) -> list[str]:
+    """What breaks the "restricted" Pod Security Standard (baseline and restricted rules, as
+    kubernetes.io/docs/concepts/security/pod-security-standards lists them), plus this project's
+    own rules: a read-only root filesystem and no service-account token."""
+    found = []
+    pod_context = pod.get("securityContext", {})
+    containers = pod.get("containers", []) + pod.get("initContainers", [])
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(flag):
+            found.append(f"{flag} is set")
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUME_TYPES:
+            found.append(f"volume {volume['name']} is {kinds}")
+    for sysctl in pod_context.get("sysctls", []):
+        if sysctl["name"] not in SAFE_SYSCTLS:
+            found.append(f"sysctl {sysctl['name']}")
+    if pod.get("automountServiceAccountToken") is not False:
+        found.append("the service-account token is mounted")
+    for container in containers:
+        name = container["name"]
+        context = container.get("securityContext", {})
+        merged = pod_context | context
+
+        def check(condition: bool, what: str, name: str = name) -> None:
+            if not condition:
+                found.append(f"{name}: {what}")
+
+        check(not context.get("privileged"), "privileged")
+        check(
+            context.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation not false"
+        )
+        check(merged.get("runAsNonRoot") is True, "runAsNonRoot not true")
+        check(merged.get("runAsUser", 1) != 0, "runs as user 0")
+        check(
+            merged.get("seccompProfile", {}).get("type") in ("RuntimeDefault", "Localhost"),
+            "seccompProfile not RuntimeDefault or Localhost",
+        )
+        capabilities = context.get("capabilities", {})
+        check("ALL" in capabilities.get("drop", []), "capabilities do not drop ALL")
+        check(set(capabilities.get("add", [])) <= {"NET_BIND_SERVICE"}, "capabilities added")
+        check(all(not p.get("hostPort") for p in container.get("ports", [])), "a hostPort is used")
+        check(context.get("procMount", "Default") == "Default", "procMount not Default")
+        check(
+            merged.get("appArmorProfile", {}).get("type", "RuntimeDefault") != "Unconfined",
+            "AppArmor unconfined",
+        )
+        check(context.get("readOnlyRootFilesystem") is True, "root filesystem writable")
+    return found
+
+
+@pytest.mark.parametrize("where", ["deploy/k8s", "deploy/k8s/overlays/gpu", "deploy/k8s/loadtest"])
+def test_every_pod_meets_the_restricted_pod_security_standard(where):
+    pods = [
+        (doc["metadata"]["name"], doc["spec"]["template"]["spec"])
+        for doc in render(ROOT / where)
+        if doc["kind"] in WORKLOADS
+    ]
+    assert pods
+    for name, pod in pods:
+        assert pod_security_violations(pod) == [], name
+
+
+def test_the_standard_check_finds_what_it_must():
+    """The check itself, on the pod the manifests had before: every missing rule is named."""
+    before = {
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001},
+        "containers": [
+            {"name": "gateway", "securityContext": {"allowPrivilegeEscalation": False}},
+        ],
+        "volumes": [{"name": "host", "hostPath": {"path": "/"}}],
+    }
+    assert pod_security_violations(before) == [
+        "volume host is {'hostPath'}",
+        "the service-account token is mounted",
+        "gateway: seccompProfile not RuntimeDefault or Localhost",
+        "gateway: capabilities do not drop ALL",
+        "gateway: root filesystem writable",
+    ]
+
+
+def test_the_namespace_enforces_the_restricted_standard(manifests):
+    namespace = next(d for d in manifests if d["kind"] == "Namespace")
+    labels = namespace["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"

@@ -359,8 +359,9 @@ async def call_asgi(
     app, chunks: list[bytes], end: str, headers: dict[str, str] | None = None
 ) -> tuple[int, dict]:
     """A raw ASGI request whose body arrives in ``chunks``, then ``end``: the body is complete
-    ("complete"), the client disconnects ("disconnect") or stops sending ("stall"). Returns the
-    status the gateway answered and its JSON body."""
+    ("complete"), the client disconnects ("disconnect"), stops sending ("stall") or goes on
+    sending 64 bytes every 0.1 s ("trickle"). Returns the status the gateway answered and its
+    JSON body."""
     messages = [{"type": "http.request", "body": c, "more_body": True} for c in chunks]
     headers = headers or {"content-type": "image/jpeg", "content-length": "100000"}
 
@@ -371,6 +372,9 @@ async def call_asgi(
             return {"type": "http.request", "body": b"", "more_body": False}
         if end == "stall":
             await asyncio.sleep(3600)
+        if end == "trickle":
+            await asyncio.sleep(0.1)
+            return {"type": "http.request", "body": bytes(64), "more_body": True}
         return {"type": "http.disconnect"}
 
     sent: list[dict] = []
@@ -501,6 +505,57 @@ def test_a_text_file_field_and_a_missing_file_field_are_422_saying_why():
         "code": "malformed_multipart",
         "message": "Missing boundary in multipart.",
     }
+
+
+OPEN_ROUTES = ["/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics"]
+KEYED_ROUTES = [
+    ("GET", "/v1/models"),
+    ("GET", "/v1/models/se_resnet50/ready"),
+    ("GET", "/v1/models/nope/ready"),
+    ("POST", "/v1/models/nope/classify"),
+    ("GET", "/v2"),
+    ("GET", "/v2/models/se_resnet50"),
+    ("GET", "/v2/models/se_resnet50/ready"),
+    ("GET", "/v2/models/nope/versions/1/ready"),
+    ("POST", "/v2/models/se_resnet50/infer"),
+]
+
+
+def test_with_an_api_key_only_probes_and_metrics_are_open_and_no_refusal_names_a_model():
+    with make_client(api_key="s3cret") as client:
+        for path in OPEN_ROUTES:
+            assert client.get(path).status_code == 200, path
+        for method, path in KEYED_ROUTES:
+            refused = client.request(method, path)
+            assert refused.status_code == 401, (path, refused.text)
+            assert "resnet" not in refused.text, path
+            allowed = client.request(method, path, headers={"X-API-Key": "s3cret"})
+            assert allowed.status_code != 401, path
+        for path in ("/docs", "/openapi.json", "/redoc"):  # off: they describe the models
+            assert client.get(path).status_code == 404, path
+    with make_client(api_key="s3cret", public_docs=True) as client:
+        assert client.get("/openapi.json").status_code == 200
+        assert client.get("/docs").status_code == 200
+
+
+def test_a_non_ascii_api_key_sent_as_utf8_matches():
+    """Over httpx's ASGI transport, which passes the header's bytes as sent (Starlette's
+    TestClient re-encodes them)."""
+    app = create_app(make_settings(api_key="clé-ünïcode"), FakeBackend(MODELS))
+
+    async def send(key: bytes) -> int:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+                response = await http.post(
+                    "/v1/models/se_resnet50/classify",
+                    content=RED,
+                    headers={"Content-Type": "image/jpeg", "X-API-Key": key},
+                )
+                return response.status_code
+
+    assert asyncio.run(send("clé-ünïcode".encode())) == 200
+    assert asyncio.run(send("clé-ünïcode".encode("latin-1"))) == 401
 
 
 def test_non_ascii_api_key_is_401_and_counted():
@@ -690,6 +745,54 @@ def test_stalled_upload_is_cut_off_and_upload_slots_are_bounded():
         },
     )
     assert after.status_code == 200  # the slot was given back
+
+
+def test_an_upload_slower_than_the_minimum_rate_is_cut_off_after_its_first_second():
+    """4 bytes, then nothing: 408 about a second in, not at the 30 s upload timeout."""
+    app = create_app(make_settings(), FakeBackend(MODELS))
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            return await asyncio.wait_for(call_asgi(app, [RED[:4]], end="stall"), 10)
+
+    status, body = asyncio.run(scenario())
+    assert status == 408 and body["error"]["code"] == "upload_timeout"
+    assert "slower than 8192 bytes/s after its first second" in body["error"]["message"]
+
+
+def test_slow_uploads_cannot_take_the_slots_kept_for_uploads_that_arrive_at_once():
+    """Four uploads trickling above the minimum rate, four slots: after their first second
+    three may go on (a quarter of the slots is kept), the fourth is refused, and an honest
+    upload still gets a slot."""
+    app = create_app(
+        make_settings(models=["se_resnet50"], max_concurrent_uploads=4, min_upload_rate_bps=100),
+        FakeBackend(["se_resnet50"]),
+    )
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            trickling = [
+                asyncio.create_task(call_asgi(app, [RED[:4]], end="trickle")) for _ in range(4)
+            ]
+            refused = await asyncio.wait_for(
+                next(asyncio.as_completed(trickling)), 10
+            )  # the one that found no slow place
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+                honest = await http.post(
+                    "/v1/models/se_resnet50/classify",
+                    content=RED,
+                    headers={"Content-Type": "image/jpeg"},
+                )
+            still_going = sum(not task.done() for task in trickling)
+            for task in trickling:
+                task.cancel()
+            return refused, honest, still_going
+
+    (status, body), honest, still_going = asyncio.run(scenario())
+    assert status == 503 and "arriving slowly" in body["error"]["message"]
+    assert honest.status_code == 200
+    assert still_going == 3
 
 
 class StalledModel(FakeBackend):
@@ -888,6 +991,58 @@ def test_a_request_that_cannot_meet_its_deadline_is_refused_at_once_with_503():
     assert patient.status_code == 200
     assert 'gateway_deadline_refusals_total{model="se_resnet50"} 1.0' in metrics
     assert 'gateway_backend_predicted_seconds_count{model="se_resnet50"}' in metrics
+
+
+class RestartingWorker(FakeBackend):
+    """A worker killed mid-batch (503), whose next batch waits out its restart (``restart_s``)
+    before it answers; quick again after that."""
+
+    def __init__(self, models: list[str], restart_s: float) -> None:
+        super().__init__(models, delay=0.01)
+        self.restart_s = restart_s
+        self.calls = 0
+
+    async def classify(self, model, inputs, top_k, probabilities=False):
+        self.calls += 1
+        if self.calls == 2:
+            raise BackendUnavailable("the worker died", reached=True)
+        if self.calls == 3:
+            await asyncio.sleep(self.restart_s)
+        return await super().classify(model, inputs, top_k, probabilities)
+
+
+def test_the_batch_that_waited_out_a_worker_restart_does_not_teach_the_cost_model():
+    """What the soak found: the first batch after a failure took the worker's restart (1 s
+    here, seconds on a real one); learnt as a batch time, it made the next requests look
+    unmeetable and they were refused 503 although the worker was quick again. That batch is
+    not learnt from (Karn's rule), so a request with a deadline of 3 batch times is served."""
+    backend = RestartingWorker(MODELS, restart_s=1.0)
+    app = create_app(make_settings(max_batch_size=1, request_timeout_s=2), backend)
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+
+                def post():
+                    return http.post(
+                        "/v1/models/se_resnet50/classify",
+                        content=RED,
+                        headers={"Content-Type": "image/jpeg"},
+                    )
+
+                learnt = await post()  # 10 ms
+                died = await post()  # 503: the worker died
+                restarted = await post()  # 1 s: waited out the restart
+                backlog = [asyncio.ensure_future(post()) for _ in range(3)]
+                await asyncio.sleep(0.005)  # queued, the first one running
+                after = await post()  # 4 ahead at 1 s each would miss the 2 s deadline
+                await asyncio.gather(*backlog)
+                return [r.status_code for r in (learnt, died, restarted, after)]
+
+    assert asyncio.run(scenario()) == [200, 503, 200, 200]
+    cost = app.state.gateway.dispatcher.costs["se_resnet50"].predict(1)
+    assert cost is not None and cost < 0.5
 
 
 def test_the_deadline_header_bounds_the_wait_with_504():

@@ -155,6 +155,16 @@ def test_5xx_opens_the_circuit_of_that_model_only():
     assert classify(backend, "eca_resnet50") == [GOOD]  # the other model is untouched
 
 
+def test_an_input_whose_output_is_not_finite_fails_alone_and_is_no_verdict_on_the_worker():
+    """The worker answers that one input's output was NaN: that caller's error, the batch's
+    other answers stand, and however often it happens the circuit stays closed."""
+    nan = {"error": {"code": "non_finite_output", "message": "not a number"}}
+    backend = backend_answering(results(GOOD, nan))
+    for _ in range(5):
+        assert classify(backend, images=2) == [GOOD, nan]
+    assert backend.breakers["se_resnet50"].acquire() is None
+
+
 def test_malformed_answers_count_as_failures_and_success_only_after_parsing():
     answers = iter(
         [httpx.Response(200, text="garbage"), httpx.Response(200, json={"results": []})] * 2

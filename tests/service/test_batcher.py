@@ -360,17 +360,19 @@ def test_run_time_is_the_batch_call_duration():
     assert info.run_s >= 0.05 and info.queue_wait_s >= 0
 
 
-def test_stop_waits_for_batches_already_running():
-    """A graceful stop: the batch in flight is answered, only queued items are cancelled."""
+def test_stop_gives_running_batches_their_grace_then_cancels_them():
+    """Within the grace the batch in flight is answered; past it (a backend that takes a
+    minute) it is cancelled, its caller told so, and the stop does not wait for the backend."""
 
-    async def scenario():
-        batcher = make(FakeBackend(delay=0.2), max_batch_size=1, max_wait_s=0)
+    async def scenario(delay: float, grace_s: float):
+        batcher = make(FakeBackend(delay=delay), max_batch_size=1, max_wait_s=0)
         running = asyncio.ensure_future(batcher.submit(5))
         await asyncio.sleep(0.05)
-        await batcher.stop()
-        return running.done() and not running.cancelled() and running.result()[0]
+        await within(HANG, batcher.stop(grace_s))
+        return running.cancelled() or running.result()[0]
 
-    assert run(scenario()) == 50
+    assert run(scenario(delay=0.2, grace_s=5)) == 50
+    assert run(scenario(delay=60, grace_s=0.1)) is True
 
 
 class TimedBackend(FakeBackend):

@@ -69,24 +69,20 @@ def test_torchserve_answers_an_expired_key_with_400_invalid_key(short_keys):
 
 
 def test_gateway_classifies_and_stays_ready_across_expiries_of_both_keys(short_keys):
-    """1-minute keys, 2.3 minutes of traffic and readiness checks: every answer 200, both keys
-    renewed at least twice, and a direct client (the benchmarks') survives too."""
-    server = short_keys(1)
+    """30-second keys. First the gateway alone for 2.3 lifetimes of classify and readiness: every
+    answer 200, and the gateway itself renewed both keys at least twice. Then a direct client (the
+    benchmarks') alone across the next renewal: every answer 200 too."""
+    server = short_keys(0.5)
+    lifetime_s = 30
     images, labels = labelled_images(4, seed=5)
-    first = read_key_file(server.key_file)
-    seen = {kind: {first[kind].token} for kind in ("inference", "management")}
     statuses: list[int] = []
-    direct: list[int] = []
 
-    async def direct_call() -> int:
-        async with httpx.AsyncClient(timeout=60) as client:
-            response = await post_direct(
-                client, server, "/predictions/eca_resnet50", content=images[0]
-            )
-            return response.status_code
+    def tokens() -> dict[str, str]:
+        keys = server.keyring.keys()
+        return {kind: keys[kind].token for kind in ("inference", "management")}
 
     with GatewayThread(gateway_settings(server)) as gateway:
-        deadline = time.monotonic() + 140
+        deadline = time.monotonic() + 2.3 * lifetime_s
         while time.monotonic() < deadline:
             statuses.append(httpx.get(f"{gateway.url}/readyz", timeout=30).status_code)
             for model in STACK_MODELS:
@@ -97,25 +93,35 @@ def test_gateway_classifies_and_stays_ready_across_expiries_of_both_keys(short_k
                 )
                 statuses.append(response.status_code)
                 assert response.status_code != 200 or top1(response) == labels[1]
-            direct.append(asyncio.run(direct_call()))
-            keys = server.keyring.keys()
-            for kind in seen:
-                seen[kind].add(keys[kind].token)
-            time.sleep(3)
-        renewed = {
-            kind: metric(
-                gateway.url, "gateway_backend_key_renewals_total", kind=kind, outcome="renewed"
+            time.sleep(2)
+        renewals = {
+            (kind, outcome): metric(
+                gateway.url, "gateway_backend_key_renewals_total", kind=kind, outcome=outcome
             )
-            for kind in seen
+            for kind in ("inference", "management")
+            for outcome in ("renewed", "failed")
         }
-        failed = metric(
-            gateway.url, "gateway_backend_key_renewals_total", kind="inference", outcome="failed"
-        )
     assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    assert renewals[("inference", "renewed")] >= 2, renewals
+    assert renewals[("management", "renewed")] >= 2, renewals
+    assert renewals[("inference", "failed")] == renewals[("management", "failed")] == 0
+
+    async def direct_calls() -> tuple[list[int], set[str]]:
+        answers, seen = [], set()
+        async with httpx.AsyncClient(timeout=60) as client:
+            deadline = time.monotonic() + lifetime_s
+            while time.monotonic() < deadline:
+                response = await post_direct(
+                    client, server, "/predictions/eca_resnet50", content=images[0]
+                )
+                answers.append(response.status_code)
+                seen.add(tokens()["inference"])
+                await asyncio.sleep(1)
+        return answers, seen
+
+    direct, seen = asyncio.run(direct_calls())
     assert set(direct) == {200}, direct
-    assert all(len(tokens) >= 3 for tokens in seen.values()), seen  # two renewals at least
-    assert all(count >= 2 for count in renewed.values()), renewed
-    assert failed == 0
+    assert len(seen) >= 2, seen  # the direct client renewed the key it used
 
 
 class SkewedKeyRing(KeyRing):

@@ -12,6 +12,7 @@ import gzip
 import json
 import re
 import struct
+import tracemalloc
 
 import httpx
 import numpy as np
@@ -254,6 +255,8 @@ IMAGES_BINARY = request_json(
     "images", [1], "BYTES", parameters={"binary_data_size": len(GOOD_IMAGE) + 4}
 )
 NAN_PIXELS = np.full(PIXELS, np.nan, np.float32).tobytes()
+EXTREME_PIXELS = np.full(PIXELS, 1e38, np.float32).tobytes()
+"""Finite, but past what the eval pipeline produces: the model's output would be NaN."""
 
 
 @pytest.mark.parametrize(
@@ -335,6 +338,19 @@ NAN_PIXELS = np.full(PIXELS, np.nan, np.float32).tobytes()
         (
             *binary_body(
                 request_json(
+                    "pixel_values",
+                    [1, *PIXELS],
+                    "FP32",
+                    parameters={"binary_data_size": len(EXTREME_PIXELS)},
+                ),
+                EXTREME_PIXELS,
+            ),
+            400,
+            "holds values beyond ±7.92",
+        ),
+        (
+            *binary_body(
+                request_json(
                     "pixel_values", [1, *PIXELS], "FP32", parameters={"binary_data_size": 12}
                 ),
                 b"\x00" * 12,
@@ -412,6 +428,15 @@ NAN_PIXELS = np.full(PIXELS, np.nan, np.float32).tobytes()
             {},
             422,
             "timeout must be >= 0",
+        ),
+        (
+            json.dumps(
+                request_json("images", [1], "BYTES", data=["eA=="])
+                | {"parameters": {"timeout": 10**400}}
+            ).encode(),
+            {},
+            422,
+            "at most 18446744073709551615 (uint64), got 100000000000000000000000...",
         ),
         (
             json.dumps(request_json("images", [1], "BYTES", data=["eA=="])).encode(),
@@ -543,3 +568,61 @@ def test_metrics_count_each_protocol_apart_and_share_the_batches():
         scrape(text, "gateway_request_duration_seconds_count", model="se_resnet50", protocol="v2")
         == 2
     )
+
+
+class HeldBackend(FakeBackend):
+    """Holds every batch until ``release``; keeps nothing of the inputs it was given."""
+
+    def __init__(self, models: list[str]) -> None:
+        super().__init__(models)
+        self.release = asyncio.Event()
+        self.held = 0
+
+    async def classify(self, model, inputs, top_k, probabilities=False):
+        self.held += len(inputs)
+        await self.release.wait()
+        answer = {
+            "predictions": [{"index": 0, "label": "red", "score": 1.0}],
+            "probabilities": [1.0, 0.0, 0.0],
+        }
+        return [answer for _ in inputs]
+
+
+def test_a_request_waiting_for_its_batch_holds_its_inputs_once():
+    """Bodies of 8 MiB of binary BYTES: while they wait in a batch, the gateway holds each
+    request's images once (the body and its copies are gone), measured with tracemalloc."""
+    requests, image_bytes = 4, 8 * 2**20
+    image = encode(Image.new("RGB", (32, 32), (200, 0, 0)), "PNG")
+    padded = image + bytes(image_bytes - len(image))  # trailing bytes: still a valid PNG
+    header = request_json("images", [1], "BYTES", parameters={"binary_data_size": 4 + len(padded)})
+    body, headers = binary_body(header, with_length_prefixes(padded))
+    backend = HeldBackend(["se_resnet50"])
+    app = create_app(
+        GatewaySettings(models=["se_resnet50"], max_batch_size=1, max_concurrent_batches=requests),
+        backend,
+    )
+
+    async def scenario() -> int:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+                tracemalloc.start()
+                before = tracemalloc.get_traced_memory()[0]
+                sent = [
+                    asyncio.create_task(
+                        http.post("/v2/models/se_resnet50/infer", content=body, headers=headers)
+                    )
+                    for _ in range(requests)
+                ]
+                async with asyncio.timeout(60):
+                    while backend.held < requests:
+                        await asyncio.sleep(0.05)
+                held = tracemalloc.get_traced_memory()[0] - before
+                tracemalloc.stop()
+                backend.release.set()
+                assert all(r.status_code == 200 for r in await asyncio.gather(*sent))
+                return held
+
+    held = asyncio.run(scenario())
+    print(f"{held / 2**20:.1f} MiB held for {requests} requests of {len(body) / 2**20:.1f} MiB")
+    assert held < 1.25 * requests * image_bytes

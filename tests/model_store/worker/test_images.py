@@ -6,6 +6,7 @@ refused from the header; every Pillow mode becomes the RGB we state; one bad ima
 from __future__ import annotations
 
 import io
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from PIL import Image, ImageOps
 
 from model_store.worker.classifier import ClassifierConfig, ImageClassifier, tensor_input
 from model_store.worker.images import (
+    MAX_JPEG_SEGMENTS,
+    MAX_PNG_CHUNKS,
     ImageError,
     ImageLimits,
     check_complete,
@@ -22,9 +25,10 @@ from model_store.worker.images import (
     to_rgb,
     validate,
 )
+from model_store.worker.protocol import IMAGENET_MEAN, IMAGENET_STD
 from model_store.worker.synthetic import CLASS_NAMES, encode, make_images
 from model_store.worker.tiny import save_tiny
-from model_store.worker.transforms import IMAGENET_MEAN, IMAGENET_STD, images_to_batch
+from model_store.worker.transforms import images_to_batch
 from model_store.zoo.models import TINY_ARCH, create_model
 
 from ...checks import INTERNALS
@@ -215,6 +219,46 @@ def test_a_thumbnails_end_marker_does_not_hide_a_truncated_scan():
         check_complete("JPEG", data[: len(data) - 200])
 
 
+def test_a_multi_picture_jpeg_serves_its_first_picture(classifier):
+    """MPO (Ultra HDR gain maps of current phones, stereo cameras): the primary picture is
+    served; the pictures after it are bytes after its end."""
+    primary, second = photo((120, 90), seed=1), photo((120, 90), seed=2)
+    buffer = io.BytesIO()
+    primary.save(buffer, "MPO", save_all=True, append_images=[second], quality=95)
+    multi = buffer.getvalue()
+    assert Image.open(io.BytesIO(multi)).n_frames == 2
+    validate(multi, LIMITS)
+    alone = io.BytesIO()
+    primary.save(alone, "JPEG", quality=95)
+    assert classifier.classify([multi]) == classifier.classify([alone.getvalue()])
+
+
+def with_empty_segments(data: bytes, count: int) -> bytes:
+    """A JPEG with ``count`` empty comment segments after its SOI marker."""
+    return data[:2] + b"\xff\xfe\x00\x02" * count + data[2:]
+
+
+def with_empty_chunks(data: bytes, count: int) -> bytes:
+    """A PNG with ``count`` empty private chunks before IEND (past what Pillow's header read
+    looks at)."""
+    chunk = b"\x00\x00\x00\x00abCd" + zlib.crc32(b"abCd").to_bytes(4, "big")
+    return data[:-12] + chunk * count + data[-12:]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "padded", "limit"),
+    [("JPEG", with_empty_segments, MAX_JPEG_SEGMENTS), ("PNG", with_empty_chunks, MAX_PNG_CHUNKS)],
+)
+def test_the_structure_walk_is_bounded(fmt, padded, limit):
+    """A valid file of millions of empty segments or chunks took seconds to walk on the event
+    loop; past what real images hold, it is refused without walking on."""
+    clean = encode(photo((64, 48)), fmt)
+    validate(padded(clean, limit - 20), LIMITS)
+    with pytest.raises(ImageError) as refused:
+        validate(padded(clean, 100 * limit), LIMITS)
+    assert refused.value.code == "undecodable_image" and f"more than {limit}" in str(refused.value)
+
+
 def animated(fmt: str) -> bytes:
     frames = [Image.new("RGB", (16, 16), colour) for colour in ((255, 0, 0), (0, 0, 255))]
     buffer = io.BytesIO()
@@ -306,6 +350,24 @@ def test_one_bad_image_never_fails_its_batch(classifier):
     assert results[0]["predictions"][0] == results[5]["predictions"][0]
 
 
+def test_an_input_whose_output_is_not_finite_fails_alone(classifier, monkeypatch):
+    """Should a model answer NaN for one input (weights or numerics), that input fails as
+    ``non_finite_output`` and its neighbours in the batch are answered."""
+    images = [encode(photo((90, 70), seed=seed), "JPEG") for seed in range(3)]
+    clean = classifier.classify(images)
+    runner = classifier.runner
+
+    def second_row_nan(batch: torch.Tensor) -> torch.Tensor:
+        logits = runner(batch).clone()
+        logits[1] = float("nan")
+        return logits
+
+    monkeypatch.setattr(classifier, "runner", second_row_nan)
+    served = classifier.classify(images)
+    assert served[1]["error"]["code"] == "non_finite_output"
+    assert [served[0], served[2]] == [clean[0], clean[2]]
+
+
 def test_preprocessed_inputs_score_as_their_images_and_bad_ones_fail_alone(classifier):
     """The Open Inference Protocol's FP32 input: a client that preprocesses with the eval
     pipeline gets the answers of the encoded image; a wrong size or a NaN fails alone."""
@@ -314,6 +376,7 @@ def test_preprocessed_inputs_score_as_their_images_and_bad_ones_fail_alone(class
     pixels = images_to_batch(images, classifier.input_size).contiguous().numpy()
     nan = pixels[0].copy()
     nan[1, 2, 3] = np.nan
+    extreme = np.full_like(pixels[0], 1e38)  # finite, but the model would answer NaN
     batch = [
         uploads[0],
         tensor_input(pixels[1].tobytes()),
@@ -321,6 +384,7 @@ def test_preprocessed_inputs_score_as_their_images_and_bad_ones_fail_alone(class
         tensor_input(nan.tobytes()),
         tensor_input(b"\x00" * 7),  # not whole float32 values
         tensor_input(pixels[2].tobytes()),
+        tensor_input(extreme.tobytes()),
     ]
     served = classifier.classify(batch, top_k=2, probabilities=True)
     assert [r.get("error", {}).get("code") for r in served] == [
@@ -330,7 +394,9 @@ def test_preprocessed_inputs_score_as_their_images_and_bad_ones_fail_alone(class
         "invalid_tensor",
         "invalid_tensor",
         None,
+        "invalid_tensor",
     ]
+    assert "beyond ±7.92" in served[6]["error"]["message"]
     assert "NaN" in served[3]["error"]["message"] and "7 uint8" in served[4]["error"]["message"]
     from_images = classifier.classify(uploads, top_k=2, probabilities=True)
     for mine, theirs in zip([served[0], served[1], served[5]], from_images, strict=True):
