@@ -110,7 +110,9 @@ async def upload_slot(gateway: GatewayDep, model: str) -> AsyncIterator[UploadSl
     not served share one name (they are refused with 404)."""
     key = model if model in gateway.models else UNSERVED
     if not gateway.upload_slots.take(key):
-        raise unavailable(f"too many uploads in progress for {model}; retry shortly", 1.0)
+        raise unavailable(
+            f"too many uploads in progress for {model}; retry shortly", 1.0, "too_many_uploads"
+        )
     slot = UploadSlot(gateway.upload_slots, key)
     try:
         yield slot

@@ -34,6 +34,9 @@ class ApiError(Exception):
 
 
 def unavailable(message: str, retry_after_s: float, code: str = "unavailable") -> ApiError:
+    """A 503 with Retry-After. Its code says whose limit it is: ``unavailable`` (the backend
+    is down or failing), ``queue_full``, ``too_many_uploads`` or ``deadline_unmeetable`` (the
+    gateway's own limits, shedding load)."""
     return ApiError(503, code, message, {"Retry-After": str(max(1, math.ceil(retry_after_s)))})
 
 

@@ -61,8 +61,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self._send_error(*_too_large(self.limits))
                 return
             self._head_bytes += len(data)
-            self._start_head_timer()
         super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        """A request's head begins: what came before it (the rest of a body the app answered
+        without reading, say) is not counted against it."""
+        super().on_message_begin()
+        self._in_head, self._head_bytes, self._head_size, self._fields = True, 0, 0, 0
+        self._start_head_timer()
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url), fields=0)
@@ -76,10 +82,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._stop_head_timer()
         super().on_headers_complete()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._in_head, self._head_bytes, self._head_size, self._fields = True, 0, 0, 0
 
     def send_400_response(self, msg: str) -> None:
         """Parser errors: ours (a head past its limits) are 431, httptools' own stay 400."""

@@ -101,7 +101,7 @@ async def _dispatch(
     try:
         return await gateway.dispatcher.classify(model, uploads, top_k, deadline, probabilities)
     except QueueFull as exc:
-        raise unavailable(f"queue full: {exc}", 1.0) from None
+        raise unavailable(f"queue full: {exc}", 1.0, "queue_full") from None
     except DeadlineUnmeetable as exc:
         raise unavailable(str(exc), exc.retry_after_s, "deadline_unmeetable") from None
     except BackendUnavailable as exc:

@@ -85,7 +85,11 @@ async def read_body(
             if not done:
                 if due == grace_due < min(rate_due, total_due):  # still arriving, fast enough
                     if not slow_down():
-                        raise unavailable("too many uploads arriving slowly; retry shortly", 1.0)
+                        raise unavailable(
+                            "too many uploads arriving slowly; retry shortly",
+                            1.0,
+                            "too_many_uploads",
+                        )
                     slow = True
                     continue
                 raise _too_slow(settings, rate=due == rate_due)

@@ -173,3 +173,23 @@ def test_image_checks_run_off_the_event_loop(monkeypatch):
         probed.set()
         uploading.join(60)
     assert answers == [200]
+
+
+def test_the_rest_of_a_body_refused_unread_is_no_head_of_the_next_request():
+    """What the soak found: a request answered before its body was read (401 here; 503 when
+    no upload slot is free) left the rest of its body on the connection, counted as the next
+    request's head, and the next request on that keep-alive connection was answered 431."""
+    body = encode(make_images(1, seed=5, size=(1024, 768))[0][0], "PNG")
+    assert len(body) > 4 * LIMITS["max_header_bytes"]
+    settings = make_settings(api_key="s3cret", **LIMITS)
+    with (
+        GatewayThread(settings, FakeBackend(MODELS)) as gateway,
+        httpx.Client(base_url=gateway.url, timeout=30) as client,
+    ):
+        for key, status in (("wrong", 401), ("s3cret", 200), ("wrong", 401), ("s3cret", 200)):
+            response = client.post(
+                "/v1/models/se_resnet50/classify",
+                content=body,
+                headers={"Content-Type": "image/png", "X-API-Key": key},
+            )
+            assert response.status_code == status, response.text
