@@ -4,6 +4,7 @@ shows instead of being hidden by closed-loop clients that wait for their last an
     python -m bench.capacity                                  # eca_resnet50, 4..24 img/s
     python -m bench.capacity --rates 2,4,8 --duration 10 --tiny   # a smoke run in a minute
     python -m bench.capacity --runtimes inductor,openvino         # served img/s per runtime
+    python -m bench.capacity --runtimes inductor,inductor-bf16,inductor-int8   # per precision
 
 Targets, measured interleaved at every rate (the order rotates from one rate to the next):
 
@@ -17,7 +18,8 @@ Targets, measured interleaved at every rate (the order rotates from one rate to 
 - ``inprocess``: the gateway running the same archive in its own process (deadline-aware);
 - ``gateway-deadline@RUNTIME``: with ``--runtimes inductor,openvino``, ``gateway-deadline`` again
   in front of a TorchServe serving the archive built for each further runtime: served img/s per
-  runtime, in the same interleaved sweep (the other targets use the first runtime).
+  runtime, in the same interleaved sweep (the other targets use the first runtime). A runtime
+  may name a precision, ``inductor-int8`` or ``openvino-bf16``: served img/s per precision.
 
 Latency is measured from each request's scheduled arrival (no coordinated omission). Per target
 and rate: achieved img/s, p50/p90/p99, 503 share (refused: queue full or deadline unmeetable),
@@ -50,9 +52,11 @@ import psutil
 from model_store.worker.archive import ArchiveSpec
 from model_store.worker.launcher import TorchServe
 from model_store.worker.protocol import READY_STATUS, input_field
+from model_store.zoo.precision import FP32, PRECISIONS
 from model_store.zoo.runtimes import DEFAULT_RUNTIME, RUNTIMES
 
 from .common import RESULTS_DIR, columns_table, environment, percentile, progress, write_results
+from .precision_runners import split_mode
 from .stack import (
     bench_archives,
     build,
@@ -317,16 +321,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--runtimes",
         default=DEFAULT_RUNTIME,
-        help=f"comma list of {', '.join(RUNTIMES)}: the first serves every target, each "
-        "further one adds a gateway-deadline@RUNTIME target",
+        help=f"comma list of {', '.join(RUNTIMES)}, each optionally -bf16 or -int8: the first "
+        "serves every target, each further one adds a gateway-deadline@RUNTIME target",
     )
     parser.add_argument("--tiny", action="store_true", help="tiny trained model (smoke runs)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     args.rates = [float(r) for r in args.rates.split(",")]
     args.runtimes = args.runtimes.split(",")
-    if unknown := set(args.runtimes) - set(RUNTIMES):
-        parser.error(f"unknown runtimes {sorted(unknown)}; choose from {list(RUNTIMES)}")
+    known = {f"{r}-{p}" if p != FP32 else r for r in RUNTIMES for p in PRECISIONS}
+    if unknown := set(args.runtimes) - known:
+        parser.error(f"unknown runtimes {sorted(unknown)}; choose from {sorted(known)}")
     return args
 
 
@@ -334,14 +339,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     pool = image_pool(24, CAMERA_UPLOADS, quality=88)
     first, *others = args.runtimes
-    fed = build(args.model, bench_archives(f"gateway-fed-{first}", args.tiny), runtime=first)
-    direct = build(
-        args.model, bench_archives(f"direct-{first}", args.tiny), batch_size=8, runtime=first
-    )
-    others_fed = {
-        r: build(args.model, bench_archives(f"gateway-fed-{r}", args.tiny), runtime=r)
-        for r in others
-    }
+
+    def archives(target: str, runtime: str, **settings: Any) -> Path:
+        served, precision = split_mode(runtime)
+        directory = bench_archives(f"{target}-{runtime}", args.tiny)
+        return build(args.model, directory, runtime=served, precision=precision, **settings)
+
+    fed = archives("gateway-fed", first)
+    direct = archives("direct", first, batch_size=8)
+    others_fed = {r: archives("gateway-fed", r) for r in others}
     targets = [*TARGETS, *(f"gateway-deadline@{runtime}" for runtime in others)]
     processes: list[subprocess.Popen[bytes]] = []
     servers: list[TorchServe] = []

@@ -4,14 +4,19 @@
     python -m bench.models --models resnet50,eca_resnet50 --batch-sizes 8 --iters 10
     python -m bench.models --modes compiled,openvino,onnxruntime,timm-compiled   # runtimes
     python -m bench.models --device cuda                    # adds batch 256, bf16 autocast
+    python -m bench.models --modes aot,aot-bf16,aot-int8,openvino,openvino-bf16,openvino-int8,\
+        onnxruntime,onnxruntime-int8 --batch-sizes 1,2,4,8         # precisions side by side
 
-Modes: ``eager``; ``compiled`` (our inductor path, what the ``inductor`` runtime
-serves); ``compiled-no-inner-squeeze`` (the ablation of the early squeeze); ``openvino``
-(what the ``openvino`` runtime serves); ``onnxruntime`` (a peer, not served: the same optimised
-model exported to ONNX); ``timm-compiled`` (a peer: timm's own ResNet-50 with the same
-attention, ``torch.compile`` with freezing; only when timm is importable, which needs
+Modes: ``eager``; ``compiled`` (our inductor path just in time); ``aot`` (AOTInductor
+packages, what the ``inductor`` runtime's archives serve); ``compiled-no-inner-squeeze`` (the
+ablation of the early squeeze); ``openvino`` (what the ``openvino`` runtime serves);
+``onnxruntime`` (a peer, not served: the same optimised model exported to ONNX); each with
+``-bf16`` or ``-int8`` for that precision where the runtime has it
+(``bench/precision_runners.py``: ``aot-bf16``, ``aot-int8``, ``openvino-bf16``,
+``openvino-int8``, ``onnxruntime-int8``); ``timm-compiled`` (a peer: timm's own ResNet-50 with
+the same attention, ``torch.compile`` with freezing; only when timm is importable, which needs
 torchvision: run it from a separate venv, see bench/README.md). With several runtimes a second
-table gives img/s per runtime side by side and ours over the fastest peer.
+table gives img/s per runtime side by side, per precision, and ours over the fastest peer.
 
 Shared CPUs drift (steal time here often reads 100%), so every (model, mode) variant is built
 in this one process and timed in interleaved rounds: A, B, C, A, B, C ... Medians over rounds
@@ -25,19 +30,23 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import resource
-import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .common import environment, markdown_table, progress, summarize_latencies, write_results
+from .precision_runners import RUNTIME_BUILDERS, split_mode
 
 OURS = "compiled"
+SERVED = "aot"
+"""Ours as an archive serves it, at each precision: ``aot``, ``aot-bf16``, ``aot-int8``."""
 PEERS = ("openvino", "onnxruntime", "timm-compiled")
-MODES = ("eager", OURS, "compiled-no-inner-squeeze", *PEERS)
+LOW_PRECISION_MODES = (
+    "aot-bf16", "aot-int8", "openvino-bf16", "openvino-int8", "onnxruntime-int8",
+)  # fmt: skip
+MODES = ("eager", OURS, "compiled-no-inner-squeeze", SERVED, *PEERS, *LOW_PRECISION_MODES)
 TIMM_ATTENTION = {
     "resnet50": None,
     "se_resnet50": "se",
@@ -80,10 +89,12 @@ def build_variants(args: argparse.Namespace) -> list[Variant]:
                 continue
             if mode == "timm-compiled" and name not in TIMM_ATTENTION:
                 continue
-            if mode in PEER_BUILDERS:
+            runtime, precision = split_mode(mode)
+            if runtime in RUNTIME_BUILDERS:
                 if optimized is None:
                     optimized = optimize_for_inference(model, compile=False).model
-                run = PEER_BUILDERS[mode](optimized, args.batch_sizes, size)
+                progress(f"building {name} {mode}")
+                run = RUNTIME_BUILDERS[runtime](optimized, precision, args.batch_sizes, size)
                 variants.append(Variant(name, mode, *counts, run))
                 continue
             if mode == "timm-compiled":
@@ -103,47 +114,6 @@ def build_variants(args: argparse.Namespace) -> list[Variant]:
 
 def input_size(args: argparse.Namespace) -> int:
     return 64 if args.tiny else 224
-
-
-def openvino_runner(model: Any, batch_sizes: list[int], size: int) -> Callable[[Any], Any]:
-    """The ``openvino`` runtime exactly as an archive serves it: converted, saved, reloaded."""
-    from model_store.zoo.openvino_ir import export_ir, load_ir
-
-    with tempfile.TemporaryDirectory(prefix="bench-openvino-") as tmp:  # compiled: not needed
-        export_ir(model, size, Path(tmp))
-        runners = load_ir(Path(tmp), batch_sizes, size)
-    return lambda x: runners[x.shape[0]](x)
-
-
-def onnxruntime_runner(model: Any, batch_sizes: list[int], size: int) -> Callable[[Any], Any]:
-    """ONNX Runtime on the same optimised model, as many threads as torch. Its threads stop
-    spinning between calls: by default they spin on, and took half the CPU from whichever
-    variant ran next in the interleaved rounds (measured)."""
-    import io
-
-    import onnxruntime
-    import torch
-
-    exported = io.BytesIO()
-    with warnings.catch_warnings():  # the TorchScript exporter's notices, not our problems
-        warnings.filterwarnings("ignore", "You are using the legacy", DeprecationWarning)
-        warnings.filterwarnings("ignore", "Constant folding", UserWarning)
-        torch.onnx.export(
-            model,
-            (torch.zeros(1, 3, size, size),),
-            exported,
-            dynamo=False,
-            input_names=["images"],
-            dynamic_axes={"images": {0: "batch"}},
-        )
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = onnxruntime.InferenceSession(exported.getvalue(), options)
-    return lambda x: torch.from_numpy(session.run(None, {"images": x.contiguous().numpy()})[0])
-
-
-PEER_BUILDERS = {"openvino": openvino_runner, "onnxruntime": onnxruntime_runner}
 
 
 def timm_compiled(name: str, args: argparse.Namespace) -> Callable[[Any], Any]:
@@ -283,22 +253,28 @@ def table(records: list[dict[str, Any]]) -> str:
 
 
 def runtime_comparison(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per model and batch size: img/s of our compiled path and of each peer runtime measured,
-    and ours over the fastest peer (all from the same interleaved rounds)."""
-    rates: dict[tuple[str, int], dict[str, float]] = {}
+    """Per model, batch size and precision: img/s of ours (``aot``, what an archive serves; in
+    float32 also the JIT ``compiled``) and of each peer runtime measured at that precision, and
+    ours over the fastest peer (all from the same interleaved rounds)."""
+    rates: dict[tuple[str, int, str], dict[str, float]] = {}
     for r in records:
-        if r["mode"] in (OURS, *PEERS):
+        runtime, precision = split_mode(r["mode"])
+        if runtime in (OURS, SERVED, *PEERS) and r["mode"] != "compiled-no-inner-squeeze":
             for row in r["results"]:
-                rates.setdefault((r["model"], row["batch_size"]), {})[r["mode"]] = row["img_per_s"]
+                key = (r["model"], row["batch_size"], precision)
+                rates.setdefault(key, {})[runtime] = row["img_per_s"]
     rows = []
-    for (model, batch_size), by_runtime in sorted(rates.items(), key=lambda kv: kv[0][::-1]):
-        peers = {m: v for m, v in by_runtime.items() if m != OURS}
+    for (model, batch_size, precision), by_runtime in sorted(
+        rates.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])
+    ):
+        peers = {m: v for m, v in by_runtime.items() if m not in (OURS, SERVED)}
         best = max(peers, key=peers.__getitem__) if peers else None
-        ours = by_runtime.get(OURS)
+        ours = by_runtime.get(SERVED, by_runtime.get(OURS))
         rows.append(
             {
                 "model": model,
                 "batch_size": batch_size,
+                "precision": precision,
                 "img_per_s": by_runtime,
                 "fastest_peer": best,
                 "ours_over_fastest_peer": ours / peers[best] if best and ours else None,
@@ -308,12 +284,18 @@ def runtime_comparison(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def runtime_table(comparison: list[dict[str, Any]]) -> str:
-    runtimes = [m for m in (OURS, *PEERS) if any(m in row["img_per_s"] for row in comparison)]
-    headers = ["model", "batch", *[f"{m} img/s" for m in runtimes], "fastest peer", "ours / it"]
+    runtimes = [
+        m for m in (OURS, SERVED, *PEERS) if any(m in row["img_per_s"] for row in comparison)
+    ]
+    headers = [
+        "model", "batch", "precision", *[f"{m} img/s" for m in runtimes], "fastest peer",
+        "ours / it",
+    ]  # fmt: skip
     rows = [
         [
             row["model"],
             row["batch_size"],
+            row["precision"],
             *[row["img_per_s"].get(m) for m in runtimes],
             row["fastest_peer"],
             row["ours_over_fastest_peer"],

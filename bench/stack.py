@@ -43,6 +43,7 @@ def build(
     tiny: bool = False,
     batch_size: int = GATEWAY_FED_BATCH_SIZE,
     runtime: str = DEFAULT_RUNTIME,
+    precision: str = ArchiveSpec.precision,
     compile: bool = True,
     max_batch_delay_ms: int = ArchiveSpec.max_batch_delay_ms,
 ) -> Path:
@@ -64,6 +65,7 @@ def build(
         batch_size=batch_size,
         max_batch_delay_ms=max_batch_delay_ms,
         runtime=runtime,
+        precision=precision,
     )
     build_archive(spec, directory, progress=progress)
     return directory

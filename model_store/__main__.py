@@ -1,6 +1,7 @@
 """Command line: build archives, serve them with TorchServe, train a tiny demo model.
 
 python -m model_store build [--models all] [--checkpoint [MODEL=]PATH] [--runtime auto]
+                           [--precision fp32|bf16|int8|auto] [--calibration DIR]
 python -m model_store serve [--models all] [--inference-port 8080 ...] [--drain-seconds 10]
 python -m model_store train-tiny --model eca_resnet50 --out tiny.pt
 """
@@ -18,9 +19,11 @@ from .worker.archive import DEFAULT_ARCHIVE_DIR, ArchiveSpec, build_archive
 from .worker.launcher import CONFIG_TEMPLATE, TorchServe, TorchServeError, free_ports, is_loopback
 from .worker.management_gate import ManagementGate
 from .worker.protocol import DEFAULT_RUN_DIR
+from .zoo.fidelity import FidelityFailed, FidelityGate
 from .zoo.optimize import COMPILE_MODES
+from .zoo.precision import PRECISION_CHOICES
 from .zoo.registry import MODELS, parse_model_names
-from .zoo.runtimes import DEFAULT_RUNTIME, RUNTIME_CHOICES
+from .zoo.runtimes import DEFAULT_RUNTIME, RUNTIME_CHOICES, RuntimeCheckFailed
 
 
 def int_list(value: str) -> tuple[int, ...]:
@@ -62,6 +65,11 @@ def build(args: argparse.Namespace) -> None:
                 compile=args.compile,
                 compile_mode=args.compile_mode,
                 runtime=args.runtime,
+                precision=args.precision,
+                calibration=args.calibration,
+                fidelity=FidelityGate(
+                    args.min_top1_agreement, args.min_top5_overlap, args.max_probability_shift
+                ),
                 aot=args.aot,
                 batch_buckets=args.batch_buckets,
                 batch_size=args.batch_size,
@@ -71,11 +79,14 @@ def build(args: argparse.Namespace) -> None:
             )
         except ValueError as exc:  # settings the worker would refuse at load
             raise SystemExit(f"error: {model}: {exc}") from None
-        build_archive(
-            spec,
-            args.out,
-            progress=lambda msg, i=index: print(f"[{i}/{len(args.models)}] {msg}", flush=True),
-        )
+        try:
+            build_archive(
+                spec,
+                args.out,
+                progress=lambda msg, i=index: print(f"[{i}/{len(args.models)}] {msg}", flush=True),
+            )
+        except (FidelityFailed, RuntimeCheckFailed) as exc:  # no archive that answers wrongly
+            raise SystemExit(f"error: {exc}") from None
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -186,6 +197,29 @@ def main(argv: list[str] | None = None) -> None:
         help="what serves on CPU: inductor (torch.compile), openvino (converted here), or auto "
         "(both built and measured here, the faster kept; the numbers go in the archive)",
     )
+    p.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        default=ArchiveSpec.precision,
+        help="what the prebuilt model computes in: fp32 (exact), bf16 or int8 (this CPU's matrix "
+        "units; built only if the fidelity gate passes), or auto (every one measured, the "
+        "fastest that passes kept)",
+    )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        help="a folder of your own images to calibrate int8 on and check bf16/int8 against "
+        "(every 4th held out); default: synthetic shapes, which measure nothing of real data",
+    )
+    gate = FidelityGate()
+    for name, help_text in (
+        ("min_top1_agreement", "share of held-out images whose top-1 must equal fp32's"),
+        ("min_top5_overlap", "mean share of fp32's top-5 a low precision must keep"),
+        ("max_probability_shift", "largest change of any class probability allowed"),
+    ):
+        p.add_argument(
+            f"--{name.replace('_', '-')}", type=float, default=getattr(gate, name), help=help_text
+        )
     p.add_argument(
         "--aot",
         action=argparse.BooleanOptionalAction,

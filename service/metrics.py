@@ -136,10 +136,11 @@ class GatewayMetrics:
             self.request_duration.labels(model, protocol).observe(time.perf_counter() - started)
 
     def watch_workers(self, facts: Callable[[], dict[str, WorkerFacts]]) -> None:
-        """What each model's worker reports: ``gateway_model_runtime{model,runtime} 1``
+        """What each model's worker reports: ``gateway_model_runtime{model,runtime,precision} 1``
         (``aot`` or ``openvino``, built with the archive; ``jit`` after those could not load
-        here; ``eager``) and ``gateway_worker_compiled_graphs{model}`` (graphs compiled in its
-        process as of its last answer: a rise under load is a request that paid for compiling)."""
+        here; ``eager``; in ``fp32``, ``bf16`` or ``int8``) and
+        ``gateway_worker_compiled_graphs{model}`` (graphs compiled in its process as of its last
+        answer: a rise under load is a request that paid for compiling)."""
         self.registry.register(_WorkerCollector(facts))
 
 
@@ -150,8 +151,9 @@ class _WorkerCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         runtime = GaugeMetricFamily(
             "gateway_model_runtime",
-            "1 for the runtime each model's worker reports: aot, jit, openvino or eager",
-            labels=["model", "runtime"],
+            "1 for the runtime (aot, jit, openvino or eager) and precision (fp32, bf16 or int8) "
+            "each model's worker reports",
+            labels=["model", "runtime", "precision"],
         )
         compiled = GaugeMetricFamily(
             "gateway_worker_compiled_graphs",
@@ -159,7 +161,7 @@ class _WorkerCollector(Collector):
             labels=["model"],
         )
         for model, facts in sorted(self.facts().items()):
-            runtime.add_metric([model, facts.runtime], 1)
+            runtime.add_metric([model, facts.runtime, facts.precision], 1)
             if facts.compiled_graphs is not None:
                 compiled.add_metric([model], facts.compiled_graphs)
         yield runtime

@@ -47,6 +47,11 @@ class ModelInfo(BaseModel):
         description="what runs the model in its worker (aot, jit, openvino or eager); "
         "null until the worker has reported",
     )
+    precision: str | None = Field(
+        default=None,
+        description="what it computes in: fp32 (the model's own answers), bf16 or int8 "
+        "(approximate: the archive's fidelity gate bounds how far); null until reported",
+    )
 
 
 class ModelList(BaseModel):

@@ -4,14 +4,17 @@
 # MODELS picks the archives; CHECKPOINTS (MODEL=PATH,... with PATHs under /checkpoints, copied
 # from deploy/docker/checkpoints/) packages real weights, otherwise the archives hold seeded
 # random weights marked UNTRAINED. RUNTIME: inductor (AOTInductor), openvino, or auto (both
-# measured at build, the faster kept: build on the machine class that serves).
+# measured at build, the faster kept: build on the machine class that serves). PRECISION: fp32,
+# bf16, int8 or auto (low precisions built only if they pass the fidelity gate; see README).
 ARG BASE_IMAGE=python:3.11.7-slim-bookworm
 ARG MODELS=se_resnet50,eca_resnet50
 ARG RUNTIME=inductor
+ARG PRECISION=fp32
 
 FROM ${BASE_IMAGE} AS build
 ARG MODELS
 ARG RUNTIME
+ARG PRECISION
 ARG CHECKPOINTS=""
 # A C++ compiler for the archives' ahead-of-time compilation (AOTInductor), in this stage only:
 # the served image loads the compiled packages and needs none.
@@ -24,7 +27,8 @@ RUN python -m venv --without-pip /opt/venv \
 ENV PATH=/opt/venv/bin:$PATH
 COPY deploy/docker/checkpoints /checkpoints
 RUN set -e; ARGS=""; for c in $(echo "$CHECKPOINTS" | tr ',' ' '); do ARGS="$ARGS --checkpoint $c"; done; \
-    python -m model_store build --models "$MODELS" --runtime "$RUNTIME" --out /archives $ARGS
+    python -m model_store build --models "$MODELS" --runtime "$RUNTIME" --precision "$PRECISION" \
+      --out /archives $ARGS
 
 FROM ${BASE_IMAGE}
 ARG MODELS

@@ -27,19 +27,24 @@ import yaml
 
 from ..zoo.aot import compile_packages, machine_key
 from ..zoo.checkpoint import read_checkpoint, save_checkpoint
+from ..zoo.fidelity import FidelityFailed, FidelityGate, logits_of, measure
+from ..zoo.low_precision import lower
 from ..zoo.models import create_model
-from ..zoo.openvino_ir import export_ir
+from ..zoo.openvino_ir import export_ir, quantize_ir
 from ..zoo.optimize import optimize_for_inference
+from ..zoo.precision import DEFAULT_PRECISION, FP32, INT8, PRECISION_CHOICES, PRECISIONS
 from ..zoo.runtimes import (
     AUTO,
     DEFAULT_RUNTIME,
     RUNTIME_CHOICES,
     RUNTIMES,
+    Prebuilt,
     RuntimeCheckFailed,
     fastest,
     images_per_second,
     max_logit_error,
 )
+from .calibration import CalibrationSet, calibration_set
 from .classifier import ClassifierConfig, load_prebuilt
 from .protocol import DEFAULT_BATCH_BUCKETS, GATEWAY_FED_BATCH_SIZE, WORKER_RESPONSE_TIMEOUT_S
 
@@ -68,6 +73,9 @@ class ArchiveSpec:
     compile_mode: str = "default"
     batch_buckets: tuple[int, ...] = DEFAULT_BATCH_BUCKETS
     runtime: str = DEFAULT_RUNTIME  # or openvino, or auto: both built and measured, faster kept
+    precision: str = DEFAULT_PRECISION  # or bf16, int8, or auto: each allowed one measured
+    calibration: Path | None = None  # images to calibrate and check low precisions on
+    fidelity: FidelityGate = field(default_factory=FidelityGate)  # what low precision must meet
     aot: bool = True  # inductor: AOTInductor packages built here, JIT only as fallback
     batch_size: int = GATEWAY_FED_BATCH_SIZE  # more only for clients calling TorchServe directly
     max_batch_delay_ms: int = 10
@@ -85,6 +93,14 @@ class ArchiveSpec:
             raise ValueError(
                 f"the {self.runtime} runtime is built with the archive: it needs compile and aot"
             )
+        if self.precision not in PRECISION_CHOICES:
+            raise ValueError(
+                f"precision must be one of {PRECISION_CHOICES}, got {self.precision!r}"
+            )
+        if self.precision != DEFAULT_PRECISION and not self.compiles_ahead:
+            raise ValueError(f"{self.precision} models are built with the archive: it needs aot")
+        if self.calibration is not None and not self.calibration.is_dir():
+            raise ValueError(f"calibration must be a folder of images, got {self.calibration}")
         for name in ("workers", "batch_size", "response_timeout_s", "startup_timeout_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -98,9 +114,18 @@ class ArchiveSpec:
     def compiles_ahead(self) -> bool:
         return self.compile and self.aot
 
-    def model_config(self, runtime: str = DEFAULT_RUNTIME) -> dict[str, Any]:
-        """TorchServe's settings and the classifier's, for the runtime that serves (``auto``
-        is resolved when the archive is built)."""
+    @property
+    def candidates(self) -> list[tuple[str, str]]:
+        """The (runtime, precision) pairs this build makes, checks and, if several, measures."""
+        runtimes = RUNTIMES if self.runtime == AUTO else (self.runtime,)
+        precisions = PRECISIONS if self.precision == AUTO else (self.precision,)
+        return [(runtime, precision) for runtime in runtimes for precision in precisions]
+
+    def model_config(
+        self, runtime: str = DEFAULT_RUNTIME, precision: str = DEFAULT_PRECISION
+    ) -> dict[str, Any]:
+        """TorchServe's settings and the classifier's, for the runtime and precision that serve
+        (``auto`` is resolved when the archive is built)."""
         setting, directory = PREBUILT_DIRS[runtime]
         prebuilt = {setting: directory} if self.compiles_ahead else {}
         return {
@@ -118,6 +143,7 @@ class ArchiveSpec:
                 "batch_buckets": list(self.batch_buckets),
                 "fast_decode": self.fast_decode,
                 "runtime": runtime,
+                "precision": precision,
                 **prebuilt,
                 **self.extra,
             },
@@ -138,6 +164,8 @@ def fingerprint(spec: ArchiveSpec) -> str:
     digest = hashlib.sha256(json.dumps(asdict(spec), default=str, sort_keys=True).encode())
     digest.update(json.dumps(machine_key(), sort_keys=True).encode())
     files = _source_files() + ([spec.checkpoint] if spec.checkpoint else [])
+    if spec.calibration is not None:
+        files += sorted(p for p in spec.calibration.rglob("*") if p.is_file())
     for path in files:
         digest.update(str(path.name).encode())
         digest.update(path.read_bytes())
@@ -166,13 +194,13 @@ def build_archive(
             target = code / "model_store" / path.relative_to(PACKAGE_DIR)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
-        runtime = DEFAULT_RUNTIME
+        runtime, precision = DEFAULT_RUNTIME, DEFAULT_PRECISION
         if spec.compiles_ahead:
             report = build_runtimes(spec, weights, code, progress)
             (code / RUNTIME_REPORT).write_text(json.dumps(report, indent=2) + "\n")
-            runtime = report["serving"]
+            runtime, precision = report["serving"], report["precision"]
         config = staging / "model-config.yaml"
-        config.write_text(yaml.safe_dump(spec.model_config(runtime), sort_keys=False))
+        config.write_text(yaml.safe_dump(spec.model_config(runtime, precision), sort_keys=False))
         progress(f"{spec.model}: packing {archive.name}")
         command = [
             str(Path(sys.executable).parent / "torch-model-archiver"),
@@ -193,54 +221,121 @@ def build_archive(
     return archive
 
 
+def candidate_name(runtime: str, precision: str) -> str:
+    """How the runtime report names a built candidate: ``inductor``, ``openvino-int8``..."""
+    return runtime if precision == FP32 else f"{runtime}-{precision}"
+
+
 def build_runtimes(
     spec: ArchiveSpec, weights: Path, code: Path, progress: Callable[[str], None]
 ) -> dict[str, Any]:
-    """The archive's own weights, optimised as the worker would, built for the asked runtime
-    (both for ``auto``) under ``code``, each checked against the eager model; for ``auto`` the
-    faster is measured here and the other removed. Returns the report stored in the archive."""
+    """The archive's own weights, optimised as the worker would, built for every (runtime,
+    precision) the spec allows under ``code``, each checked: float32 against the eager model on
+    fresh inputs (``MAX_LOGIT_ERROR``), bf16 and int8 against the eager model's answers on
+    held-out images (``spec.fidelity``). With several that pass, the fastest is measured here
+    and kept, the others removed. Returns the report stored in the archive."""
     checkpoint = read_checkpoint(weights)
     eager = create_model(spec.model, checkpoint=checkpoint).eval()
     optimized = optimize_for_inference(eager, compile=False).model
     size, buckets = checkpoint.input_size, spec.batch_buckets
-    asked = list(RUNTIMES) if spec.runtime == AUTO else [spec.runtime]
-    candidates, errors, rejected = {}, {}, {}
-    for runtime in asked:
-        directory = code / PREBUILT_DIRS[runtime][1]
-        if runtime == "openvino":
-            progress(f"{spec.model}: converting to OpenVINO IR")
-            export_ir(optimized, size, directory)
-        else:
-            progress(f"{spec.model}: compiling ahead of time (AOTInductor), one package per bucket")
-            compile_packages(optimized, buckets, size, directory, progress)
-        candidates[runtime] = load_prebuilt(runtime, directory, buckets, size)
+    images = reference = None
+    if any(precision != FP32 for _, precision in spec.candidates):
+        images = calibration_set(spec.calibration, size)
+        progress(f"{spec.model}: calibrating on and checking against {images.source}")
+        reference = logits_of(lambda _: eager, images.held_out, buckets[-1])
+    candidates: dict[str, Prebuilt] = {}
+    errors, fidelity, rejected = {}, {}, {}
+    for runtime, precision in spec.candidates:
+        name = candidate_name(runtime, precision)
+        directory = code / "candidates" / name
+        prebuilt = build_candidate(
+            runtime, precision, optimized, images, size, buckets, directory, progress
+        )
         try:
-            errors[runtime] = max_logit_error(candidates[runtime], eager, size)
-            progress(f"{spec.model}: {runtime} max abs logit error {errors[runtime]:.1e}")
-        except RuntimeCheckFailed as exc:
-            if spec.runtime != AUTO:
+            if precision == FP32:
+                errors[name] = max_logit_error(prebuilt, eager, size)
+                progress(f"{spec.model}: {name} max abs logit error {errors[name]:.1e}")
+            if images is not None and reference is not None:
+                fidelity[name] = _fidelity(spec, name, prebuilt, images, reference, progress)
+        except (RuntimeCheckFailed, FidelityFailed) as exc:
+            if len(spec.candidates) == 1:
                 raise
-            rejected[runtime] = str(exc)
-            del candidates[runtime]
+            rejected[name] = str(exc)
+            continue
+        candidates[name] = prebuilt
     if not candidates:
-        raise RuntimeCheckFailed(f"{spec.model}: no runtime passed the check: {rejected}")
+        raise RuntimeCheckFailed(f"{spec.model}: no candidate passed its check: {rejected}")
     measured = {}
     if len(candidates) > 1:
         progress(f"{spec.model}: measuring {' vs '.join(candidates)} (interleaved)")
         measured = images_per_second(candidates, size, progress=progress)
-    serving = fastest(measured) if measured else next(iter(candidates))
-    for runtime in set(asked) - {serving}:
-        shutil.rmtree(code / PREBUILT_DIRS[runtime][1])
-    progress(f"{spec.model}: serving with {serving}")
+    chosen = fastest(measured) if measured else next(iter(candidates))
+    runtime, precision = next(c for c in spec.candidates if candidate_name(*c) == chosen)
+    (code / "candidates" / chosen).rename(code / PREBUILT_DIRS[runtime][1])
+    shutil.rmtree(code / "candidates")
+    progress(f"{spec.model}: serving with {runtime} in {precision}")
     return {
         "asked": spec.runtime,
-        "serving": serving,
+        "asked_precision": spec.precision,
+        "serving": runtime,
+        "precision": precision,
         "max_abs_logit_error": errors,
+        "fidelity": fidelity,
+        "gate": asdict(spec.fidelity),
+        "calibration": images.describe() if images is not None else None,
         "rejected": rejected,
         "img_per_s": measured,
         "threads": torch.get_num_threads(),
         "machine": machine_key(),
     }
+
+
+def build_candidate(
+    runtime: str,
+    precision: str,
+    optimized: torch.nn.Module,
+    images: CalibrationSet | None,
+    size: int,
+    buckets: tuple[int, ...],
+    directory: Path,
+    progress: Callable[[str], None] = log.info,
+) -> Prebuilt:
+    """One candidate's prebuilt models, written to ``directory`` and loaded from there."""
+    calibration = images.calibration if images is not None else torch.empty(0)
+    if runtime == "openvino":
+        progress(f"  OpenVINO IR ({precision})")
+        export_ir(optimized, size, directory)
+        if precision == INT8:
+            progress("  quantizing the IR to int8 (NNCF)")
+            quantize_ir(directory, calibration, buckets[-1])
+    else:
+        progress(f"  AOTInductor ({precision}), one package per bucket")
+        lowered = lower(optimized, precision, calibration, buckets[-1])
+        compile_packages(lowered, buckets, size, directory, progress)
+    return load_prebuilt(runtime, directory, buckets, size, precision)
+
+
+def _fidelity(
+    spec: ArchiveSpec,
+    name: str,
+    prebuilt: Prebuilt,
+    images: CalibrationSet,
+    reference: torch.Tensor,
+    progress: Callable[[str], None],
+) -> dict[str, float]:
+    """``prebuilt``'s answers on the held-out images against the eager model's; a low
+    precision that misses the gate raises ``FidelityFailed`` naming the numbers."""
+    largest = spec.batch_buckets[-1]
+    measured = measure(logits_of(prebuilt.runners.__getitem__, images.held_out, largest), reference)
+    progress(
+        f"{spec.model}: {name} on {len(images.held_out)} held-out images: top-1 agreement "
+        f"{measured['top1_agreement']:.4f}, top-5 overlap {measured['top5_overlap']:.4f}, max "
+        f"probability shift {measured['max_probability_shift']:.4f}, max logit error "
+        f"{measured['max_abs_logit_error']:.3f}"
+    )
+    if prebuilt.precision != FP32 and (failed := spec.fidelity.failures(measured)):
+        raise FidelityFailed(f"{spec.model}: {name} misses the fidelity gate: {'; '.join(failed)}")
+    return measured
 
 
 def _write_weights(spec: ArchiveSpec, path: Path) -> Path:

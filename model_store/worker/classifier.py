@@ -25,6 +25,7 @@ from ..zoo.labels import load_labels
 from ..zoo.models import count_parameters, create_model, get_spec
 from ..zoo.openvino_ir import OpenVinoUnavailable, load_ir
 from ..zoo.optimize import InferenceModel, check_compile_mode, optimize_for_inference
+from ..zoo.precision import FP32, PRECISIONS
 from ..zoo.runtimes import DEFAULT_RUNTIME, RUNTIMES, Prebuilt
 from .images import ImageError, ImageLimits, load_upright_rgb, validate
 from .protocol import (
@@ -46,13 +47,18 @@ NON_FINITE_OUTPUT = {
 
 
 def load_prebuilt(
-    runtime: str, directory: Path, batch_sizes: Sequence[int], input_size: int
+    runtime: str,
+    directory: Path,
+    batch_sizes: Sequence[int],
+    input_size: int,
+    precision: str = FP32,
 ) -> Prebuilt:
-    """What an archive built for ``runtime``, loaded: AOTInductor packages (reported ``aot``)
-    or an OpenVINO IR compiled per bucket (``openvino``)."""
+    """What an archive built for ``runtime`` in ``precision``, loaded: AOTInductor packages
+    (reported ``aot``) or an OpenVINO IR compiled per bucket (``openvino``)."""
     if runtime == "openvino":
-        return Prebuilt("openvino", load_ir(directory, batch_sizes, input_size))
-    return Prebuilt("aot", load_packages(directory, batch_sizes, input_size))
+        runners = load_ir(directory, batch_sizes, input_size, precision)
+        return Prebuilt("openvino", runners, precision)
+    return Prebuilt("aot", load_packages(directory, batch_sizes, input_size), precision)
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,9 @@ class ClassifierConfig:
     this machine; otherwise the model is compiled just in time."""
     openvino_dir: Path | None = None
     """The OpenVINO IR of the ``openvino`` runtime (built with the archive)."""
+    precision: str = FP32
+    """What the prebuilt models run in (``model_store.zoo.precision``); a just-in-time
+    fallback runs float32."""
 
     @property
     def limits(self) -> ImageLimits:
@@ -94,6 +103,8 @@ class ClassifierConfig:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
         if self.runtime == "openvino" and self.openvino_dir is None:
             raise ValueError("the openvino runtime needs openvino_dir (the converted model)")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 1 <= self.top_k <= MAX_TOP_K:
             raise ValueError(f"top_k must be in 1..{MAX_TOP_K}, got {self.top_k}")
         check_compile_mode(self.compile_mode)
@@ -160,7 +171,10 @@ def _load_prebuilt(
     try:
         if device.type != "cpu":
             raise AotMismatch(f"the prebuilt models are for CPU, the model runs on {device}")
-        return load_prebuilt(config.runtime, directory, config.batch_buckets, input_size), None
+        prebuilt = load_prebuilt(
+            config.runtime, directory, config.batch_buckets, input_size, config.precision
+        )
+        return prebuilt, None
     except (AotMismatch, OpenVinoUnavailable) as exc:
         warnings.warn(
             f"{config.runtime} models built ahead not used, compiling just in time: {exc}",
@@ -234,6 +248,7 @@ class ImageClassifier:
         warmup = classifier._warm_up()
         classifier.info |= {
             "runtime": runner.runtime,  # known once every bucket has run (jit may fall back)
+            "precision": runner.precision,
             "compiled": runner.compiled,
             "compile_error": runner.compile_error,
             "load_seconds": round(time.perf_counter() - started, 2),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,11 +26,18 @@ TINY_INPUT_SIZE = 64
 
 
 def train_tiny(
-    name: str, *, steps: int = 60, batch_size: int = 32, train_images: int = 512, seed: int = 0
+    name: str,
+    *,
+    steps: int = 60,
+    batch_size: int = 32,
+    train_images: int = 512,
+    seed: int = 0,
+    arch: dict[str, Any] = TINY_ARCH,
 ) -> ResNet:
-    """Train ``name`` in its tiny configuration on synthetic shapes; returns it in eval mode."""
+    """Train ``name`` in its tiny configuration (or ``arch``: ``{}`` is the full ResNet-50) on
+    synthetic shapes at 64 px; returns it in eval mode."""
     torch.manual_seed(seed)
-    model = create_model(name, num_classes=len(CLASS_NAMES), **TINY_ARCH)
+    model = create_model(name, num_classes=len(CLASS_NAMES), **arch)
     images, labels = make_images(train_images, seed=seed)
     inputs = images_to_batch(images, TINY_INPUT_SIZE)
     targets = torch.tensor(labels)

@@ -2,8 +2,12 @@
 OpenVINO IR when the archive is built, compiled by OpenVINO's CPU plugin per batch bucket at
 load (about a second each, no C++ compiler, and the IR is not tied to one machine class).
 
-OpenVINO is an optional dependency (``pip install .[openvino]``): imported only here, only when
-an archive asks for this runtime.
+Precisions: ``fp32`` runs the float32 IR in float32; ``bf16`` the same IR with the CPU plugin's
+bfloat16 inference precision; ``int8`` an IR quantized by NNCF (post-training, calibrated on
+images) whose remaining float operations run in float32.
+
+OpenVINO (and NNCF, for int8 builds) are optional dependencies (``pip install .[openvino]``):
+imported only here, only when an archive asks for this runtime.
 """
 
 from __future__ import annotations
@@ -17,15 +21,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from .precision import BF16, FP32, INT8
 from .runtimes import Runner
 
 IR_FILE = "model.xml"  # and model.bin beside it
-CPU_PROPERTIES = {
-    "PERFORMANCE_HINT": "LATENCY",
-    # OpenVINO runs float32 models in bfloat16 on CPUs that have it (2x faster here, but logits
-    # off by ~0.4): the served answers must be the model's own.
-    "INFERENCE_PRECISION_HINT": "f32",
-}
+CPU_PROPERTIES = {"PERFORMANCE_HINT": "LATENCY"}
+INFERENCE_PRECISION = {FP32: "f32", BF16: "bf16", INT8: "f32"}
+"""The CPU plugin's ``INFERENCE_PRECISION_HINT`` per served precision. Unset, OpenVINO runs
+float32 models in bfloat16 on CPUs that have it: the precision must be the archive's choice."""
 
 
 class OpenVinoUnavailable(RuntimeError):
@@ -57,13 +60,42 @@ def export_ir(model: nn.Module, input_size: int, directory: Path) -> Path:
     return path
 
 
-def load_ir(directory: Path, batch_sizes: Sequence[int], input_size: int) -> dict[int, Runner]:
-    """One runner per batch size, each an IR compiled for that static shape, with as many
-    threads as torch has here (the worker's share of the CPUs)."""
+def quantize_ir(directory: Path, calibration: torch.Tensor, batch_size: int) -> Path:
+    """Replace the float32 IR in ``directory`` by NNCF's int8 post-training quantization of it,
+    with activation ranges from ``calibration`` (preprocessed images)."""
+    ov = _openvino()
+    try:
+        import nncf
+    except ImportError:
+        raise OpenVinoUnavailable(
+            "int8 OpenVINO archives are quantized with NNCF: "
+            "pip install 'attention-serving[openvino]'"
+        ) from None
+    model = ov.Core().read_model(directory / IR_FILE)
+    batches = [np.ascontiguousarray(b.numpy()) for b in calibration.split(batch_size)]
+    quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(calibration))
+    # OpenVINO maps the float32 weights from model.bin: writing over that file under the map is
+    # a bus error. Saved beside it, then renamed over it (the old file lives on until unmapped).
+    staged = directory / f"int8-{IR_FILE}"
+    ov.save_model(quantized, staged, compress_to_fp16=False)
+    for suffix in (".bin", ".xml"):
+        staged.with_suffix(suffix).replace((directory / IR_FILE).with_suffix(suffix))
+    return directory / IR_FILE
+
+
+def load_ir(
+    directory: Path, batch_sizes: Sequence[int], input_size: int, precision: str = FP32
+) -> dict[int, Runner]:
+    """One runner per batch size, each an IR compiled for that static shape in ``precision``,
+    with as many threads as torch has here (the worker's share of the CPUs)."""
     ov = _openvino()
     core = ov.Core()
     model = core.read_model(directory / IR_FILE)
-    properties = {**CPU_PROPERTIES, "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+    properties = {
+        **CPU_PROPERTIES,
+        "INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[precision],
+        "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+    }
     runners = {}
     for batch_size in batch_sizes:
         model.reshape([batch_size, 3, input_size, input_size])

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .precision import FP32
 from .resnet import ResNet
 from .runtimes import Prebuilt
 
@@ -117,6 +118,12 @@ class InferenceModel:
     @property
     def compiled(self) -> bool:
         return self.runtime != "eager"
+
+    @property
+    def precision(self) -> str:
+        """What the model runs in: a prebuilt one's own, else float32 (on CUDA, with autocast
+        to ``dtype``)."""
+        return self.prebuilt.precision if self.prebuilt is not None else FP32
 
     def _autocast(self) -> torch.autocast | nullcontext[None]:
         if self.dtype is None or self.device.type == "cpu":

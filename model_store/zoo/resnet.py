@@ -39,7 +39,9 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, outplanes, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(outplanes)
         self.attn: Attention | None = create_attn(attn_layer, outplanes, **(attn_kwargs or {}))
-        self.relu = nn.ReLU(inplace=True)
+        # one module per use (as timm's act1..act3): PT2E quantizers match patterns by the
+        # module that made each node, and one ReLU shared by three places is no pattern
+        self.act1, self.act2, self.act3 = (nn.ReLU(inplace=True) for _ in range(3))
         self.downsample: nn.Sequential | None = None
         if stride != 1 or inplanes != outplanes:
             self.downsample = nn.Sequential(
@@ -51,11 +53,11 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
-        inner = self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
+        inner = self.act2(self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x))))))
         out = self.bn3(self.conv3(inner))
         if self.attn is not None:
             out = out * self._inner_gate(inner) if self.squeeze_inner else self.attn(out)
-        return self.relu(out + shortcut)
+        return self.act3(out + shortcut)
 
     def _inner_gate(self, inner: torch.Tensor) -> torch.Tensor:
         """The gate of a ``gate_from_mean`` attention from the 4x narrower inner activation.

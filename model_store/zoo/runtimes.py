@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .precision import FP32
+
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("inductor", "openvino")
@@ -31,11 +33,13 @@ Runner = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class Prebuilt:
-    """Runners made when the archive was built, one per batch size, and the name the worker
-    reports for them (``aot`` for AOTInductor packages, ``openvino``)."""
+    """Runners made when the archive was built, one per batch size, the name the worker
+    reports for them (``aot`` for AOTInductor packages, ``openvino``) and their precision
+    (``model_store.zoo.precision``)."""
 
     runtime: str
     runners: Mapping[int, Runner]
+    precision: str = FP32
 
 
 class RuntimeCheckFailed(RuntimeError):

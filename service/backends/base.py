@@ -7,6 +7,8 @@ from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from model_store.zoo.precision import DEFAULT_PRECISION
+
 from ..schemas import ErrorResponse, ImageResult
 from ..uploads import Upload
 
@@ -85,6 +87,7 @@ class WorkerFacts(BaseModel):
     model's size (the gateway has no torch to count it)."""
 
     runtime: str = Field(description="aot, jit, openvino or eager: what actually runs the model")
+    precision: str = Field(DEFAULT_PRECISION, description="fp32, bf16 or int8: what it computes in")
     batch_buckets: list[int] = Field(min_length=1)
     batch_size: int = Field(1, description="TorchServe batchSize: 1 when the gateway batches")
     parameters: int | None = Field(None, description="the loaded model's parameter count")

@@ -85,11 +85,16 @@ class TensorMetadata(BaseModel):
 class ModelMetadata(BaseModel):
     name: str
     versions: list[str]
-    platform: str
+    platform: str = Field(
+        description="pytorch_<runtime>, and _<precision> when that is not fp32 (pytorch_aot_int8)"
+    )
     inputs: list[TensorMetadata] = Field(
         description=f"send one of them: {IMAGES_INPUT} or {PIXELS_INPUT}"
     )
     outputs: list[TensorMetadata]
+    parameters: dict[str, str] = Field(
+        default_factory=dict, description="runtime and precision, as the worker reports them"
+    )
 
 
 class _Open(BaseModel):

@@ -9,7 +9,7 @@ from ..deps import ApiKeyDep, GatewayDep
 from ..schemas import ModelList
 
 router = APIRouter(tags=["models"])
-REPORTED = {"runtime", "parameters", "attention_parameters"}
+REPORTED = {"runtime", "precision", "parameters", "attention_parameters"}
 """What ``/v1/models`` shows from each worker's own report."""
 
 

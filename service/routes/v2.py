@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from model_store.worker.protocol import TENSOR_CHANNELS
+from model_store.zoo.precision import DEFAULT_PRECISION
 
 from ..backends.base import WorkerFacts
 from ..deps import ApiKeyDep, Gateway, GatewayDep, RequestTimeoutMs, UploadSlot, UploadSlotDep
@@ -143,7 +144,7 @@ async def model_metadata(gateway: GatewayDep, _: ApiKeyDep, model: str) -> Model
     return ModelMetadata(
         name=model,
         versions=[MODEL_VERSION],
-        platform=f"pytorch_{facts.runtime}" if facts else "pytorch",
+        platform=platform(facts),
         inputs=[
             TensorMetadata(name=IMAGES_INPUT, datatype=BYTES, shape=[-1]),
             TensorMetadata(
@@ -151,7 +152,16 @@ async def model_metadata(gateway: GatewayDep, _: ApiKeyDep, model: str) -> Model
             ),
         ],
         outputs=[TensorMetadata(name=PROBABILITIES_OUTPUT, datatype=FP32, shape=[-1, classes])],
+        parameters=facts.model_dump(include={"runtime", "precision"}) if facts else {},
     )
+
+
+def platform(facts: WorkerFacts | None) -> str:
+    """``pytorch_<runtime>``, with ``_<precision>`` unless it computes in float32."""
+    if facts is None:
+        return "pytorch"
+    suffix = "" if facts.precision == DEFAULT_PRECISION else f"_{facts.precision}"
+    return f"pytorch_{facts.runtime}{suffix}"
 
 
 @model_router.get(

@@ -108,3 +108,24 @@ def test_the_timm_peer_needs_timm(monkeypatch):
     monkeypatch.setattr(bench_models.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(SystemExit):
         bench_models.parse_args(["--modes", "compiled,timm-compiled"])
+
+
+@pytest.mark.slow
+def test_precisions_are_measured_side_by_side_with_peers_at_the_same_precision(tmp_path):
+    """Ours as archives serve it (AOTInductor) in fp32 and int8, beside OpenVINO and ONNX
+    Runtime int8, in the same rounds; each precision compared only within itself."""
+    payload = bench_models.main(
+        ["--models", "eca_resnet50", "--modes", "aot,aot-int8,openvino-int8,onnxruntime-int8",
+         "--tiny", "--batch-sizes", "1,2", "--iters", "2", "--warmup", "1", "--device", "cpu",
+         "--out", str(tmp_path / "precisions.json")]
+    )  # fmt: skip
+    rows = {(r["precision"], r["batch_size"]): r for r in payload["runtimes"]}
+    assert set(rows) == {("fp32", 1), ("fp32", 2), ("int8", 1), ("int8", 2)}
+    for batch_size in (1, 2):
+        assert set(rows["fp32", batch_size]["img_per_s"]) == {"aot"}
+        int8 = rows["int8", batch_size]
+        assert set(int8["img_per_s"]) == {"aot", "openvino", "onnxruntime"}
+        rates = int8["img_per_s"]
+        assert int8["ours_over_fastest_peer"] == pytest.approx(
+            rates["aot"] / max(rates["openvino"], rates["onnxruntime"])
+        )

@@ -108,6 +108,7 @@ def test_tritonclient_health_and_metadata(client):
             {"name": "pixel_values", "datatype": "FP32", "shape": [-1, *PIXELS]},
         ],
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}],
+        "parameters": {"runtime": "eager", "precision": "fp32"},
     }
     with pytest.raises(InferenceServerException, match="not served") as missing:
         client.get_model_metadata("vgg16")

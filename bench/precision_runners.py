@@ -1,0 +1,134 @@
+"""Runners of the optimised model per runtime and precision, for ``bench.models``: ours as an
+archive serves it (AOTInductor packages of the float32, bfloat16 or int8 model, built by the same
+code as ``python -m model_store build --precision``), and the peers at the same precision
+(OpenVINO's bf16 hint and NNCF int8; ONNX Runtime's fp32 and QDQ static int8, which has no bf16 on
+CPU). Low precisions calibrate on the synthetic set the build uses by default."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from model_store.worker.calibration import calibration_set
+from model_store.zoo.aot import compile_packages, load_packages
+from model_store.zoo.low_precision import lower
+from model_store.zoo.openvino_ir import export_ir, load_ir, quantize_ir
+from model_store.zoo.precision import FP32, INT8
+
+Run = Callable[[torch.Tensor], torch.Tensor]
+
+
+@cache
+def calibration_images(size: int) -> torch.Tensor:
+    return calibration_set(None, size).calibration
+
+
+def by_batch(runners: dict[int, Run]) -> Run:
+    return lambda x: runners[x.shape[0]](x)
+
+
+def aot_runner(model: nn.Module, precision: str, batch_sizes: Sequence[int], size: int) -> Run:
+    """AOTInductor packages of ``model`` in ``precision``: what an archive's workers load."""
+    lowered = lower(model, precision, calibration_images(size), max(batch_sizes))
+    with tempfile.TemporaryDirectory(prefix="bench-aot-") as tmp:
+        compile_packages(lowered, sorted(batch_sizes), size, Path(tmp), progress=lambda _: None)
+        return by_batch(load_packages(Path(tmp), sorted(batch_sizes), size))
+
+
+def openvino_runner(model: nn.Module, precision: str, batch_sizes: Sequence[int], size: int) -> Run:
+    """The ``openvino`` runtime as an archive serves it: converted (quantized for int8), saved,
+    reloaded with the precision's hint."""
+    with tempfile.TemporaryDirectory(prefix="bench-openvino-") as tmp:  # compiled: not needed
+        export_ir(model, size, Path(tmp))
+        if precision == INT8:
+            quantize_ir(Path(tmp), calibration_images(size), max(batch_sizes))
+        return by_batch(load_ir(Path(tmp), batch_sizes, size, precision))
+
+
+def onnxruntime_runner(
+    model: nn.Module, precision: str, batch_sizes: Sequence[int], size: int
+) -> Run:
+    """ONNX Runtime on the same optimised model, as many threads as torch; int8 is its static
+    QDQ quantization (per-channel int8 weights, uint8 activations) on the calibration images.
+    Its threads stop spinning between calls: by default they spin on, and took half the CPU
+    from whichever variant ran next in the interleaved rounds (measured)."""
+    import onnxruntime
+
+    exported = _onnx(model, size)
+    if precision == INT8:
+        exported = _onnx_int8(exported, calibration_images(size), max(batch_sizes))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(exported, options)
+    return lambda x: torch.from_numpy(session.run(None, {"images": x.contiguous().numpy()})[0])
+
+
+def _onnx(model: nn.Module, size: int) -> bytes:
+    exported = io.BytesIO()
+    with warnings.catch_warnings():  # the TorchScript exporter's notices, not our problems
+        warnings.filterwarnings("ignore", "You are using the legacy", DeprecationWarning)
+        warnings.filterwarnings("ignore", "Constant folding", UserWarning)
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 3, size, size),),
+            exported,
+            dynamo=False,
+            input_names=["images"],
+            dynamic_axes={"images": {0: "batch"}},
+        )
+    return exported.getvalue()
+
+
+def _onnx_int8(fp32: bytes, calibration: torch.Tensor, batch_size: int) -> bytes:
+    """ORT's recommended path: pre-processing first (shape inference, constant folding: the early
+    squeeze's flattened conv3 weight must become a constant, or per-channel quantization
+    treats it as an activation and fails), then static QDQ quantization."""
+    from onnxruntime import quantization
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(quantization.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration.split(batch_size))
+
+        def get_next(self) -> dict[str, Any] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {"images": np.ascontiguousarray(batch.numpy())}
+
+    with tempfile.TemporaryDirectory(prefix="bench-ort-") as tmp:
+        source, folded, target = (Path(tmp) / f"{n}.onnx" for n in ("fp32", "folded", "int8"))
+        source.write_bytes(fp32)
+        quant_pre_process(str(source), str(folded), skip_symbolic_shape=True)
+        quantization.quantize_static(
+            str(folded),
+            str(target),
+            Batches(),
+            quant_format=quantization.QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=quantization.QuantType.QUInt8,
+            weight_type=quantization.QuantType.QInt8,
+        )
+        return target.read_bytes()
+
+
+RUNTIME_BUILDERS: dict[str, Callable[[nn.Module, str, Sequence[int], int], Run]] = {
+    "aot": aot_runner,
+    "openvino": openvino_runner,
+    "onnxruntime": onnxruntime_runner,
+}
+UNAVAILABLE = {("onnxruntime", "bf16"): "ONNX Runtime's CPU provider has no bfloat16 kernels"}
+
+
+def split_mode(mode: str) -> tuple[str, str]:
+    """``openvino-int8`` -> (``openvino``, ``int8``); no suffix is float32."""
+    runtime, _, precision = mode.partition("-")
+    return runtime, precision or FP32
