@@ -60,13 +60,14 @@ loadtest: setup system-deps
 
 # The serving benchmarks too: TorchServe direct, gateway vs TorchServe vs in-process, the
 # worker's memory ceiling, what the reduced-scale JPEG decode saves and changes, and a 30-minute
-# soak with faults (bench/soak.py).
+# soak with faults (bench/soak.py); and what bf16/int8 do to the answers (bench/precision.py).
 bench-all: bench system-deps
 	$(PY) -m bench.torchserve_direct
 	$(PY) -m bench.gateway
 	$(PY) -m bench.capacity
 	$(PY) -m bench.memory
 	$(PY) -m bench.decode
+	$(PY) -m bench.precision
 	$(PY) -m bench.soak
 
 # Mutation testing of the hot paths against the fast unit tests ([tool.mutmut] in

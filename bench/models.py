@@ -184,6 +184,7 @@ def measure(variants: list[Variant], args: argparse.Namespace) -> None:
                     "memory_mb": peaks.get(index, peak_rss),
                     "warmup_s": warmup_s,
                     "inductor_kernels": kernels if "compiled" in variant.mode else None,
+                    "convolutions": getattr(variant.run, "convolutions", None),
                 }
             )
 
@@ -228,6 +229,7 @@ def table(records: list[dict[str, Any]]) -> str:
         "memory MB",
         "warm-up s",
         "kernels",
+        "convs (residual fused)",
     ]
     rows = []
     for r in records:
@@ -246,10 +248,15 @@ def table(records: list[dict[str, Any]]) -> str:
                     row["memory_mb"],
                     row["warmup_s"],
                     row["inductor_kernels"],
+                    _convolutions(row.get("convolutions")),
                 ]
             )
     rows.sort(key=lambda row: (row[2], MODES.index(row[1].split()[0])))
     return markdown_table(headers, rows)
+
+
+def _convolutions(counted: dict[str, int] | None) -> str | None:
+    return f"{counted['calls']} ({counted['residual_fused']})" if counted else None
 
 
 def runtime_comparison(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

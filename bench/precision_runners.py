@@ -7,8 +7,10 @@ CPU). Low precisions calibrate on the synthetic set the build uses by default.""
 from __future__ import annotations
 
 import io
+import re
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
@@ -37,11 +39,26 @@ def by_batch(runners: dict[int, Run]) -> Run:
 
 
 def aot_runner(model: nn.Module, precision: str, batch_sizes: Sequence[int], size: int) -> Run:
-    """AOTInductor packages of ``model`` in ``precision``: what an archive's workers load."""
+    """AOTInductor packages of ``model`` in ``precision``: what an archive's workers load. The
+    runner carries ``convolutions``: how many the generated code calls, and how many of those
+    have the residual add fused in (oneDNN's binary post-op)."""
     lowered = lower(model, precision, calibration_images(size), max(batch_sizes))
     with tempfile.TemporaryDirectory(prefix="bench-aot-") as tmp:
         compile_packages(lowered, sorted(batch_sizes), size, Path(tmp), progress=lambda _: None)
-        return by_batch(load_packages(Path(tmp), sorted(batch_sizes), size))
+        run = by_batch(load_packages(Path(tmp), sorted(batch_sizes), size))
+        run.convolutions = convolutions(Path(tmp) / f"batch_{min(batch_sizes)}.pt2")  # type: ignore[attr-defined]
+        return run
+
+
+def convolutions(package: Path) -> dict[str, int]:
+    """Convolution calls in an AOTInductor package's generated code, and how many of them add
+    the residual in the same call."""
+    with zipfile.ZipFile(package) as archive:
+        code = "".join(
+            archive.read(name).decode() for name in archive.namelist() if name.endswith(".cpp")
+        )
+    calls = re.findall(r"aoti_torch_cpu_\w*conv\w*pointwise\w*", code)
+    return {"calls": len(calls), "residual_fused": sum("binary" in c for c in calls)}
 
 
 def openvino_runner(model: nn.Module, precision: str, batch_sizes: Sequence[int], size: int) -> Run:

@@ -19,6 +19,7 @@ from model_store.worker.archive import ArchiveSpec, build_archive
 from model_store.worker.keys import bearer, key_refused
 from model_store.worker.launcher import TorchServe, free_ports
 from model_store.worker.protocol import GATEWAY_FED_BATCH_SIZE
+from model_store.zoo.fidelity import FidelityGate
 from model_store.zoo.runtimes import DEFAULT_RUNTIME
 
 from .common import progress
@@ -44,6 +45,7 @@ def build(
     batch_size: int = GATEWAY_FED_BATCH_SIZE,
     runtime: str = DEFAULT_RUNTIME,
     precision: str = ArchiveSpec.precision,
+    fidelity: FidelityGate = FidelityGate(),  # noqa: B008 -- frozen: one shared default
     compile: bool = True,
     max_batch_delay_ms: int = ArchiveSpec.max_batch_delay_ms,
 ) -> Path:
@@ -66,6 +68,7 @@ def build(
         max_batch_delay_ms=max_batch_delay_ms,
         runtime=runtime,
         precision=precision,
+        fidelity=fidelity,
     )
     build_archive(spec, directory, progress=progress)
     return directory

@@ -103,7 +103,7 @@ def cpu_model() -> str:
 
 def environment(url: str, started_here: bool) -> dict[str, Any]:
     """The machine and what serves: CPU, cores, versions, and each model as the gateway lists
-    it (runtime, parameters)."""
+    it (runtime, precision, parameters)."""
     from importlib.metadata import version
 
     listed = httpx.get(f"{url}/v1/models", timeout=30).json()["models"]
@@ -113,7 +113,9 @@ def environment(url: str, started_here: bool) -> dict[str, Any]:
         "python": platform.python_version(),
         **{package: version(package) for package in ("torch", "torchserve", "locust")},
         "served": ", ".join(
-            f"{m['name']} ({m['runtime']}, {m['parameters']:,} parameters)" for m in listed
+            f"{m['name']} ({m['runtime']} {m.get('precision') or 'fp32'}, "
+            f"{m['parameters']:,} parameters)"
+            for m in listed
         ),
         "stack": "started here: TorchServe + gateway, default settings (service/settings.py)"
         if started_here

@@ -11,12 +11,15 @@ import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch._dynamo.utils import counters
 
 from ..zoo.aot import AotMismatch, load_packages
@@ -28,6 +31,7 @@ from ..zoo.optimize import InferenceModel, check_compile_mode, optimize_for_infe
 from ..zoo.precision import FP32, PRECISIONS
 from ..zoo.runtimes import DEFAULT_RUNTIME, RUNTIMES, Prebuilt
 from .images import ImageError, ImageLimits, load_upright_rgb, validate
+from .pixel_budgets import BatchPixelBudget, PixelPool
 from .protocol import (
     DEFAULT_BATCH_BUCKETS,
     DEFAULT_TOP_K,
@@ -127,20 +131,8 @@ class ClassifierConfig:
         return cls(**values)
 
 
-class BatchPixelBudget:
-    """Decoded pixels one batch may still spend; images past it fail alone (413)."""
-
-    def __init__(self, pixels: int) -> None:
-        self.left = pixels
-
-    def take(self, pixels: int) -> None:
-        if pixels > self.left:
-            raise ImageError(
-                "batch_too_large",
-                f"the batch's images exceed the worker's decoded-pixel budget ({pixels:,} "
-                f"pixels, {self.left:,} left); send fewer or smaller images at once",
-            )
-        self.left -= pixels
+def _error(exc: ImageError) -> dict[str, Any]:
+    return {"error": {"code": exc.code, "message": str(exc)}}
 
 
 @dataclass(frozen=True)
@@ -202,6 +194,9 @@ class ImageClassifier:
         self.limits = config.limits
         self.draft_side = resize_side(input_size) if config.fast_decode else 0
         self.info = dict(info)
+        self.decode_threads = max(1, torch.get_num_threads())
+        self._decoder = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
+        self._decoding = PixelPool(self.limits.max_pixels)
 
     @classmethod
     def load(cls, config: ClassifierConfig) -> ImageClassifier:
@@ -287,14 +282,18 @@ class ImageClassifier:
         the full softmax, when asked) or ``{"error": {...}}``. An input is an encoded image
         (bytes) or an already preprocessed one (an array, see ``tensor_input``).
 
-        Each image is decoded and cropped inside its own error handling, right after the
-        previous one was reduced to its crop: a bad input fails alone, and memory holds one
-        full-size image at a time."""
+        Every input is checked inside its own error handling, so a bad one fails alone: image
+        headers and the batch's pixel budget first, in order; then the images are decoded and
+        cropped on the worker's CPUs at once (``decode_threads``: Pillow releases the GIL, and
+        the model does not run meanwhile), each reduced to its crop as soon as it is decoded.
+        Images being decoded at once hold at most ``max_pixels`` between them (a lone larger
+        one waits for the others), so memory holds no more than one largest allowed image, as
+        when they were decoded one after the other."""
         if top_k is None:
             top_k = self.config.top_k
         ks = list(top_k) if isinstance(top_k, Sequence) else [top_k] * len(inputs)
         results: list[dict[str, Any]] = [{} for _ in inputs]
-        crops, crop_positions, tensors, tensor_positions = [], [], [], []
+        tensors, tensor_positions, headers, header_positions = [], [], [], []
         budget = BatchPixelBudget(self.limits.max_batch_pixels)
         for position, (item, k) in enumerate(zip(inputs, ks, strict=True)):
             try:
@@ -304,10 +303,20 @@ class ImageClassifier:
                     tensors.append(self._checked_tensor(item))
                     tensor_positions.append(position)
                 else:
-                    crops.append(self._crop(item, budget))
-                    crop_positions.append(position)
+                    image = validate(item, self.limits)
+                    budget.take(image.width * image.height)
+                    headers.append(image)
+                    header_positions.append(position)
             except ImageError as exc:
-                results[position] = {"error": {"code": exc.code, "message": str(exc)}}
+                results[position] = _error(exc)
+        crops, crop_positions = [], []
+        decoded = self._decoder.map(self._crop, headers)
+        for position, crop in zip(header_positions, decoded, strict=True):
+            if isinstance(crop, ImageError):
+                results[position] = _error(crop)
+            else:
+                crops.append(crop)
+                crop_positions.append(position)
         batch = ([normalize(np.stack(crops))] if crops else []) + (
             [torch.from_numpy(np.stack(tensors))] if tensors else []
         )
@@ -346,18 +355,20 @@ class ImageClassifier:
             )
         return tensor.reshape(shape)
 
-    def _crop(self, data: bytes, budget: BatchPixelBudget) -> np.ndarray:
-        image = validate(data, self.limits)
-        budget.take(image.width * image.height)
+    def _crop(self, image: Image.Image) -> np.ndarray | ImageError:
+        """A validated image decoded and cropped, or the ``ImageError`` that says why not
+        (returned, so one image's failure does not end the others' decoding). The image and its
+        decoded pixels are closed as soon as the crop is made, before another may start."""
         try:
-            return crop_to_array(load_upright_rgb(image, self.draft_side), self.input_size)
+            with self._decoding.hold(image.width * image.height), closing(image):
+                return crop_to_array(load_upright_rgb(image, self.draft_side), self.input_size)
         except MemoryError:
-            raise ImageError("image_too_large", "not enough worker memory to decode it") from None
-        except ImageError:
-            raise
+            return ImageError("image_too_large", "not enough worker memory to decode it")
+        except ImageError as exc:
+            return exc
         except Exception:
             log.exception("decoding a %s image failed", image.format)
-            raise ImageError("undecodable_image", f"cannot decode this {image.format}") from None
+            return ImageError("undecodable_image", f"cannot decode this {image.format}")
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities; pads each chunk up to a warmed-up bucket so no request

@@ -26,9 +26,11 @@ class Bfloat16(nn.Module):
 
 
 def _pt2e() -> Any:
-    """torchao's PT2E quantization API (its CUDA kernels fail to load on a CPU build of torch:
-    harmless here, and not worth a warning per import)."""
-    logging.getLogger("torchao").setLevel(logging.ERROR)
+    """torchao's PT2E quantization API (its CUDA kernels fail to load on a CPU build of torch,
+    and it registers an enum torch's pytree now handles itself: harmless here, and not worth
+    warnings at every build)."""
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import torchao.quantization.pt2e.quantize_pt2e as quantize_pt2e

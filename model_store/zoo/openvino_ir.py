@@ -73,7 +73,7 @@ def quantize_ir(directory: Path, calibration: torch.Tensor, batch_size: int) -> 
         ) from None
     model = ov.Core().read_model(directory / IR_FILE)
     batches = [np.ascontiguousarray(b.numpy()) for b in calibration.split(batch_size)]
-    quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(calibration))
+    quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
     # OpenVINO maps the float32 weights from model.bin: writing over that file under the map is
     # a bus error. Saved beside it, then renamed over it (the old file lives on until unmapped).
     staged = directory / f"int8-{IR_FILE}"

@@ -1,6 +1,7 @@
 """The worker's memory ceiling, measured (bench.memory) with a generous margin: the worst batch
 the limits allow costs a bounded number of bytes per allowed pixel above the loaded model,
-whatever the batch size, because images are cropped one at a time under a pixel budget."""
+whatever the batch size: the images decoded at once hold at most one largest image's pixels
+between them, each is reduced to its crop at once, and a batch has a pixel budget."""
 
 from __future__ import annotations
 

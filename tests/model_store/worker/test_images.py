@@ -6,7 +6,9 @@ refused from the header; every Pillow mode becomes the RGB we state; one bad ima
 from __future__ import annotations
 
 import io
+import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+import model_store.worker.classifier as classifier_module
 from model_store.worker.classifier import ClassifierConfig, ImageClassifier, tensor_input
 from model_store.worker.images import (
     MAX_JPEG_SEGMENTS,
@@ -348,6 +351,25 @@ def test_one_bad_image_never_fails_its_batch(classifier):
     ]
     assert len(results[0]["predictions"]) == 1 and len(results[5]["predictions"]) == 3
     assert results[0]["predictions"][0] == results[5]["predictions"][0]
+
+
+def test_a_batchs_images_are_decoded_at_once_on_the_workers_threads(classifier, monkeypatch):
+    """Decoding a 0.3-3 MP upload costs more than the model's share of an image at bf16/int8:
+    the images of a batch are decoded side by side (one per intra-op thread, as many as the
+    worker's CPUs), not one after the other. Two decodes must meet at a barrier here."""
+    assert classifier.decode_threads == max(1, torch.get_num_threads())
+    met = threading.Barrier(2, timeout=20)
+    decode = classifier_module.load_upright_rgb
+
+    def meet_then_decode(image, draft_side=0):
+        met.wait()
+        return decode(image, draft_side)
+
+    monkeypatch.setattr(classifier_module, "load_upright_rgb", meet_then_decode)
+    monkeypatch.setattr(classifier, "_decoder", ThreadPoolExecutor(2))
+    images = [encode(photo((200, 150), seed=seed), "JPEG") for seed in (1, 2)]
+    results = classifier.classify(images)
+    assert all("predictions" in r for r in results), results
 
 
 def test_an_input_whose_output_is_not_finite_fails_alone(classifier, monkeypatch):

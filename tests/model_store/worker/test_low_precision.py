@@ -7,6 +7,7 @@ and int8 run slower without AMX, not wrong)."""
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,27 @@ def test_a_low_precision_archive_passes_its_gate_and_serves_in_that_precision(
     images, labels = held_out
     assert accuracy(classifier, images, labels) >= 0.9  # float32 scores 1.0 on these
     assert classifier.compiled_graphs == 0  # prebuilt: nothing compiled at load
+
+
+@pytest.mark.slow
+def test_auto_precision_measures_every_precision_that_passes_and_keeps_the_fastest(
+    checkpoint, tmp_path
+):
+    spec = ArchiveSpec(
+        "eca_resnet50", checkpoint=checkpoint, runtime="openvino", precision="auto",
+        batch_buckets=BUCKETS,
+    )  # fmt: skip
+    archive = build_archive(spec, tmp_path, progress=lambda _: None)
+    report = read_runtime_report(archive)
+    candidates = {"openvino", "openvino-bf16", "openvino-int8"}
+    assert set(report["fidelity"]) == set(report["img_per_s"]) == candidates
+    assert report["asked_precision"] == "auto" and report["rejected"] == {}
+    fastest = max(
+        report["img_per_s"],
+        key=lambda name: statistics.geometric_mean(report["img_per_s"][name].values()),
+    )
+    precision = fastest.partition("-")[2] or "fp32"
+    assert report["precision"] == precision == read_model_config(archive)["handler"]["precision"]
 
 
 @pytest.mark.slow
