@@ -131,6 +131,10 @@ class ClassifierConfig:
         return cls(**values)
 
 
+def _graphs_made() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
 def _error(exc: ImageError) -> dict[str, Any]:
     return {"error": {"code": exc.code, "message": str(exc)}}
 
@@ -186,8 +190,10 @@ class ImageClassifier:
         labels: list[str],
         input_size: int,
         info: Mapping[str, Any],
+        graphs_before: int | None = None,
     ) -> None:
         self.config = config
+        self._graphs_before = _graphs_made() if graphs_before is None else graphs_before
         self.runner = runner
         self.labels = labels
         self.input_size = input_size
@@ -204,7 +210,7 @@ class ImageClassifier:
         device = config.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        started = time.perf_counter()
+        started, graphs_before = time.perf_counter(), _graphs_made()
         checkpoint = read_checkpoint(config.weights)
         model = create_model(config.model, checkpoint=checkpoint)
         meta = checkpoint.meta
@@ -239,6 +245,7 @@ class ImageClassifier:
                 "prebuilt_fallback": fallback,
                 "batch_buckets": list(config.batch_buckets),
             },
+            graphs_before,
         )
         warmup = classifier._warm_up()
         classifier.info |= {
@@ -254,9 +261,11 @@ class ImageClassifier:
 
     @property
     def compiled_graphs(self) -> int:
-        """Graphs torch.compile has made in this process: fixed after the warm-up when all is
-        well (0 with prebuilt models); a rise under load means a request paid for compiling."""
-        return counters["stats"]["unique_graphs"]
+        """Graphs torch.compile has made in this process since this classifier began loading:
+        fixed after the warm-up when all is well (0 with prebuilt models); a rise under load
+        means a request paid for compiling. (Dynamo counts per process: graphs another
+        classifier of the same process compiles meanwhile count too.)"""
+        return _graphs_made() - self._graphs_before
 
     def _warm_up(self) -> dict[str, float]:
         """Each bucket once, from the same preprocessing output and through the same padding

@@ -280,7 +280,8 @@ def test_inprocess_backend_serves_the_same_archives(tiny_archives, gateway):
 def test_the_gateway_exports_the_runtime_each_worker_reports(gateway, tiny_trained):
     assert httpx.get(f"{gateway.url}/readyz", timeout=30).status_code == 200
     for model, runtime in (("eca_resnet50", "aot"), ("se_resnet50", "openvino")):
-        assert metric(gateway.url, "gateway_model_runtime", model=model, runtime=runtime) == 1
+        exported_runtime = {"model": model, "runtime": runtime, "precision": "fp32"}
+        assert metric(gateway.url, "gateway_model_runtime", **exported_runtime) == 1
         # prebuilt models: the worker process never compiled a graph, before or after answers
         asyncio.run(send_all(gateway.url, model, labelled_images(3, seed=5)[0], concurrency=3))
         exported = httpx.get(f"{gateway.url}/metrics", timeout=30).text

@@ -85,6 +85,7 @@ def test_a_low_precision_archive_passes_its_gate_and_serves_in_that_precision(
     assert read_model_config(archive)["handler"]["precision"] == precision
 
     config = load_archive(archive, tmp_path / "unpacked")
+    torch.compile(torch.nn.Linear(2, 2))(torch.ones(1, 2))  # a graph of the process, not its
     classifier = ImageClassifier.load(config)
     assert (classifier.info["runtime"], classifier.info["precision"]) == (served, precision)
     images, labels = held_out
