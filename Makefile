@@ -65,6 +65,7 @@ bench-all: bench system-deps
 	$(PY) -m bench.torchserve_direct
 	$(PY) -m bench.gateway
 	$(PY) -m bench.capacity
+	$(PY) -m bench.scaleout
 	$(PY) -m bench.memory
 	$(PY) -m bench.decode
 	$(PY) -m bench.precision

@@ -10,8 +10,8 @@ from typing import Any
 import uvicorn
 
 from service.app import create_app
-from service.backends.base import WorkerFacts
-from service.schemas import READY
+from service.backends.base import WorkerFacts, one_endpoint
+from service.schemas import READY, EndpointStatus
 from service.settings import GatewaySettings
 from service.uploads import Upload
 
@@ -39,6 +39,9 @@ class NullBackend:
 
     async def readiness(self) -> dict[str, str]:
         return dict.fromkeys(self.models, READY)
+
+    def endpoints(self) -> dict[str, list[EndpointStatus]]:
+        return one_endpoint("null", dict.fromkeys(self.models, READY))
 
     def worker_facts(self) -> dict[str, WorkerFacts]:
         facts = WorkerFacts(

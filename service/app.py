@@ -13,6 +13,7 @@ from model_store.zoo.registry import get_spec
 
 from .backends.base import Backend
 from .backends.circuit import CircuitBreaker
+from .backends.endpoints import Discovery
 from .backends.torchserve_client import RENEWAL_FAILED, RENEWED, TorchServeBackend
 from .deps import Gateway
 from .dispatcher import Dispatcher
@@ -24,6 +25,9 @@ from .settings import GatewaySettings
 from .timing import ServerTiming
 
 log = logging.getLogger(__name__)
+
+MAX_ENDPOINTS = 64
+"""TorchServes one gateway keeps connections to (its pool's size, not a limit on finding)."""
 
 
 def build_backend(settings: GatewaySettings, metrics: GatewayMetrics) -> Backend:
@@ -40,17 +44,23 @@ def build_backend(settings: GatewaySettings, metrics: GatewayMetrics) -> Backend
     for kind in RENEWABLE_KINDS:  # every series from the start, so rate() sees the first failure
         for outcome in (RENEWED, RENEWAL_FAILED):
             metrics.key_renewals.labels(kind, outcome)
-    return TorchServeBackend(
-        settings.models,
+    discovery = Discovery(
         settings.torchserve_inference_url,
         settings.torchserve_management_url,
+        dns=settings.torchserve_discovery == "dns",
+    )
+    return TorchServeBackend(
+        settings.models,
+        discovery,
         KeyRing(settings.torchserve_key_file, settings.torchserve_token),
         timeout_s=settings.backend_timeout_s,
         breakers=lambda: CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s),
         readiness_timeout_s=settings.readiness_timeout_s,
         max_batch_size=settings.max_batch_size,
-        max_connections=len(settings.models) * settings.max_concurrent_batches + 8,
+        # a safety net only: the batchers bound the batches in flight (per ready endpoint)
+        max_connections=len(settings.models) * settings.max_concurrent_batches * MAX_ENDPOINTS + 8,
         on_key_renewal=lambda kind, outcome: metrics.key_renewals.labels(kind, outcome).inc(),
+        refresh_s=settings.discovery_interval_s,
     )
 
 
@@ -73,6 +83,7 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
         chosen = backend or build_backend(settings, metrics)
         await chosen.start()
         metrics.watch_workers(chosen.worker_facts)
+        metrics.watch_endpoints(chosen.endpoints)
         dispatcher = Dispatcher(chosen, settings, metrics)
         app.state.gateway = Gateway(
             settings, chosen, dispatcher, metrics, describe_models(settings.models)

@@ -3,8 +3,9 @@
 After Ray Serve's ``@serve.batch`` and LitServe: independent of HTTP and of the model. Knobs:
 ``max_batch_size``, ``max_wait_s`` (the longest the first item of a batch waits for company) and,
 optionally, a ``cost`` per item with ``max_batch_cost`` (an item that would push a batch past it
-starts the next batch instead). At most ``max_concurrent_batches`` batches are in flight; while
-they are, new items wait in a bounded queue (so batches grow under load), and when that queue
+starts the next batch instead). At most ``max_concurrent_batches`` batches are in flight (a
+number, or a function read before each batch: the ready endpoints found so far); while they
+are, new items wait in a bounded queue (so batches grow under load), and when that queue
 cannot take a submission ``submit_many`` refuses all of it at once with ``QueueFull``, never
 part of it. A batch's exception reaches every future of that batch and no other; an item whose
 caller went away (cancelled) before dispatch is dropped, and after dispatch its answer is
@@ -26,6 +27,7 @@ Two policies decide how long a batch waits for company:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import math
@@ -75,6 +77,9 @@ class _Pending(Generic[T, R]):
 
 Policy = Literal["deadline", "fixed"]
 
+SLOT_RECHECK_S = 0.5
+"""How soon a batch waiting for a slot sees a larger allowance when no batch ends meanwhile."""
+
 
 class Batcher(Generic[T, R]):
     def __init__(
@@ -84,7 +89,7 @@ class Batcher(Generic[T, R]):
         max_batch_size: int,
         max_wait_s: float,
         max_queue: int,
-        max_concurrent_batches: int = 1,
+        max_concurrent_batches: int | Callable[[], int] = 1,
         cost: Callable[[T], int] = lambda _: 1,
         max_batch_cost: int | None = None,
         on_dequeue: Callable[[float], None] = lambda _: None,
@@ -100,7 +105,7 @@ class Batcher(Generic[T, R]):
             raise ValueError(
                 f"max_queue ({max_queue}) must be >= max_batch_size ({max_batch_size})"
             )
-        if max_concurrent_batches < 1:
+        if isinstance(max_concurrent_batches, int) and max_concurrent_batches < 1:
             raise ValueError(f"max_concurrent_batches must be >= 1, got {max_concurrent_batches}")
         if max_batch_cost is not None and max_batch_cost < 1:
             raise ValueError(f"max_batch_cost must be >= 1, got {max_batch_cost}")
@@ -115,13 +120,22 @@ class Batcher(Generic[T, R]):
         self.on_dequeue = on_dequeue
         self.policy = policy
         self.estimate = estimate
-        self.max_concurrent_batches = max_concurrent_batches
+        self._concurrency = (
+            max_concurrent_batches
+            if callable(max_concurrent_batches)
+            else lambda: max_concurrent_batches
+        )
         self.name = name
         self._queue: asyncio.Queue[_Pending[T, R]] = asyncio.Queue()
         self._next: _Pending[T, R] | None = None  # taken off the queue, opens the next batch
         self._worker: asyncio.Task[None] | None = None
         self._running: dict[asyncio.Task[None], tuple[float, int]] = {}  # -> (started, size)
-        self._slots = asyncio.Semaphore(max_concurrent_batches)
+        self._slot_freed = asyncio.Event()
+
+    @property
+    def max_concurrent_batches(self) -> int:
+        """Batches allowed in flight now (at least one)."""
+        return max(1, self._concurrency())
 
     @property
     def depth(self) -> int:
@@ -245,7 +259,7 @@ class Batcher(Generic[T, R]):
 
     async def _loop(self) -> None:
         while True:
-            await self._slots.acquire()  # wait for a free slot before forming the next batch
+            await self._free_slot()  # before forming the next batch
             batch = [await self._take(None)]
             cost = self.cost(batch[0].item)
             formed = time.perf_counter()
@@ -263,15 +277,23 @@ class Batcher(Generic[T, R]):
                 batch.append(pending)
             live = [p for p in batch if not p.future.done()]  # callers that gave up are dropped
             if not live:
-                self._slots.release()
                 continue
             task = asyncio.create_task(self._run(live))
             self._running[task] = (time.perf_counter(), len(live))
             task.add_done_callback(self._batch_done)
 
+    async def _free_slot(self) -> None:
+        """Until fewer batches run than allowed; the allowance is read again when a batch ends
+        and every ``SLOT_RECHECK_S`` (it grows when an endpoint is found, with nothing ending)."""
+        while len(self._running) >= self.max_concurrent_batches:
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):  # not wait_for: 3.11's may lose a cancel
+                async with asyncio.timeout(SLOT_RECHECK_S):
+                    await self._slot_freed.wait()
+
     def _batch_done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
-        self._slots.release()
+        self._slot_freed.set()
 
     async def _run(self, batch: list[_Pending[T, R]]) -> None:
         started = time.perf_counter()

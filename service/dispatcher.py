@@ -16,7 +16,7 @@ from typing import Any
 
 from model_store.worker.protocol import PROBABILITIES_FIELD
 
-from .backends.base import Backend, BackendError
+from .backends.base import Backend, BackendError, ready_endpoints
 from .batcher import Batcher, BatchInfo, DeadlineUnmeetable
 from .cost_model import BatchCostModel
 from .metrics import GatewayMetrics
@@ -47,6 +47,7 @@ class Dispatcher:
     ) -> None:
         self.backend = backend
         self.metrics = metrics
+        self.max_concurrent_batches = settings.max_concurrent_batches
         self.costs = {model: BatchCostModel() for model in settings.models}
         self._recovering: set[str] = set()  # models whose last batch failed
         self.batchers: dict[str, Batcher[ImageJob, dict[str, Any]]] = {}
@@ -56,7 +57,7 @@ class Dispatcher:
                 max_batch_size=settings.max_batch_size,
                 max_wait_s=settings.max_batch_delay_ms / 1000,
                 max_queue=settings.queue_limit,
-                max_concurrent_batches=settings.max_concurrent_batches,
+                max_concurrent_batches=partial(self._concurrency, model),
                 cost=lambda job: job.upload.pixels,
                 max_batch_cost=settings.max_batch_pixels,
                 on_dequeue=metrics.queue_wait.labels(model).observe,
@@ -66,6 +67,12 @@ class Dispatcher:
             )
             self.batchers[model] = batcher
             metrics.queue_depth.labels(model).set_function(lambda b=batcher: b.depth)
+
+    def _concurrency(self, model: str) -> int:
+        """Batches of ``model`` in flight at once: ``max_concurrent_batches`` per ready
+        endpoint (one while none is ready: its batch finds out, and its breaker decides)."""
+        ready = ready_endpoints(self.backend.endpoints().get(model, []))
+        return self.max_concurrent_batches * max(1, ready)
 
     async def _run_batch(self, model: str, jobs: list[ImageJob]) -> list[dict[str, Any]]:
         """One backend call at the batch's largest top_k (probabilities if any job asks); each

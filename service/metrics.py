@@ -9,12 +9,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .backends.base import WorkerFacts
+from .backends.base import WorkerFacts, ready_endpoints
+from .schemas import EndpointStatus
 
 UNKNOWN_MODEL = "_unknown"
 """The ``model`` label of requests for a model that is not served (bounded label values)."""
@@ -142,6 +143,54 @@ class GatewayMetrics:
         ``gateway_worker_compiled_graphs{model}`` (graphs compiled in its process as of its last
         answer: a rise under load is a request that paid for compiling)."""
         self.registry.register(_WorkerCollector(facts))
+
+    def watch_endpoints(self, endpoints: Callable[[], dict[str, list[EndpointStatus]]]) -> None:
+        """Per model, ``gateway_backend_endpoints{model}`` (ready endpoints); per model and
+        endpoint, batches in flight, answered, failed and their summed duration."""
+        self.registry.register(_EndpointCollector(endpoints))
+
+
+class _EndpointCollector(Collector):
+    """Read from the backend at each scrape: an endpoint that is gone has no series left (a
+    cluster's pods come and go; their series must not pile up)."""
+
+    def __init__(self, endpoints: Callable[[], dict[str, list[EndpointStatus]]]) -> None:
+        self.endpoints = endpoints
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model", "endpoint"]
+        ready = GaugeMetricFamily(
+            "gateway_backend_endpoints",
+            "Ready endpoints (TorchServes) serving each model",
+            labels=["model"],
+        )
+        in_flight = GaugeMetricFamily(
+            "gateway_backend_endpoint_in_flight", "Batches in flight per endpoint", labels=labels
+        )
+        batches = CounterMetricFamily(
+            "gateway_backend_endpoint_batches",
+            "Batches each endpoint answered since the gateway found it",
+            labels=labels,
+        )
+        failures = CounterMetricFamily(
+            "gateway_backend_endpoint_failures",
+            "Batches that failed on each endpoint since the gateway found it",
+            labels=labels,
+        )
+        busy = CounterMetricFamily(
+            "gateway_backend_endpoint_busy_seconds",
+            "Summed duration of each endpoint's batches (over batches: its mean batch time)",
+            labels=labels,
+        )
+        for model, statuses in sorted(self.endpoints().items()):
+            ready.add_metric([model], ready_endpoints(statuses))
+            for status in statuses:
+                where = [model, status.endpoint]
+                in_flight.add_metric(where, status.in_flight)
+                batches.add_metric(where, status.batches)
+                failures.add_metric(where, status.failures)
+                busy.add_metric(where, status.busy_seconds)
+        yield from (ready, in_flight, batches, failures, busy)
 
 
 class _WorkerCollector(Collector):

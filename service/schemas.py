@@ -52,6 +52,7 @@ class ModelInfo(BaseModel):
         description="what it computes in: fp32 (the model's own answers), bf16 or int8 "
         "(approximate: the archive's fidelity gate bounds how far); null until reported",
     )
+    endpoints: int = Field(0, description="ready endpoints (TorchServes) serving it")
 
 
 class ModelList(BaseModel):
@@ -62,16 +63,29 @@ class Health(BaseModel):
     status: str
 
 
+class EndpointStatus(BaseModel):
+    """One place a model is served: a TorchServe the gateway found, or its own process."""
+
+    endpoint: str = Field(description="the TorchServe's inference URL, or the backend's name")
+    status: str = Field(description='"ready", or why not, as of the last check')
+    in_flight: int = Field(0, description="batches sent to it and not yet answered")
+    batches: int = Field(0, description="batches it answered since the gateway found it")
+    failures: int = Field(0, description="batches that failed on it since then")
+    busy_seconds: float = Field(0.0, description="the summed duration of those batches")
+
+
 class Readiness(BaseModel):
     status: str = Field(description='"ready" (at least one model is) or "not_ready"')
     backend: str
     models: dict[str, str] = Field(description='per model: "ready", or why not')
+    endpoints: dict[str, int] = Field(description="per model: how many endpoints are ready")
 
 
 class ModelReadiness(BaseModel):
     model: str
     ready: bool
     status: str = Field(description='"ready", or why not')
+    endpoints: list[EndpointStatus] = Field(description="every endpoint the gateway knows")
 
 
 class ErrorDetail(BaseModel):

@@ -26,9 +26,14 @@ class GatewaySettings(BaseSettings):
     backend: Literal["torchserve", "inprocess"] = "torchserve"
     models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_MODELS))
 
-    # TorchServe backend
+    # TorchServe backend: one URL, a comma-separated list (one management URL per inference
+    # URL), or with discovery "dns" every address of the inference URL's host name (a headless
+    # Service, compose's service name under --scale), found again every discovery_interval_s
     torchserve_inference_url: str = "http://127.0.0.1:8080"
     torchserve_management_url: str = "http://127.0.0.1:8081"
+    torchserve_discovery: Literal["static", "dns"] = "static"
+    discovery_interval_s: float = Field(2.0, gt=0, le=60)
+    # keys are one TorchServe's: with several, turn their token authorization off or use a token
     torchserve_key_file: Path | None = DEFAULT_RUN_DIR / KEY_FILE_NAME
     torchserve_token: str | None = None  # used when no key file is given (e.g. a k8s Secret)
 
@@ -41,7 +46,8 @@ class GatewaySettings(BaseSettings):
     max_batch_size: int = Field(DEFAULT_MAX_BATCH_SIZE, ge=1, le=256)
     # the longest a batch waits for company (always, with the fixed policy)
     max_batch_delay_ms: float = Field(5.0, ge=0, le=1000)
-    # batches in flight per model: its worker count (one more only pipelines the HTTP hop)
+    # batches in flight per model and ready endpoint: its worker count there (one more only
+    # pipelines the HTTP hop); the total follows the endpoints the gateway finds
     max_concurrent_batches: int = Field(1, ge=1, le=64)
     queue_limit: int = Field(64, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
@@ -124,6 +130,18 @@ class GatewaySettings(BaseSettings):
     @model_validator(mode="after")
     def _limits_are_consistent(self) -> GatewaySettings:
         self.limits  # noqa: B018 -- raises ValueError when max_batch_pixels < max_pixels
+        return self
+
+    @model_validator(mode="after")
+    def _keys_of_one_torchserve(self) -> GatewaySettings:
+        several = self.torchserve_discovery == "dns" or "," in self.torchserve_inference_url
+        if several and self.torchserve_key_file is not None:
+            raise ValueError(
+                "a TorchServe key file holds one TorchServe's keys: with several endpoints, "
+                "run them with token authorization off (disable_token_authorization=true, as "
+                "the worker container does) or with one shared token (torchserve_token), and "
+                "set torchserve_key_file empty"
+            )
         return self
 
     @model_validator(mode="after")

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from model_store.zoo.precision import DEFAULT_PRECISION
 
-from ..schemas import ErrorResponse, ImageResult
+from ..schemas import READY, EndpointStatus, ErrorResponse, ImageResult
 from ..uploads import Upload
 
 
@@ -136,3 +136,17 @@ class Backend(Protocol):
     def worker_facts(self) -> dict[str, WorkerFacts]:
         """Per model whose worker has reported: what it says about itself (runtime, size)."""
         ...
+
+    def endpoints(self) -> dict[str, list[EndpointStatus]]:
+        """Per served model: every place it is served, as of the last readiness check (the
+        batcher runs one batch at a time per ready endpoint)."""
+        ...
+
+
+def one_endpoint(name: str, states: dict[str, str]) -> dict[str, list[EndpointStatus]]:
+    """``endpoints()`` of a backend that serves each model in one place."""
+    return {model: [EndpointStatus(endpoint=name, status=state)] for model, state in states.items()}
+
+
+def ready_endpoints(statuses: list[EndpointStatus]) -> int:
+    return sum(status.status == READY for status in statuses)

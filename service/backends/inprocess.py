@@ -15,9 +15,15 @@ from typing import Any
 from model_store.worker.archive import load_archive
 from model_store.worker.classifier import ImageClassifier, tensor_input
 
-from ..schemas import READY
+from ..schemas import READY, EndpointStatus
 from ..uploads import Upload
-from .base import BackendTimeout, WorkerFacts, check_results, serving_mismatch
+from .base import (
+    BackendTimeout,
+    WorkerFacts,
+    check_results,
+    one_endpoint,
+    serving_mismatch,
+)
 
 
 class InProcessBackend:
@@ -86,6 +92,12 @@ class InProcessBackend:
         return dict(self._facts)
 
     async def readiness(self) -> dict[str, str]:
+        return self._states()
+
+    def endpoints(self) -> dict[str, list[EndpointStatus]]:
+        return one_endpoint("inprocess", self._states())
+
+    def _states(self) -> dict[str, str]:
         return {
             m: READY if m in self._classifiers else self._errors.get(m, "loading")
             for m in self.models

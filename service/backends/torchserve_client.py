@@ -1,9 +1,13 @@
 """The product path: batches go to TorchServe as one multipart request each.
 
+Every TorchServe found (``endpoints.py``: a list of URLs, or every address of a DNS name) gets
+batches, each batch the ready one with the fewest in flight; a batch that reached none of them
+(connection refused) is sent to the next, one that may have been computed is never sent twice.
 One pooled ``httpx.AsyncClient``; token authorization (keys from TorchServe's key file, each
 renewed with its API key before it expires and again when TorchServe refuses it: see
 ``model_store.worker.keys``); a circuit breaker per model so a dead worker means fast 503s for its
-model only. TorchServe's raw answers go to the log, never into a client's error message.
+model and endpoint only. TorchServe's raw answers go to the log, never into a client's error
+message.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from model_store.worker.protocol import (
     model_ready,
 )
 
-from ..schemas import READY
+from ..schemas import READY, EndpointStatus
 from ..uploads import Upload
 from .base import (
     BackendError,
@@ -40,6 +44,7 @@ from .base import (
     serving_mismatch,
 )
 from .circuit import CircuitBreaker
+from .endpoints import Discovery, Endpoint, EndpointSet
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,11 @@ CONNECT_TIMEOUT_S = 2.0
 
 class LocalPoolExhausted(BackendUnavailable):
     """Every pooled connection is busy: the gateway's own limit, no verdict on the worker."""
+
+
+class Unreached(BackendUnavailable):
+    """Nothing reached the TorchServe (connection refused or not made in time): the batch may
+    go to another one, nothing was computed twice."""
 
 
 class KeyRefused(BackendUnavailable):
@@ -77,8 +87,7 @@ class TorchServeBackend:
     def __init__(
         self,
         models: list[str],
-        inference_url: str,
-        management_url: str,
+        discovery: Discovery,
         keys: KeyRing,
         timeout_s: float,
         breakers: Callable[[], CircuitBreaker],
@@ -86,43 +95,133 @@ class TorchServeBackend:
         max_batch_size: int = 1,
         max_connections: int = 64,
         on_key_renewal: Callable[[str, str], None] = lambda kind, outcome: None,
+        refresh_s: float = 2.0,
     ) -> None:
         self.models = models
-        self.inference_url = inference_url.rstrip("/")
-        self.management_url = management_url.rstrip("/")
+        self.discovery = discovery
         self.keys = keys
         self.timeout_s = timeout_s
-        self.breakers = {model: breakers() for model in models}
+        self.cooldown_s = breakers().cooldown_s
+        self.found = EndpointSet(models, breakers)
+        if not discovery.dns:
+            self.found.update(discovery.static)  # known before the first check
         self.readiness_timeout_s = readiness_timeout_s
         self.max_batch_size = max_batch_size
         self.on_key_renewal = on_key_renewal
+        self.refresh_s = refresh_s
         self._renewing = {kind: asyncio.Lock() for kind in RENEWABLE_KINDS}
-        self._facts: dict[str, WorkerFacts] = {}  # per model, while its worker is ready
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S),
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
         )
-        self._readiness: tuple[float, dict[str, str]] = (0.0, {})
+        self._checking = asyncio.Lock()
+        self._checked_at: float | None = None
+        self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        return None
+        """Finds the endpoints and checks them now, then every ``refresh_s``: an endpoint
+        added while the gateway runs gets work within seconds, one that goes away gets none."""
+        await self.readiness()
+        self._refresher = asyncio.create_task(self._keep_current(), name="endpoint-refresh")
 
     async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
         await self._client.aclose()
+
+    async def _keep_current(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            try:
+                await self._check_all()
+            except Exception:  # the next round tries again; serving goes on meanwhile
+                log.exception("checking the TorchServe endpoints failed")
 
     async def classify(
         self, model: str, inputs: Sequence[Upload], top_k: int, probabilities: bool = False
     ) -> list[dict[str, Any]]:
-        """One multipart request per batch, judged by this model's circuit breaker."""
-        breaker = self.breakers[model]
-        if (wait := breaker.acquire()) is not None:
-            raise BackendUnavailable(
-                f"the {model} worker is failing; circuit open for {wait:.1f} s more", wait
-            )
+        """One multipart request per batch, to the ready endpoint with the fewest batches in
+        flight whose circuit breaker lets it through; sent on to the next only when it reached
+        none (``Unreached``)."""
+        tried: list[Endpoint] = []
+        unreached: Unreached | None = None
+        while True:
+            try:
+                endpoint = self._acquire(model, tried)
+            except BackendUnavailable:
+                if unreached is not None:  # no other endpoint to try: what the last one did
+                    raise unreached from None
+                raise
+            tried.append(endpoint)
+            try:
+                return await self._classify_on(endpoint, model, inputs, top_k, probabilities)
+            except Unreached as exc:
+                unreached = exc
+                log.warning("%s unreachable; the %s batch tries another", endpoint.name, model)
+
+    def _acquire(self, model: str, tried: list[Endpoint]) -> Endpoint:
+        """The first candidate not tried yet whose breaker lets the batch through."""
+        waits = []
+        for endpoint in self.found.candidates(model):
+            if endpoint in tried:
+                continue
+            if (wait := endpoint.breakers[model].acquire()) is None:
+                return endpoint
+            waits.append(wait)
+        if not waits:
+            raise BackendUnavailable(f"no TorchServe found for {model}", self.cooldown_s)
+        wait = min(waits)
+        raise BackendUnavailable(
+            f"the {model} worker is failing; circuit open for {wait:.1f} s more", wait
+        )
+
+    async def _classify_on(
+        self,
+        endpoint: Endpoint,
+        model: str,
+        inputs: Sequence[Upload],
+        top_k: int,
+        probabilities: bool,
+    ) -> list[dict[str, Any]]:
+        """One batch on one endpoint, judged by its breaker for this model, and counted."""
+        breaker = endpoint.breakers[model]
+        endpoint.in_flight[model] += 1
+        started = time.perf_counter()
         try:
-            response = await self._post(model, inputs, top_k, probabilities)
+            results = await self._judged(
+                breaker,
+                endpoint,
+                model,
+                (len(inputs), probabilities),
+                self._post(endpoint, model, inputs, top_k, probabilities),
+            )
+        except BackendError as exc:
+            if exc.reached:
+                endpoint.failures[model] += 1
+            raise
+        else:
+            endpoint.batches[model] += 1
+            return results
+        finally:
+            endpoint.in_flight[model] -= 1
+            endpoint.busy_seconds[model] += time.perf_counter() - started
+
+    async def _judged(
+        self,
+        breaker: CircuitBreaker,
+        endpoint: Endpoint,
+        model: str,
+        expected: tuple[int, bool],
+        sent: Awaitable[httpx.Response],
+    ) -> list[dict[str, Any]]:
+        """The results of the request ``sent``, if they are what was ``expected`` (how many,
+        with probabilities or not); each failure of the worker's is a verdict for ``breaker``."""
+        count, probabilities = expected
+        try:
+            response = await sent
         except (LocalPoolExhausted, KeyRefused):  # the gateway's own trouble: no verdict
             breaker.release()
             raise
@@ -134,7 +233,13 @@ class TorchServeBackend:
             raise
         status = response.status_code
         if status != 200:
-            log.warning("TorchServe answered %d for %s: %.300s", status, model, response.text)
+            log.warning(
+                "TorchServe %s answered %d for %s: %.300s",
+                endpoint.name,
+                status,
+                model,
+                response.text,
+            )
             if status >= 500:
                 breaker.record_failure()
                 raise BackendUnavailable(
@@ -144,43 +249,51 @@ class TorchServeBackend:
             raise BadBackendResponse(f"TorchServe refused the batch with HTTP {status}")
         try:
             answer = _answer(response)
-            results = check_results(answer.get(RESULTS_FIELD), len(inputs), probabilities)
+            results = check_results(answer.get(RESULTS_FIELD), count, probabilities)
         except BadBackendResponse:
             breaker.record_failure()
             log.warning("malformed TorchServe answer for %s: %.300s", model, response.text)
             raise
         breaker.record_success()
         compiled = answer.get(COMPILED_GRAPHS_FIELD)
-        if model in self._facts and isinstance(compiled, int):
-            self._facts[model] = self._facts[model].model_copy(update={"compiled_graphs": compiled})
+        if model in endpoint.facts and isinstance(compiled, int):
+            endpoint.facts[model] = endpoint.facts[model].model_copy(
+                update={"compiled_graphs": compiled}
+            )
         return results
 
     async def _post(
-        self, model: str, inputs: Sequence[Upload], top_k: int, probabilities: bool
+        self,
+        endpoint: Endpoint,
+        model: str,
+        inputs: Sequence[Upload],
+        top_k: int,
+        probabilities: bool,
     ) -> httpx.Response:
         files = [
             (input_field(item.kind, i), (f"{i}", item.data, "application/octet-stream"))
             for i, item in enumerate(inputs)
         ]
         fields = {TOP_K_FIELD: str(top_k)} | ({PROBABILITIES_FIELD: "1"} if probabilities else {})
-        url = f"{self.inference_url}/predictions/{model}"
+        url = f"{endpoint.address.inference_url}/predictions/{model}"
         return await self._with_key(
-            "inference", lambda headers: self._send(model, url, files, fields, headers)
+            "inference", endpoint, lambda headers: self._send(url, files, fields, headers)
         )
 
-    async def _with_key(self, kind: str, send: Send) -> httpx.Response:
+    async def _with_key(self, kind: str, endpoint: Endpoint, send: Send) -> httpx.Response:
         """``send`` with the current ``kind`` key, renewed first when it is about to expire.
         TorchServe refuses an expired key before computing anything, so a refused request is
-        sent once more with a renewed key."""
+        sent once more with a renewed key. (Keys are one TorchServe's: the settings allow a
+        key file with one endpoint only.)"""
         if self.keys.due(kind):  # still valid a while: a failure is logged, counted, retried
             with contextlib.suppress(KeyRefused):
-                await self._renew(kind, self.keys.current(kind))
+                await self._renew(kind, endpoint, self.keys.current(kind))
         sent = self.keys.current(kind)
         response = await send(bearer(sent))
         if not key_refused(response.status_code, response.content):
             return response
         log.warning("TorchServe refused the gateway's %s key; renewing it", kind)
-        await self._renew(kind, sent)
+        await self._renew(kind, endpoint, sent)
         response = await send(self.keys.headers(kind))
         if key_refused(response.status_code, response.content):
             raise KeyRefused(
@@ -188,7 +301,7 @@ class TorchServeBackend:
             )
         return response
 
-    async def _renew(self, kind: str, stale: str | None) -> None:
+    async def _renew(self, kind: str, endpoint: Endpoint, stale: str | None) -> None:
         """A new ``kind`` key from TorchServe, unless ``stale`` was replaced meanwhile (another
         request renewed it, or TorchServe restarted with new keys). One renewal at a time."""
         async with self._renewing[kind]:
@@ -197,7 +310,7 @@ class TorchServeBackend:
             try:
                 renewal = self.keys.renewal(kind)
                 response = await self._client.post(
-                    f"{self.management_url}{renewal.pop('path')}",
+                    f"{endpoint.address.management_url}{renewal.pop('path')}",
                     timeout=self.readiness_timeout_s,
                     **renewal,
                 )
@@ -214,7 +327,6 @@ class TorchServeBackend:
 
     async def _send(
         self,
-        model: str,
         url: str,
         files: list[tuple[str, tuple[str, bytes, str]]],
         fields: dict[str, str],
@@ -227,14 +339,10 @@ class TorchServeBackend:
             return await self._client.post(url, files=files, data=fields, headers=headers)
         except httpx.ConnectError:
             if refused_retries:
-                return await self._send(model, url, files, fields, headers, refused_retries - 1)
-            raise BackendUnavailable(
-                "cannot reach TorchServe (ConnectError)", self.breakers[model].cooldown_s
-            ) from None
+                return await self._send(url, files, fields, headers, refused_retries - 1)
+            raise Unreached("cannot reach TorchServe (ConnectError)", self.cooldown_s) from None
         except httpx.ConnectTimeout:
-            raise BackendUnavailable(
-                "cannot reach TorchServe (ConnectTimeout)", self.breakers[model].cooldown_s
-            ) from None
+            raise Unreached("cannot reach TorchServe (ConnectTimeout)", self.cooldown_s) from None
         except httpx.PoolTimeout:
             raise LocalPoolExhausted("no free connection to TorchServe", 1.0) from None
         except httpx.TimeoutException:
@@ -245,26 +353,64 @@ class TorchServeBackend:
             ) from None
 
     async def readiness(self) -> dict[str, str]:
-        """Per model: ready as ``protocol.model_ready`` says. All models are asked at
-        once, each within ``readiness_timeout_s``; cached for one second."""
-        checked_at, cached = self._readiness
-        if time.monotonic() - checked_at < 1.0 and cached:
-            return cached
-        states = await asyncio.gather(*(self._model_state(model) for model in self.models))
-        status = dict(zip(self.models, states, strict=True))
-        self._readiness = (time.monotonic(), status)
-        return status
+        """Per model: ready when at least one endpoint has it ready (``protocol.model_ready``),
+        else the first endpoint's reason. The endpoints are found again and every model of
+        each asked at once, each within ``readiness_timeout_s``; cached for one second."""
+        if self._checked_at is None or time.monotonic() - self._checked_at >= 1.0:
+            await self._check_all()
+        return {model: self._state(model) for model in self.models}
+
+    async def _check_all(self) -> None:
+        """Finds the endpoints again and asks each for every model's state (one check at a
+        time: probes and the refresh share it)."""
+        async with self._checking:
+            await self._find_and_check()
+            self._checked_at = time.monotonic()
+
+    async def _find_and_check(self) -> None:
+        try:
+            self.found.update(await self.discovery.addresses())
+        except OSError as exc:  # a DNS answer missed: keep serving the endpoints known
+            log.warning(
+                "finding the TorchServe endpoints failed (%s); keeping %d", exc, len(self.found)
+            )
+        await asyncio.gather(
+            *(self._check(endpoint, model) for endpoint in self.found for model in self.models)
+        )
+
+    def _state(self, model: str) -> str:
+        endpoints = list(self.found)
+        if not endpoints:
+            return f"no TorchServe found at {self.discovery.host}"
+        if any(endpoint.ready(model) for endpoint in endpoints):
+            return READY
+        return endpoints[0].states[model]
 
     def worker_facts(self) -> dict[str, WorkerFacts]:
-        return dict(self._facts)
+        """Per model: what its first ready endpoint reported, with the graphs compiled summed
+        over every endpoint."""
+        facts = {}
+        for model in self.models:
+            reported = [e.facts[model] for e in self.found if model in e.facts]
+            if reported:
+                counted = [f.compiled_graphs for f in reported if f.compiled_graphs is not None]
+                total = sum(counted) if counted else None
+                facts[model] = reported[0].model_copy(update={"compiled_graphs": total})
+        return facts
 
-    async def _describe(self, model: str, customized: bool) -> tuple[int, dict[str, Any]]:
+    def endpoints(self) -> dict[str, list[EndpointStatus]]:
+        return {model: [e.status(model) for e in self.found] for model in self.models}
+
+    async def _describe(
+        self, endpoint: Endpoint, model: str, customized: bool
+    ) -> tuple[int, dict[str, Any]]:
         """TorchServe's description of ``model``; ``customized`` asks its worker too (the
         handler's ``describe_handle``: a round trip to a worker that may be busy, so once)."""
         response = await self._with_key(
             "management",
+            endpoint,
             lambda headers: self._client.get(
-                f"{self.management_url}/models/{model}",
+                f"{endpoint.address.management_url}/models/{model}",
                 params={"customized": "true"} if customized else None,
                 headers=headers,
                 timeout=self.readiness_timeout_s,
@@ -272,18 +418,21 @@ class TorchServeBackend:
         )
         return response.status_code, response.json()[0] if response.status_code == 200 else {}
 
-    async def _model_state(self, model: str) -> str:
+    async def _check(self, endpoint: Endpoint, model: str) -> None:
+        endpoint.states[model] = await self._model_state(endpoint, model)
+
+    async def _model_state(self, endpoint: Endpoint, model: str) -> str:
         """Ready: a READY worker whose batching agrees with the gateway's (checked once per
         worker start against what the worker itself reports)."""
         try:
-            status, description = await self._describe(model, customized=False)
+            status, description = await self._describe(endpoint, model, customized=False)
             if not model_ready(description):
-                self._facts.pop(model, None)
+                endpoint.facts.pop(model, None)
                 return f"no ready worker (HTTP {status})"
-            if model not in self._facts:
-                _, described = await self._describe(model, customized=True)
+            if model not in endpoint.facts:
+                _, described = await self._describe(endpoint, model, customized=True)
                 reported = described["customizedMetadata"]  # JSON text in some versions
-                self._facts[model] = WorkerFacts.model_validate(
+                endpoint.facts[model] = WorkerFacts.model_validate(
                     (json.loads(reported) if isinstance(reported, str) else reported)
                     | {"batch_size": described["batchSize"]}
                 )
@@ -291,7 +440,7 @@ class TorchServeBackend:
             return str(exc)
         except (httpx.HTTPError, ValueError, TypeError, LookupError, AttributeError) as exc:
             return f"TorchServe unreachable: {type(exc).__name__}"
-        if mismatch := serving_mismatch(self._facts[model], self.max_batch_size):
+        if mismatch := serving_mismatch(endpoint.facts[model], self.max_batch_size):
             log.error("%s cannot be served as configured: %s", model, mismatch)
             return f"misconfigured: {mismatch}"
         return READY

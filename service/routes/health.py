@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
+from ..backends.base import ready_endpoints
 from ..deps import ApiKeyDep, GatewayDep
 from ..inference import require_served
 from ..schemas import READY, ErrorResponse, Health, ModelReadiness, Readiness
@@ -27,12 +28,15 @@ def not_ready(body: BaseModel) -> JSONResponse:
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(gateway: GatewayDep) -> Readiness | JSONResponse:
     """Ready while at least one served model has a ready worker: one model whose worker is down
-    must not take the others off the air. ``models`` says which are ready; per model, see
-    ``GET /v1/models/{model}/ready``."""
+    must not take the others off the air. ``models`` says which are ready, ``endpoints`` on how
+    many TorchServes; per model and endpoint, see ``GET /v1/models/{model}/ready``."""
     models = await gateway.backend.readiness()
     ready = any(state == READY for state in models.values())
     body = Readiness(
-        status=READY if ready else "not_ready", backend=gateway.settings.backend, models=models
+        status=READY if ready else "not_ready",
+        backend=gateway.settings.backend,
+        models=models,
+        endpoints={m: ready_endpoints(e) for m, e in gateway.backend.endpoints().items()},
     )
     return body if ready else not_ready(body)
 
@@ -49,7 +53,12 @@ async def model_ready(
     key, as everything that names models: the probes are ``/healthz`` and ``/readyz``."""
     require_served(gateway, model)
     state = (await gateway.backend.readiness()).get(model, "unknown")
-    body = ModelReadiness(model=model, ready=state == READY, status=state)
+    body = ModelReadiness(
+        model=model,
+        ready=state == READY,
+        status=state,
+        endpoints=gateway.backend.endpoints().get(model, []),
+    )
     return body if body.ready else not_ready(body)
 
 

@@ -347,6 +347,41 @@ def test_stopping_the_worker_under_load_answers_what_was_in_flight(stack):
     assert "draining for 10 s before stopping TorchServe" in logs
 
 
+COUNT_INFERENCES = (
+    "import re, urllib.request\n"
+    "text = urllib.request.urlopen('http://127.0.0.1:8082/metrics', timeout=5).read().decode()\n"
+    "print(sum(map(float, re.findall(r'^ts_inference_requests_total{.*} (\\S+)$', text, re.M))))\n"
+)
+
+
+def test_scaled_to_two_workers_the_gateway_sends_both_work(stack):
+    """``--scale torchserve=2``: the gateway finds the second replica through compose's DNS
+    and both compute batches (each TorchServe's own request counter says so)."""
+    stack.compose("up", "-d", "--no-build", "--scale", "torchserve=2", "torchserve")
+
+    def endpoints() -> int:
+        response = httpx.get(f"{stack.url}/readyz", timeout=5)
+        return response.json().get("endpoints", {}).get("eca_resnet50", 0)
+
+    wait_for(lambda: endpoints() == 2, "both replicas ready behind the gateway", timeout=600)
+    replicas = stack.compose("ps", "-q", "torchserve").split()
+    assert len(replicas) == 2
+
+    def counts() -> list[float]:
+        return [
+            float(run(["docker", "exec", r, "python", "-c", COUNT_INFERENCES], stack.env))
+            for r in replicas
+        ]
+
+    before = counts()
+    images, labels = labelled_images(40, seed=35)
+    responses = asyncio.run(send_all(stack.url, "eca_resnet50", images, concurrency=8))
+    assert [top1(r) for r in responses] == labels
+    computed = [after - was for after, was in zip(counts(), before, strict=True)]
+    print(f"requests each replica computed: {computed}")
+    assert all(c > 0 for c in computed), computed
+
+
 def test_down_leaves_nothing_behind(stack):
     stack.compose("down", "-v", "--remove-orphans")
     label = f"label=com.docker.compose.project={PROJECT}"

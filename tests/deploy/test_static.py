@@ -247,14 +247,51 @@ def test_deployments_set_only_what_differs_from_the_defaults(where, compose, man
         environment = by_kind(manifests, "ConfigMap", "gateway-settings")["data"]
     defaults = GatewaySettings().model_dump()
     assert environment
+    effective = effective_settings(environment)  # settings that only hold together, together
     for name, value in environment.items():
         field = name.removeprefix("GATEWAY_").lower()
         assert field in defaults, name
         if value == f"${{{name}:-}}":  # the user's own value, passed through from the shell
             continue
-        assert getattr(effective_settings({name: value}), field) != defaults[field] or (
+        assert getattr(effective, field) != defaults[field] or (
             field == "models"  # named beside the worker's MODELS, which it must equal
         ), f"{name} repeats the default"
+
+
+@pytest.mark.parametrize("where", ["compose", "k8s"])
+def test_the_gateway_finds_every_worker_replica(where, compose, manifests):
+    """Replicas the HPA or `--scale` adds get work: the gateway resolves the workers' DNS name
+    to every replica (a headless Service in Kubernetes), and nothing a replica writes or
+    listens on is shared with another."""
+    if where == "compose":
+        environment = compose["services"]["gateway"]["environment"]
+        worker = compose["services"]["torchserve"]
+        assert "ports" not in worker  # nothing one replica holds: no host port, no named volume
+        assert all(":" not in volume for volume in worker.get("volumes", [])), worker["volumes"]
+    else:
+        environment = by_kind(manifests, "ConfigMap", "gateway-settings")["data"]
+        assert by_kind(manifests, "Service", "worker")["spec"]["clusterIP"] == "None"
+    settings = effective_settings(environment)
+    assert settings.torchserve_discovery == "dns" and settings.torchserve_key_file is None
+    assert "," not in settings.torchserve_inference_url
+
+
+def test_the_autoscalers_metrics_are_ones_the_gateway_exports():
+    """The prometheus-adapter rules (the gpu overlay's worker HPA scales on them) name series
+    the gateway really exports."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    from ..service.fakes import FakeBackend
+
+    rules = yaml.safe_load((DEPLOY / "k8s" / "prometheus-adapter-rules.yaml").read_text())
+    wanted = {
+        re.match(r"[a-z_]+", r["seriesQuery"].strip("'"))[0] for r in rules["rules"]["external"]
+    }
+    with TestClient(create_app(effective_settings({}), FakeBackend(["eca_resnet50"]))) as client:
+        exported = set(re.findall(r"^# TYPE (\S+) ", client.get("/metrics").text, flags=re.M))
+    assert wanted and wanted <= exported, wanted - exported
 
 
 def test_compose_keeps_monitoring_local_and_grafana_without_a_default_password(compose):

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from model_store.worker.images import ImageError, ImageLimits, load_upright_rgb, validate
-from service.backends.base import WorkerFacts
+from service.backends.base import WorkerFacts, one_endpoint
+from service.schemas import EndpointStatus
 from service.uploads import Upload
 
 FAKE_INPUT_SIZE = 16
@@ -87,6 +88,12 @@ class FakeBackend:
         }
 
     async def readiness(self) -> dict[str, str]:
+        return self._states()
+
+    def endpoints(self) -> dict[str, list[EndpointStatus]]:
+        return one_endpoint("fake", self._states())
+
+    def _states(self) -> dict[str, str]:
         ready = (
             self.ready if isinstance(self.ready, dict) else dict.fromkeys(self.models, self.ready)
         )

@@ -855,7 +855,18 @@ def test_readiness_is_per_model_and_ready_while_one_model_is():
             "model": "se_resnet50",
             "ready": False,
             "status": "worker restarting",
+            "endpoints": [
+                {
+                    "endpoint": "fake",
+                    "status": "worker restarting",
+                    "in_flight": 0,
+                    "batches": 0,
+                    "failures": 0,
+                    "busy_seconds": 0.0,
+                }
+            ],
         }
+        assert readyz.json()["endpoints"] == {"se_resnet50": 0, "eca_resnet50": 1}
         assert client.get("/v1/models/eca_resnet50/ready").json()["ready"] is True
         assert client.get("/v1/models/vgg16/ready").status_code == 404
         backend.ready = False

@@ -26,6 +26,7 @@ from service.backends.base import (
     check_results,
 )
 from service.backends.circuit import CircuitBreaker
+from service.backends.endpoints import Discovery
 from service.backends.inprocess import InProcessBackend
 from service.backends.torchserve_client import TorchServeBackend
 from service.settings import GatewaySettings
@@ -40,14 +41,18 @@ GOOD = {"predictions": [{"index": 1, "label": "cat", "score": 0.75}]}
 def backend_answering(answer: Callable[[httpx.Request], httpx.Response]) -> TorchServeBackend:
     backend = TorchServeBackend(
         MODELS,
-        "http://ts:8080",
-        "http://ts:8081",
+        Discovery("http://ts:8080", "http://ts:8081"),
         KeyRing(None),
         timeout_s=5,
         breakers=lambda: CircuitBreaker(2, cooldown_s=30),
     )
     backend._client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
     return backend
+
+
+def breaker_of(backend: TorchServeBackend, model: str) -> CircuitBreaker:
+    [endpoint] = backend.found
+    return endpoint.breakers[model]
 
 
 def results(*entries: object) -> Callable[[httpx.Request], httpx.Response]:
@@ -132,7 +137,7 @@ def test_4xx_never_opens_the_circuit_and_its_body_stays_in_the_log():
         with pytest.raises(BadBackendResponse) as raised:
             classify(backend)
         assert "HTTP 400" in str(raised.value) and not INTERNALS.search(str(raised.value))
-    assert backend.breakers["se_resnet50"].acquire() is None
+    assert breaker_of(backend, "se_resnet50").acquire() is None
 
 
 def test_5xx_opens_the_circuit_of_that_model_only():
@@ -162,7 +167,7 @@ def test_an_input_whose_output_is_not_finite_fails_alone_and_is_no_verdict_on_th
     backend = backend_answering(results(GOOD, nan))
     for _ in range(5):
         assert classify(backend, images=2) == [GOOD, nan]
-    assert backend.breakers["se_resnet50"].acquire() is None
+    assert breaker_of(backend, "se_resnet50").acquire() is None
 
 
 def test_malformed_answers_count_as_failures_and_success_only_after_parsing():
@@ -255,7 +260,7 @@ def test_a_ready_worker_is_described_once_and_its_runtime_exported(metadata_as_t
     answer, asked = describing(metadata_as_text=metadata_as_text)
     backend = backend_answering(answer)  # type: ignore[arg-type]
     for _ in range(2):
-        backend._readiness = (0.0, {})  # past the one-second cache
+        backend._checked_at = None  # past the one-second cache
         asyncio.run(backend.readiness())
     assert asked.count("/models/eca_resnet50?customized") == 1  # not on every probe
     assert "/models/se_resnet50?customized" not in asked  # no ready worker, nothing to ask

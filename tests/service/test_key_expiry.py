@@ -20,6 +20,7 @@ from model_store.worker.keys import (
     read_key_file,
 )
 from service.backends.circuit import CircuitBreaker
+from service.backends.endpoints import Discovery
 from service.backends.torchserve_client import TorchServeBackend
 
 from ..servers import STACK_MODELS, GatewayThread, gateway_settings
@@ -135,8 +136,7 @@ class SkewedKeyRing(KeyRing):
 def backend_for(server, keys: KeyRing, renewals: list[tuple[str, str]]) -> TorchServeBackend:
     return TorchServeBackend(
         list(STACK_MODELS),
-        server.inference_url,
-        server.management_url,
+        Discovery(server.inference_url, server.management_url),
         keys,
         timeout_s=30,
         breakers=lambda: CircuitBreaker(1, 30),

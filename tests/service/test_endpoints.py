@@ -1,0 +1,275 @@
+"""Finding TorchServe endpoints and spreading batches over them, against a resolver and HTTP
+transport the tests control (no network). The same against real TorchServes:
+``test_scaleout.py``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from model_store.worker.keys import KeyRing
+from service.backends.base import BackendUnavailable
+from service.backends.circuit import CircuitBreaker
+from service.backends.endpoints import Address, Discovery, EndpointSet
+from service.backends.torchserve_client import TorchServeBackend
+from service.batcher import Batcher
+from service.metrics import GatewayMetrics
+from service.schemas import READY
+from service.settings import GatewaySettings
+from service.uploads import Upload
+
+MODEL = "eca_resnet50"
+GOOD = {"predictions": [{"index": 1, "label": "cat", "score": 0.75}]}
+
+
+def described(ready: bool = True) -> list[dict[str, object]]:
+    return [
+        {
+            "batchSize": 1,
+            "workers": [{"status": "READY" if ready else "UNLOADING"}],
+            "customizedMetadata": {"runtime": "aot", "batch_buckets": [1, 2, 4, 8]},
+        }
+    ]
+
+
+class Fleet:
+    """TorchServes behind a mock transport, by host: which answer, which refuse connections,
+    and what each received."""
+
+    def __init__(self, *hosts: str) -> None:
+        self.hosts = list(hosts)  # what DNS answers
+        self.down: set[str] = set()  # connection refused
+        self.dropping: set[str] = set()  # the connection drops after the batch was sent
+        self.batches: Counter[str] = Counter()
+        self.delay_s = 0.0
+
+    async def resolve(self, host: str) -> list[str]:
+        assert host == "workers.test"
+        return list(self.hosts)
+
+    async def answer(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        if host in self.down:
+            raise httpx.ConnectError("connection refused", request=request)
+        if request.url.path.startswith("/models/"):
+            return httpx.Response(200, json=described())
+        if host in self.dropping:
+            self.batches[host] += 1
+            raise httpx.ReadError("connection reset", request=request)
+        await asyncio.sleep(self.delay_s)
+        self.batches[host] += 1
+        return httpx.Response(200, json={"results": [GOOD]})
+
+    def backend(self, discovery: Discovery) -> TorchServeBackend:
+        backend = TorchServeBackend(
+            [MODEL],
+            discovery,
+            KeyRing(None),
+            timeout_s=5,
+            breakers=lambda: CircuitBreaker(3, cooldown_s=30),
+            refresh_s=0.05,
+        )
+        backend._client = httpx.AsyncClient(transport=httpx.MockTransport(self.answer))
+        return backend
+
+    def dns_backend(self) -> TorchServeBackend:
+        return self.backend(
+            Discovery("http://workers.test:8080", "http://workers.test:8081", True, self.resolve)
+        )
+
+
+async def classify_many(backend: TorchServeBackend, count: int) -> list[object]:
+    batch = [Upload(b"img", 1)]
+    return await asyncio.gather(
+        *(backend.classify(MODEL, batch, 5) for _ in range(count)), return_exceptions=True
+    )
+
+
+def test_a_static_list_pairs_inference_and_management_urls_in_order():
+    discovery = Discovery("http://a:8080/, http://b:9080", "http://a:8081,http://b:9081")
+    addresses = asyncio.run(discovery.addresses())
+    assert addresses == [
+        Address("http://a:8080", "http://a:8081"),
+        Address("http://b:9080", "http://b:9081"),
+    ]
+    with pytest.raises(ValueError, match="one management URL per inference URL"):
+        Discovery("http://a:8080,http://b:8080", "http://a:8081")
+
+
+def test_dns_discovery_makes_one_endpoint_per_address_with_the_urls_ports():
+    async def resolver(host: str) -> list[str]:
+        return ["10.0.0.7", "fd00::5"]
+
+    discovery = Discovery("http://workers:8080", "http://workers:8081", True, resolver)
+    assert asyncio.run(discovery.addresses()) == [
+        Address("http://10.0.0.7:8080", "http://10.0.0.7:8081"),
+        Address("http://[fd00::5]:8080", "http://[fd00::5]:8081"),
+    ]
+
+
+def test_candidates_are_ready_endpoints_fewest_in_flight_first_and_ties_take_turns():
+    found = EndpointSet([MODEL], lambda: CircuitBreaker(3, 30))
+    found.update([Address(f"http://{h}:8080", f"http://{h}:8081") for h in "abc"])
+    a, b, c = found
+    assert {found.candidates(MODEL)[0].name for _ in range(6)} == {a.name, b.name, c.name}
+    a.states[MODEL] = b.states[MODEL] = READY  # c not ready: never a candidate now
+    a.in_flight[MODEL] = 2
+    assert [e.name for e in found.candidates(MODEL)] == [b.name, a.name]
+    found.update([a.address])  # b and c gone
+    assert [e.name for e in found.candidates(MODEL)] == [a.name]
+
+
+def test_batches_spread_over_every_endpoint_dns_finds_and_reach_one_added_later():
+    fleet = Fleet("10.0.0.1", "10.0.0.2")
+    fleet.delay_s = 0.02
+
+    async def scenario() -> None:
+        backend = fleet.dns_backend()
+        await backend.start()
+        assert backend.found.ready_count(MODEL) == 2
+        assert all(r == [GOOD] for r in await classify_many(backend, 40))
+        assert set(fleet.batches) == {"10.0.0.1", "10.0.0.2"}
+        assert min(fleet.batches.values()) >= 10  # fewest in flight: about half each
+
+        fleet.hosts.append("10.0.0.3")  # a replica added: found by the next refresh
+        await asyncio.sleep(0.3)
+        assert backend.found.ready_count(MODEL) == 3
+        fleet.batches.clear()
+        assert all(r == [GOOD] for r in await classify_many(backend, 30))
+        assert fleet.batches["10.0.0.3"] >= 5
+
+        fleet.hosts.remove("10.0.0.1")  # scaled in: no more work for it
+        await asyncio.sleep(0.3)
+        fleet.batches.clear()
+        await classify_many(backend, 10)
+        assert "10.0.0.1" not in fleet.batches
+        assert [s.endpoint for s in backend.endpoints()[MODEL]] == [
+            "http://10.0.0.2:8080",
+            "http://10.0.0.3:8080",
+        ]
+        await backend.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_connection_sends_the_batch_to_another_endpoint():
+    fleet = Fleet("10.0.0.1", "10.0.0.2")
+
+    async def scenario() -> None:
+        backend = fleet.dns_backend()
+        await backend.start()
+        fleet.down.add("10.0.0.1")  # died after the last check: still a candidate
+        assert all(r == [GOOD] for r in await classify_many(backend, 6))
+        assert fleet.batches == Counter({"10.0.0.2": 6})
+        fleet.down.add("10.0.0.2")  # nowhere left: an honest 503
+        with pytest.raises(BackendUnavailable, match="cannot reach TorchServe"):
+            await backend.classify(MODEL, [Upload(b"img", 1)], 5)
+        await backend.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_that_may_have_been_computed_is_never_sent_twice():
+    fleet = Fleet("10.0.0.1", "10.0.0.2")
+    fleet.dropping.add("10.0.0.1")
+
+    async def scenario() -> None:
+        backend = fleet.dns_backend()
+        await backend.start()
+        outcomes = await classify_many(backend, 8)
+        failed = [o for o in outcomes if isinstance(o, BackendUnavailable)]
+        assert failed and all(o.reached for o in failed)
+        assert fleet.batches["10.0.0.1"] == len(failed)  # each failed batch sent once
+        assert len(outcomes) - len(failed) == fleet.batches["10.0.0.2"]
+        failures = {s.endpoint: s.failures for s in backend.endpoints()[MODEL]}
+        assert failures == {"http://10.0.0.1:8080": len(failed), "http://10.0.0.2:8080": 0}
+        await backend.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_dns_answer_keeps_the_endpoints_known():
+    fleet = Fleet("10.0.0.1")
+
+    async def scenario() -> None:
+        backend = fleet.dns_backend()
+        await backend.start()
+
+        async def failing(host: str) -> list[str]:
+            raise OSError("Temporary failure in name resolution")
+
+        backend.discovery.resolver = failing
+        await asyncio.sleep(0.2)
+        assert await backend.readiness() == {MODEL: READY}
+        assert await classify_many(backend, 2) == [[GOOD], [GOOD]]
+        await backend.close()
+
+    asyncio.run(scenario())
+
+
+def test_endpoint_series_follow_the_endpoints_found():
+    fleet = Fleet("10.0.0.1", "10.0.0.2")
+
+    async def scenario() -> str:
+        backend = fleet.dns_backend()
+        await backend.start()
+        await classify_many(backend, 4)
+        fleet.hosts.remove("10.0.0.2")
+        await asyncio.sleep(0.3)
+        metrics = GatewayMetrics()
+        metrics.watch_endpoints(backend.endpoints)
+        await backend.close()
+        from prometheus_client import generate_latest
+
+        return generate_latest(metrics.registry).decode()
+
+    exported = asyncio.run(scenario())
+    assert f'gateway_backend_endpoints{{model="{MODEL}"}} 1.0' in exported
+    assert 'endpoint="http://10.0.0.1:8080"' in exported
+    assert "10.0.0.2" not in exported  # gone: no series left behind
+
+
+def test_the_batchers_concurrency_follows_a_function_read_before_each_batch():
+    allowed = 1
+    running, most = 0, 0
+
+    async def run(items: list[int]) -> list[int]:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+        return items
+
+    async def scenario() -> None:
+        nonlocal allowed
+        batcher: Batcher[int, int] = Batcher(
+            run,
+            max_batch_size=1,
+            max_wait_s=0,
+            max_queue=64,
+            max_concurrent_batches=lambda: allowed,
+        )
+        await asyncio.gather(*(batcher.submit(i) for i in range(6)))
+        assert most == 1
+        allowed = 3
+        await asyncio.gather(*(batcher.submit(i) for i in range(12)))
+        assert most == 3
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_key_file_with_several_endpoints_is_refused():
+    with pytest.raises(ValidationError, match="one TorchServe's keys"):
+        GatewaySettings(torchserve_discovery="dns", torchserve_key_file="/run/key_file.json")
+    settings = GatewaySettings(
+        torchserve_inference_url="http://a:8080,http://b:8080",
+        torchserve_management_url="http://a:8081,http://b:8081",
+        torchserve_key_file="",
+    )
+    assert settings.torchserve_key_file is None
