@@ -43,6 +43,9 @@ class NullBackend:
     def endpoints(self) -> dict[str, list[EndpointStatus]]:
         return one_endpoint("null", dict.fromkeys(self.models, READY))
 
+    def ready_endpoints(self, model: str) -> int:
+        return 1
+
     def worker_facts(self) -> dict[str, WorkerFacts]:
         facts = WorkerFacts(
             runtime="null",

@@ -1,12 +1,13 @@
 """Runners of the optimised model per runtime and precision, for ``bench.models``: ours as an
-archive serves it (AOTInductor packages of the float32, bfloat16 or int8 model, built by the same
-code as ``python -m model_store build --precision``), and the peers at the same precision
+archive serves it (built by the same code as ``python -m model_store build --precision``), and
+the peers at the same precision
 (OpenVINO's bf16 hint and NNCF int8; ONNX Runtime's fp32 and QDQ static int8, which has no bf16 on
 CPU). Low precisions calibrate on the synthetic set the build uses by default."""
 
 from __future__ import annotations
 
 import io
+import logging
 import re
 import tempfile
 import warnings
@@ -20,34 +21,43 @@ import numpy as np
 import torch
 from torch import nn
 
-from model_store.worker.calibration import calibration_set
-from model_store.zoo.aot import compile_packages, load_packages
-from model_store.zoo.low_precision import lower
-from model_store.zoo.openvino_ir import export_ir, load_ir, quantize_ir
+from model_store.worker.archive import build_candidate
+from model_store.worker.calibration import CalibrationSet, calibration_set
 from model_store.zoo.precision import FP32, INT8
 
 Run = Callable[[torch.Tensor], torch.Tensor]
+log = logging.getLogger(__name__)
 
 
 @cache
-def calibration_images(size: int) -> torch.Tensor:
-    return calibration_set(None, size).calibration
+def calibration(size: int) -> CalibrationSet:
+    """The synthetic set a build calibrates on without ``--calibration``."""
+    return calibration_set(None, size)
 
 
 def by_batch(runners: dict[int, Run]) -> Run:
     return lambda x: runners[x.shape[0]](x)
 
 
-def aot_runner(model: nn.Module, precision: str, batch_sizes: Sequence[int], size: int) -> Run:
-    """AOTInductor packages of ``model`` in ``precision``: what an archive's workers load. The
-    runner carries ``convolutions``: how many the generated code calls, and how many of those
-    have the residual add fused in (oneDNN's binary post-op)."""
-    lowered = lower(model, precision, calibration_images(size), max(batch_sizes))
-    with tempfile.TemporaryDirectory(prefix="bench-aot-") as tmp:
-        compile_packages(lowered, sorted(batch_sizes), size, Path(tmp), progress=lambda _: None)
-        run = by_batch(load_packages(Path(tmp), sorted(batch_sizes), size))
-        run.convolutions = convolutions(Path(tmp) / f"batch_{min(batch_sizes)}.pt2")  # type: ignore[attr-defined]
-        return run
+def archive_runner(runtime: str) -> Callable[[nn.Module, str, Sequence[int], int], Run]:
+    """``runtime`` as an archive builds and serves it, in the precision asked (the archive's
+    own ``build_candidate``: AOTInductor packages of the float32, bfloat16 or int8 model, or the
+    OpenVINO IR, quantized for int8, loaded with the precision's hint). An inductor runner
+    carries ``convolutions``: how many the generated code calls, and how many of those have the
+    residual add fused in (oneDNN's binary post-op)."""
+
+    def build(model: nn.Module, precision: str, batch_sizes: Sequence[int], size: int) -> Run:
+        buckets = tuple(sorted(batch_sizes))
+        with tempfile.TemporaryDirectory(prefix=f"bench-{runtime}-") as tmp:  # loaded: not needed
+            prebuilt = build_candidate(
+                runtime, precision, model, calibration(size), size, buckets, Path(tmp), log.debug
+            )
+            run = by_batch(prebuilt.runners)
+            if runtime == "inductor":
+                run.convolutions = convolutions(Path(tmp) / f"batch_{buckets[0]}.pt2")  # type: ignore[attr-defined]
+            return run
+
+    return build
 
 
 def convolutions(package: Path) -> dict[str, int]:
@@ -61,16 +71,6 @@ def convolutions(package: Path) -> dict[str, int]:
     return {"calls": len(calls), "residual_fused": sum("binary" in c for c in calls)}
 
 
-def openvino_runner(model: nn.Module, precision: str, batch_sizes: Sequence[int], size: int) -> Run:
-    """The ``openvino`` runtime as an archive serves it: converted (quantized for int8), saved,
-    reloaded with the precision's hint."""
-    with tempfile.TemporaryDirectory(prefix="bench-openvino-") as tmp:  # compiled: not needed
-        export_ir(model, size, Path(tmp))
-        if precision == INT8:
-            quantize_ir(Path(tmp), calibration_images(size), max(batch_sizes))
-        return by_batch(load_ir(Path(tmp), batch_sizes, size, precision))
-
-
 def onnxruntime_runner(
     model: nn.Module, precision: str, batch_sizes: Sequence[int], size: int
 ) -> Run:
@@ -82,7 +82,7 @@ def onnxruntime_runner(
 
     exported = _onnx(model, size)
     if precision == INT8:
-        exported = _onnx_int8(exported, calibration_images(size), max(batch_sizes))
+        exported = _onnx_int8(exported, calibration(size).calibration, max(batch_sizes))
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -138,8 +138,8 @@ def _onnx_int8(fp32: bytes, calibration: torch.Tensor, batch_size: int) -> bytes
 
 
 RUNTIME_BUILDERS: dict[str, Callable[[nn.Module, str, Sequence[int], int], Run]] = {
-    "aot": aot_runner,
-    "openvino": openvino_runner,
+    "aot": archive_runner("inductor"),
+    "openvino": archive_runner("openvino"),
     "onnxruntime": onnxruntime_runner,
 }
 UNAVAILABLE = {("onnxruntime", "bf16"): "ONNX Runtime's CPU provider has no bfloat16 kernels"}

@@ -83,7 +83,7 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
         chosen = backend or build_backend(settings, metrics)
         await chosen.start()
         metrics.watch_workers(chosen.worker_facts)
-        metrics.watch_endpoints(chosen.endpoints)
+        metrics.watch_endpoints(chosen)
         dispatcher = Dispatcher(chosen, settings, metrics)
         app.state.gateway = Gateway(
             settings, chosen, dispatcher, metrics, describe_models(settings.models)

@@ -16,7 +16,7 @@ from typing import Any
 
 from model_store.worker.protocol import PROBABILITIES_FIELD
 
-from .backends.base import Backend, BackendError, ready_endpoints
+from .backends.base import Backend, BackendError
 from .batcher import Batcher, BatchInfo, DeadlineUnmeetable
 from .cost_model import BatchCostModel
 from .metrics import GatewayMetrics
@@ -71,8 +71,7 @@ class Dispatcher:
     def _concurrency(self, model: str) -> int:
         """Batches of ``model`` in flight at once: ``max_concurrent_batches`` per ready
         endpoint (one while none is ready: its batch finds out, and its breaker decides)."""
-        ready = ready_endpoints(self.backend.endpoints().get(model, []))
-        return self.max_concurrent_batches * max(1, ready)
+        return self.max_concurrent_batches * max(1, self.backend.ready_endpoints(model))
 
     async def _run_batch(self, model: str, jobs: list[ImageJob]) -> list[dict[str, Any]]:
         """One backend call at the batch's largest top_k (probabilities if any job asks); each

@@ -14,8 +14,7 @@ from prometheus_client.registry import Collector
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .backends.base import WorkerFacts, ready_endpoints
-from .schemas import EndpointStatus
+from .backends.base import Backend, WorkerFacts
 
 UNKNOWN_MODEL = "_unknown"
 """The ``model`` label of requests for a model that is not served (bounded label values)."""
@@ -144,18 +143,18 @@ class GatewayMetrics:
         answer: a rise under load is a request that paid for compiling)."""
         self.registry.register(_WorkerCollector(facts))
 
-    def watch_endpoints(self, endpoints: Callable[[], dict[str, list[EndpointStatus]]]) -> None:
+    def watch_endpoints(self, backend: Backend) -> None:
         """Per model, ``gateway_backend_endpoints{model}`` (ready endpoints); per model and
         endpoint, batches in flight, answered, failed and their summed duration."""
-        self.registry.register(_EndpointCollector(endpoints))
+        self.registry.register(_EndpointCollector(backend))
 
 
 class _EndpointCollector(Collector):
     """Read from the backend at each scrape: an endpoint that is gone has no series left (a
     cluster's pods come and go; their series must not pile up)."""
 
-    def __init__(self, endpoints: Callable[[], dict[str, list[EndpointStatus]]]) -> None:
-        self.endpoints = endpoints
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
 
     def collect(self) -> Iterator[Metric]:
         labels = ["model", "endpoint"]
@@ -182,8 +181,8 @@ class _EndpointCollector(Collector):
             "Summed duration of each endpoint's batches (over batches: its mean batch time)",
             labels=labels,
         )
-        for model, statuses in sorted(self.endpoints().items()):
-            ready.add_metric([model], ready_endpoints(statuses))
+        for model, statuses in sorted(self.backend.endpoints().items()):
+            ready.add_metric([model], self.backend.ready_endpoints(model))
             for status in statuses:
                 where = [model, status.endpoint]
                 in_flight.add_metric(where, status.in_flight)

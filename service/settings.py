@@ -20,6 +20,11 @@ from model_store.zoo.registry import DEFAULT_MODELS, MODELS
 from .batcher import Policy
 
 
+def split_urls(urls: str) -> list[str]:
+    """A comma-separated list of URLs, each without its trailing slash."""
+    return [url.strip().rstrip("/") for url in urls.split(",") if url.strip()]
+
+
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=None, extra="forbid")
 
@@ -134,7 +139,9 @@ class GatewaySettings(BaseSettings):
 
     @model_validator(mode="after")
     def _keys_of_one_torchserve(self) -> GatewaySettings:
-        several = self.torchserve_discovery == "dns" or "," in self.torchserve_inference_url
+        several = (
+            self.torchserve_discovery == "dns" or len(split_urls(self.torchserve_inference_url)) > 1
+        )
         if several and self.torchserve_key_file is not None:
             raise ValueError(
                 "a TorchServe key file holds one TorchServe's keys: with several endpoints, "

@@ -23,5 +23,6 @@ from __future__ import annotations
 FP32, BF16, INT8 = "fp32", "bf16", "int8"
 PRECISIONS = (FP32, BF16, INT8)
 AUTO = "auto"
+"""Build every allowed choice (runtime or precision), measure, keep the fastest that passes."""
 PRECISION_CHOICES = (*PRECISIONS, AUTO)
 DEFAULT_PRECISION = FP32

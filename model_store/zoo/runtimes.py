@@ -17,12 +17,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .precision import FP32
+from .precision import AUTO, FP32
 
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("inductor", "openvino")
-AUTO = "auto"
 RUNTIME_CHOICES = (*RUNTIMES, AUTO)
 DEFAULT_RUNTIME = "inductor"
 MAX_LOGIT_ERROR = 1e-3

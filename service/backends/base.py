@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from model_store.zoo.precision import DEFAULT_PRECISION
 
-from ..schemas import READY, EndpointStatus, ErrorResponse, ImageResult
+from ..schemas import EndpointStatus, ErrorResponse, ImageResult
 from ..uploads import Upload
 
 
@@ -138,15 +138,15 @@ class Backend(Protocol):
         ...
 
     def endpoints(self) -> dict[str, list[EndpointStatus]]:
-        """Per served model: every place it is served, as of the last readiness check (the
-        batcher runs one batch at a time per ready endpoint)."""
+        """Per served model: every place it is served, as of the last readiness check."""
+        ...
+
+    def ready_endpoints(self, model: str) -> int:
+        """How many of those are ready for ``model`` (the batcher runs
+        ``max_concurrent_batches`` per ready one: it asks on every submission, so cheaply)."""
         ...
 
 
 def one_endpoint(name: str, states: dict[str, str]) -> dict[str, list[EndpointStatus]]:
     """``endpoints()`` of a backend that serves each model in one place."""
     return {model: [EndpointStatus(endpoint=name, status=state)] for model, state in states.items()}
-
-
-def ready_endpoints(statuses: list[EndpointStatus]) -> int:
-    return sum(status.status == READY for status in statuses)

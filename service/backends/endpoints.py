@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from ..schemas import READY, EndpointStatus
+from ..settings import split_urls
 from .base import WorkerFacts
 from .circuit import CircuitBreaker
 
@@ -52,11 +53,6 @@ def _with_host(url: str, host: str) -> str:
         host = f"[{host}]"
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit(parts._replace(netloc=netloc)).rstrip("/")
-
-
-def split_urls(urls: str) -> list[str]:
-    """A comma-separated list of URLs, each without its trailing slash."""
-    return [url.strip().rstrip("/") for url in urls.split(",") if url.strip()]
 
 
 class Discovery:
@@ -121,8 +117,7 @@ class Endpoint:
         return self.states[model] == READY
 
     def status(self, model: str) -> EndpointStatus:
-        """Built unvalidated: the batchers read it on every submission (all fields are ours)."""
-        return EndpointStatus.model_construct(
+        return EndpointStatus(
             endpoint=self.name,
             status=self.states[model],
             in_flight=self.in_flight[model],

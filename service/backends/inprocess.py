@@ -97,6 +97,9 @@ class InProcessBackend:
     def endpoints(self) -> dict[str, list[EndpointStatus]]:
         return one_endpoint("inprocess", self._states())
 
+    def ready_endpoints(self, model: str) -> int:
+        return int(model in self._classifiers)
+
     def _states(self) -> dict[str, str]:
         return {
             m: READY if m in self._classifiers else self._errors.get(m, "loading")

@@ -401,6 +401,9 @@ class TorchServeBackend:
     def endpoints(self) -> dict[str, list[EndpointStatus]]:
         return {model: [e.status(model) for e in self.found] for model in self.models}
 
+    def ready_endpoints(self, model: str) -> int:
+        return self.found.ready_count(model)
+
     async def _describe(
         self, endpoint: Endpoint, model: str, customized: bool
     ) -> tuple[int, dict[str, Any]]:

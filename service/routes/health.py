@@ -7,7 +7,6 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from ..backends.base import ready_endpoints
 from ..deps import ApiKeyDep, GatewayDep
 from ..inference import require_served
 from ..schemas import READY, ErrorResponse, Health, ModelReadiness, Readiness
@@ -36,7 +35,7 @@ async def readyz(gateway: GatewayDep) -> Readiness | JSONResponse:
         status=READY if ready else "not_ready",
         backend=gateway.settings.backend,
         models=models,
-        endpoints={m: ready_endpoints(e) for m, e in gateway.backend.endpoints().items()},
+        endpoints={m: gateway.backend.ready_endpoints(m) for m in models},
     )
     return body if ready else not_ready(body)
 

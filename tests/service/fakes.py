@@ -10,7 +10,7 @@ import numpy as np
 
 from model_store.worker.images import ImageError, ImageLimits, load_upright_rgb, validate
 from service.backends.base import WorkerFacts, one_endpoint
-from service.schemas import EndpointStatus
+from service.schemas import READY, EndpointStatus
 from service.uploads import Upload
 
 FAKE_INPUT_SIZE = 16
@@ -93,8 +93,11 @@ class FakeBackend:
     def endpoints(self) -> dict[str, list[EndpointStatus]]:
         return one_endpoint("fake", self._states())
 
+    def ready_endpoints(self, model: str) -> int:
+        return int(self._states()[model] == READY)
+
     def _states(self) -> dict[str, str]:
         ready = (
             self.ready if isinstance(self.ready, dict) else dict.fromkeys(self.models, self.ready)
         )
-        return {m: "ready" if ready.get(m) else "worker restarting" for m in self.models}
+        return {m: READY if ready.get(m) else "worker restarting" for m in self.models}

@@ -399,6 +399,27 @@ class TimedBackend(FakeBackend):
             self.running -= 1
 
 
+def test_the_concurrency_can_follow_a_function_read_before_each_batch():
+    """The dispatcher's allowance (batches per ready endpoint, which changes as endpoints are
+    found) is read again before each batch."""
+    allowed = 1
+
+    async def scenario():
+        nonlocal allowed
+        backend = TimedBackend(per_item=0.05)
+        batcher = make(
+            backend, max_batch_size=1, max_wait_s=0, max_concurrent_batches=lambda: allowed
+        )
+        await asyncio.gather(*(batcher.submit(i) for i in range(6)))
+        peak_at_one = max(backend.in_flight_at_start)
+        allowed = 3
+        await asyncio.gather(*(batcher.submit(i) for i in range(12)))
+        await batcher.stop()
+        return peak_at_one, max(backend.in_flight_at_start)
+
+    assert run(scenario()) == (1, 3)
+
+
 def test_deadline_policy_sends_a_lone_request_at_once():
     """An idle backend: a lone request goes alone, without waiting for company (max_wait_s)."""
 

@@ -16,7 +16,6 @@ from service.backends.base import BackendUnavailable
 from service.backends.circuit import CircuitBreaker
 from service.backends.endpoints import Address, Discovery, EndpointSet
 from service.backends.torchserve_client import TorchServeBackend
-from service.batcher import Batcher
 from service.metrics import GatewayMetrics
 from service.schemas import READY
 from service.settings import GatewaySettings
@@ -221,7 +220,7 @@ def test_endpoint_series_follow_the_endpoints_found():
         fleet.hosts.remove("10.0.0.2")
         await asyncio.sleep(0.3)
         metrics = GatewayMetrics()
-        metrics.watch_endpoints(backend.endpoints)
+        metrics.watch_endpoints(backend)
         await backend.close()
         from prometheus_client import generate_latest
 
@@ -231,37 +230,6 @@ def test_endpoint_series_follow_the_endpoints_found():
     assert f'gateway_backend_endpoints{{model="{MODEL}"}} 1.0' in exported
     assert 'endpoint="http://10.0.0.1:8080"' in exported
     assert "10.0.0.2" not in exported  # gone: no series left behind
-
-
-def test_the_batchers_concurrency_follows_a_function_read_before_each_batch():
-    allowed = 1
-    running, most = 0, 0
-
-    async def run(items: list[int]) -> list[int]:
-        nonlocal running, most
-        running += 1
-        most = max(most, running)
-        await asyncio.sleep(0.05)
-        running -= 1
-        return items
-
-    async def scenario() -> None:
-        nonlocal allowed
-        batcher: Batcher[int, int] = Batcher(
-            run,
-            max_batch_size=1,
-            max_wait_s=0,
-            max_queue=64,
-            max_concurrent_batches=lambda: allowed,
-        )
-        await asyncio.gather(*(batcher.submit(i) for i in range(6)))
-        assert most == 1
-        allowed = 3
-        await asyncio.gather(*(batcher.submit(i) for i in range(12)))
-        assert most == 3
-        await batcher.stop()
-
-    asyncio.run(scenario())
 
 
 def test_a_key_file_with_several_endpoints_is_refused():
