@@ -43,7 +43,7 @@ class NullBackend:
     def endpoints(self) -> dict[str, list[EndpointStatus]]:
         return one_endpoint("null", dict.fromkeys(self.models, READY))
 
-    def ready_endpoints(self, model: str) -> int:
+    def ready_workers(self, model: str) -> int:
         return 1
 
     def worker_facts(self) -> dict[str, WorkerFacts]:

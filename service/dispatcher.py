@@ -69,9 +69,10 @@ class Dispatcher:
             metrics.queue_depth.labels(model).set_function(lambda b=batcher: b.depth)
 
     def _concurrency(self, model: str) -> int:
-        """Batches of ``model`` in flight at once: ``max_concurrent_batches`` per ready
-        endpoint (one while none is ready: its batch finds out, and its breaker decides)."""
-        return self.max_concurrent_batches * max(1, self.backend.ready_endpoints(model))
+        """Batches of ``model`` in flight at once: ``max_concurrent_batches`` per ready worker
+        over every endpoint (one while none is ready: its batch finds out, and its breaker
+        decides)."""
+        return self.max_concurrent_batches * max(1, self.backend.ready_workers(model))
 
     async def _run_batch(self, model: str, jobs: list[ImageJob]) -> list[dict[str, Any]]:
         """One backend call at the batch's largest top_k (probabilities if any job asks); each

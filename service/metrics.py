@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .backends.base import Backend, WorkerFacts
+from .backends.base import Backend, WorkerFacts, ready_endpoints
 
 UNKNOWN_MODEL = "_unknown"
 """The ``model`` label of requests for a model that is not served (bounded label values)."""
@@ -182,7 +182,7 @@ class _EndpointCollector(Collector):
             labels=labels,
         )
         for model, statuses in sorted(self.backend.endpoints().items()):
-            ready.add_metric([model], self.backend.ready_endpoints(model))
+            ready.add_metric([model], ready_endpoints(statuses))
             for status in statuses:
                 where = [model, status.endpoint]
                 in_flight.add_metric(where, status.in_flight)

@@ -68,6 +68,7 @@ class EndpointStatus(BaseModel):
 
     endpoint: str = Field(description="the TorchServe's inference URL, or the backend's name")
     status: str = Field(description='"ready", or why not, as of the last check')
+    workers: int = Field(0, description="its workers ready for the model (each takes a batch)")
     in_flight: int = Field(0, description="batches sent to it and not yet answered")
     batches: int = Field(0, description="batches it answered since the gateway found it")
     failures: int = Field(0, description="batches that failed on it since then")

@@ -61,7 +61,12 @@ DEFAULT_RUN_DIR = Path(".run/torchserve")
 READY_STATUS = "READY"
 
 
+def ready_workers(description: Mapping[str, Any]) -> int:
+    """The workers TorchServe's management API lists READY for a model: each takes a batch."""
+    return sum(w.get("status") == READY_STATUS for w in description.get("workers", []))
+
+
 def model_ready(description: Mapping[str, Any]) -> bool:
     """A model is ready when TorchServe's management API lists a READY worker for it: it can
     answer now. The launcher waits for this and the gateway's readiness reports it."""
-    return any(w.get("status") == READY_STATUS for w in description.get("workers", []))
+    return ready_workers(description) > 0

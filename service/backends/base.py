@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from model_store.zoo.precision import DEFAULT_PRECISION
 
-from ..schemas import EndpointStatus, ErrorResponse, ImageResult
+from ..schemas import READY, EndpointStatus, ErrorResponse, ImageResult
 from ..uploads import Upload
 
 
@@ -141,12 +141,20 @@ class Backend(Protocol):
         """Per served model: every place it is served, as of the last readiness check."""
         ...
 
-    def ready_endpoints(self, model: str) -> int:
-        """How many of those are ready for ``model`` (the batcher runs
-        ``max_concurrent_batches`` per ready one: it asks on every submission, so cheaply)."""
+    def ready_workers(self, model: str) -> int:
+        """The workers ready for ``model`` over every ready endpoint (the batcher runs
+        ``max_concurrent_batches`` per ready worker: it asks on every submission, so cheaply)."""
         ...
+
+
+def ready_endpoints(statuses: Sequence[EndpointStatus]) -> int:
+    """How many of a model's endpoints (``Backend.endpoints()[model]``) are ready."""
+    return sum(status.status == READY for status in statuses)
 
 
 def one_endpoint(name: str, states: dict[str, str]) -> dict[str, list[EndpointStatus]]:
     """``endpoints()`` of a backend that serves each model in one place."""
-    return {model: [EndpointStatus(endpoint=name, status=state)] for model, state in states.items()}
+    return {
+        model: [EndpointStatus(endpoint=name, status=state, workers=int(state == READY))]
+        for model, state in states.items()
+    }

@@ -7,8 +7,9 @@ re-resolved every few seconds (a headless Service's A/AAAA records, compose's se
 under ``--scale``). DNS is the standard path that needs no API access from the gateway pod (the
 EndpointSlice API would need a service account, which the restricted pods do not mount).
 
-Each endpoint keeps its own state per model: readiness, circuit breaker, batches in flight and
-what it has answered; a batch goes to the ready endpoint with the fewest batches in flight.
+Each endpoint keeps its own state per model: readiness and ready workers, circuit breaker,
+batches in flight and what it has answered; a batch goes to the ready endpoint with the fewest
+batches in flight.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ class Endpoint:
         self.address = address
         self.breakers = {model: breakers() for model in models}
         self.states = dict.fromkeys(models, UNCHECKED)
+        self.workers: Counter[str] = Counter()  # ready workers, as of the last check
         self.facts: dict[str, WorkerFacts] = {}
         self.in_flight: Counter[str] = Counter()
         self.batches: Counter[str] = Counter()
@@ -120,6 +122,7 @@ class Endpoint:
         return EndpointStatus(
             endpoint=self.name,
             status=self.states[model],
+            workers=self.workers[model] if self.ready(model) else 0,
             in_flight=self.in_flight[model],
             batches=self.batches[model],
             failures=self.failures[model],
@@ -153,8 +156,8 @@ class EndpointSet:
         for gone in set(self._endpoints) - set(addresses):
             del self._endpoints[gone]
 
-    def ready_count(self, model: str) -> int:
-        return sum(endpoint.ready(model) for endpoint in self)
+    def ready_workers(self, model: str) -> int:
+        return sum(endpoint.workers[model] for endpoint in self if endpoint.ready(model))
 
     def candidates(self, model: str) -> list[Endpoint]:
         """The ready endpoints, fewest batches of ``model`` in flight first (ties in turn); all

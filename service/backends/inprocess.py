@@ -97,7 +97,7 @@ class InProcessBackend:
     def endpoints(self) -> dict[str, list[EndpointStatus]]:
         return one_endpoint("inprocess", self._states())
 
-    def ready_endpoints(self, model: str) -> int:
+    def ready_workers(self, model: str) -> int:
         return int(model in self._classifiers)
 
     def _states(self) -> dict[str, str]:

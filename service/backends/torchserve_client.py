@@ -30,6 +30,7 @@ from model_store.worker.protocol import (
     TOP_K_FIELD,
     input_field,
     model_ready,
+    ready_workers,
 )
 
 from ..schemas import READY, EndpointStatus
@@ -401,8 +402,8 @@ class TorchServeBackend:
     def endpoints(self) -> dict[str, list[EndpointStatus]]:
         return {model: [e.status(model) for e in self.found] for model in self.models}
 
-    def ready_endpoints(self, model: str) -> int:
-        return self.found.ready_count(model)
+    def ready_workers(self, model: str) -> int:
+        return self.found.ready_workers(model)
 
     async def _describe(
         self, endpoint: Endpoint, model: str, customized: bool
@@ -429,6 +430,7 @@ class TorchServeBackend:
         worker start against what the worker itself reports)."""
         try:
             status, description = await self._describe(endpoint, model, customized=False)
+            endpoint.workers[model] = ready_workers(description)
             if not model_ready(description):
                 endpoint.facts.pop(model, None)
                 return f"no ready worker (HTTP {status})"

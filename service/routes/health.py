@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
+from ..backends.base import ready_endpoints
 from ..deps import ApiKeyDep, GatewayDep
 from ..inference import require_served
 from ..schemas import READY, ErrorResponse, Health, ModelReadiness, Readiness
@@ -31,11 +32,12 @@ async def readyz(gateway: GatewayDep) -> Readiness | JSONResponse:
     many TorchServes; per model and endpoint, see ``GET /v1/models/{model}/ready``."""
     models = await gateway.backend.readiness()
     ready = any(state == READY for state in models.values())
+    found = gateway.backend.endpoints()
     body = Readiness(
         status=READY if ready else "not_ready",
         backend=gateway.settings.backend,
         models=models,
-        endpoints={m: gateway.backend.ready_endpoints(m) for m in models},
+        endpoints={m: ready_endpoints(found.get(m, [])) for m in models},
     )
     return body if ready else not_ready(body)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from ..backends.base import ready_endpoints
 from ..deps import ApiKeyDep, GatewayDep
 from ..schemas import ModelList
 
@@ -17,12 +18,13 @@ REPORTED = {"runtime", "precision", "parameters", "attention_parameters"}
 async def list_models(gateway: GatewayDep, _: ApiKeyDep) -> ModelList:
     status = await gateway.backend.readiness()
     facts = gateway.backend.worker_facts()
+    endpoints = gateway.backend.endpoints()
     return ModelList(
         models=[
             info.model_copy(
                 update={
                     "status": status.get(name, "unknown"),
-                    "endpoints": gateway.backend.ready_endpoints(name),
+                    "endpoints": ready_endpoints(endpoints.get(name, [])),
                 }
                 | (facts[name].model_dump(include=REPORTED) if name in facts else {})
             )

@@ -93,7 +93,7 @@ class FakeBackend:
     def endpoints(self) -> dict[str, list[EndpointStatus]]:
         return one_endpoint("fake", self._states())
 
-    def ready_endpoints(self, model: str) -> int:
+    def ready_workers(self, model: str) -> int:
         return int(self._states()[model] == READY)
 
     def _states(self) -> dict[str, str]:

@@ -859,6 +859,7 @@ def test_readiness_is_per_model_and_ready_while_one_model_is():
                 {
                     "endpoint": "fake",
                     "status": "worker restarting",
+                    "workers": 0,
                     "in_flight": 0,
                     "batches": 0,
                     "failures": 0,

@@ -400,7 +400,7 @@ class TimedBackend(FakeBackend):
 
 
 def test_the_concurrency_can_follow_a_function_read_before_each_batch():
-    """The dispatcher's allowance (batches per ready endpoint, which changes as endpoints are
+    """The dispatcher's allowance (batches per ready worker, which changes as endpoints are
     found) is read again before each batch."""
     allowed = 1
 

@@ -25,11 +25,11 @@ MODEL = "eca_resnet50"
 GOOD = {"predictions": [{"index": 1, "label": "cat", "score": 0.75}]}
 
 
-def described(ready: bool = True) -> list[dict[str, object]]:
+def described(ready: bool = True, workers: int = 1) -> list[dict[str, object]]:
     return [
         {
             "batchSize": 1,
-            "workers": [{"status": "READY" if ready else "UNLOADING"}],
+            "workers": [{"status": "READY" if ready else "UNLOADING"}] * workers,
             "customizedMetadata": {"runtime": "aot", "batch_buckets": [1, 2, 4, 8]},
         }
     ]
@@ -44,6 +44,7 @@ class Fleet:
         self.down: set[str] = set()  # connection refused
         self.dropping: set[str] = set()  # the connection drops after the batch was sent
         self.batches: Counter[str] = Counter()
+        self.workers: Counter[str] = Counter(dict.fromkeys(hosts, 1))  # READY workers each
         self.delay_s = 0.0
 
     async def resolve(self, host: str) -> list[str]:
@@ -55,7 +56,7 @@ class Fleet:
         if host in self.down:
             raise httpx.ConnectError("connection refused", request=request)
         if request.url.path.startswith("/models/"):
-            return httpx.Response(200, json=described())
+            return httpx.Response(200, json=described(workers=self.workers[host]))
         if host in self.dropping:
             self.batches[host] += 1
             raise httpx.ReadError("connection reset", request=request)
@@ -129,14 +130,15 @@ def test_batches_spread_over_every_endpoint_dns_finds_and_reach_one_added_later(
     async def scenario() -> None:
         backend = fleet.dns_backend()
         await backend.start()
-        assert backend.found.ready_count(MODEL) == 2
+        assert backend.ready_workers(MODEL) == 2
         assert all(r == [GOOD] for r in await classify_many(backend, 40))
         assert set(fleet.batches) == {"10.0.0.1", "10.0.0.2"}
         assert min(fleet.batches.values()) >= 10  # fewest in flight: about half each
 
         fleet.hosts.append("10.0.0.3")  # a replica added: found by the next refresh
+        fleet.workers["10.0.0.3"] = 1
         await asyncio.sleep(0.3)
-        assert backend.found.ready_count(MODEL) == 3
+        assert backend.ready_workers(MODEL) == 3
         fleet.batches.clear()
         assert all(r == [GOOD] for r in await classify_many(backend, 30))
         assert fleet.batches["10.0.0.3"] >= 5
@@ -150,6 +152,26 @@ def test_batches_spread_over_every_endpoint_dns_finds_and_reach_one_added_later(
             "http://10.0.0.2:8080",
             "http://10.0.0.3:8080",
         ]
+        await backend.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_concurrency_follows_each_endpoints_ready_workers():
+    """A TorchServe with two workers takes two batches at once: the dispatcher's allowance is
+    per ready worker, and an endpoint whose workers are all gone adds none."""
+    fleet = Fleet("10.0.0.1", "10.0.0.2")
+    fleet.workers["10.0.0.2"] = 2
+
+    async def scenario() -> None:
+        backend = fleet.dns_backend()
+        await backend.start()
+        assert backend.ready_workers(MODEL) == 3
+        assert [s.workers for s in backend.endpoints()[MODEL]] == [1, 2]
+        fleet.workers["10.0.0.2"] = 0  # its workers died: not ready, no allowance
+        await asyncio.sleep(0.3)
+        assert backend.ready_workers(MODEL) == 1
+        assert [s.workers for s in backend.endpoints()[MODEL]] == [1, 0]
         await backend.close()
 
     asyncio.run(scenario())
