@@ -290,6 +290,20 @@ def plot(rows: list[dict[str, Any]], targets: list[str], slo_ms: float, path: Pa
     return path
 
 
+def runtime_archive(model: str, target: str, runtime: str, tiny: bool, **settings: Any) -> Path:
+    """``model``'s archive for ``target`` served by ``runtime`` (``inductor``, ``openvino-int8``
+    ...), kept between runs; random-weight low precisions are built with the gate off."""
+    served, precision = split_mode(runtime)
+    if precision != FP32 and not tiny:
+        progress(
+            f"{runtime}: random weights cannot pass the fidelity gate (their top-1 is a "
+            "near-tie of 1000 classes, see bench.precision): built with the gate off, for speed"
+        )
+        settings["fidelity"] = GATE_OFF
+    directory = bench_archives(f"{target}-{runtime}", tiny)
+    return build(model, directory, runtime=served, precision=precision, **settings)
+
+
 def deep_queue_gateway(model: str, server: TorchServe) -> dict[str, str]:
     """A gateway in front of ``server``, queue deep enough for the highest rates."""
     return gateway_env(server, [model]) | {"GATEWAY_QUEUE_LIMIT": "256"}
@@ -343,20 +357,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pool = image_pool(24, CAMERA_UPLOADS, quality=88)
     first, *others = args.runtimes
 
-    def archives(target: str, runtime: str, **settings: Any) -> Path:
-        served, precision = split_mode(runtime)
-        if precision != FP32 and not args.tiny:
-            progress(
-                f"{runtime}: random weights cannot pass the fidelity gate (their top-1 is a "
-                "near-tie of 1000 classes, see bench.precision): built with the gate off, for speed"
-            )
-            settings["fidelity"] = GATE_OFF
-        directory = bench_archives(f"{target}-{runtime}", args.tiny)
-        return build(args.model, directory, runtime=served, precision=precision, **settings)
-
-    fed = archives("gateway-fed", first)
-    direct = archives("direct", first, batch_size=8)
-    others_fed = {r: archives("gateway-fed", r) for r in others}
+    fed = runtime_archive(args.model, "gateway-fed", first, args.tiny)
+    direct = runtime_archive(args.model, "direct", first, args.tiny, batch_size=8)
+    others_fed = {r: runtime_archive(args.model, "gateway-fed", r, args.tiny) for r in others}
     targets = [*TARGETS, *(f"gateway-deadline@{runtime}" for runtime in others)]
     processes: list[subprocess.Popen[bytes]] = []
     servers: list[TorchServe] = []

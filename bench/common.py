@@ -9,12 +9,17 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def comma_list(cast: Callable[[str], Any] = str) -> Callable[[str], list[Any]]:
+    """An argparse ``type``: ``"1,2,,4"`` -> ``[cast("1"), cast("2"), cast("4")]`` ("" -> [])."""
+    return lambda text: [cast(item) for item in text.split(",") if item.strip()]
 
 
 def progress(message: str) -> None:

@@ -43,7 +43,7 @@ from model_store.worker.launcher import Supervisor, TorchServe
 from model_store.worker.synthetic import CLASS_NAMES, encode, make_images
 from model_store.zoo.registry import DEFAULT_MODELS, parse_model_names
 
-from .common import RESULTS_DIR, progress
+from .common import RESULTS_DIR, comma_list, progress
 from .hostile import HOSTILE, send_hostile
 from .soak_report import NOT_SENT, Fault, Outcome, Sample, SoakRun, report
 from .stack import (
@@ -322,7 +322,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--capacity-s", type=float, default=20.0)
     parser.add_argument(
         "--faults",
-        type=lambda text: [f for f in text.split(",") if f],
+        type=comma_list(),
         default=list(FAULTS),
         help=f"in turn, from {','.join(FAULTS)}",
     )

@@ -4,6 +4,7 @@ and gateways on free loopback ports. ``start_stack`` is all of it at once."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import httpx
 from model_store.worker.archive import ArchiveSpec, build_archive
 from model_store.worker.keys import bearer, key_refused
 from model_store.worker.launcher import TorchServe, free_ports
-from model_store.worker.protocol import GATEWAY_FED_BATCH_SIZE
+from model_store.worker.protocol import GATEWAY_FED_BATCH_SIZE, REQUESTS_COUNTER
 from model_store.zoo.fidelity import FidelityGate
 from model_store.zoo.runtimes import DEFAULT_RUNTIME
 
@@ -230,6 +231,34 @@ def start_prometheus(
     finally:
         process.terminate()
         process.wait(30)
+
+
+def requests_computed(metrics_url: str) -> float:
+    """The inference requests a TorchServe (or a worker double) answered, by its own counter:
+    which replica computed what, as the replica itself tells it."""
+    text = httpx.get(f"{metrics_url}/metrics", timeout=10).text
+    found = re.findall(rf"^{REQUESTS_COUNTER}\{{[^}}]*\}} (\S+)$", text, flags=re.M)
+    return sum(map(float, found))
+
+
+def started_answering(
+    command: Sequence[str], urls: Sequence[str], what: str, timeout_s: float = 60.0
+) -> subprocess.Popen[bytes]:
+    """``command`` started from the repository root, once every one of ``urls`` answers HTTP
+    (any status); stopped, and an error naming ``what``, if it exits or times out first."""
+    process = subprocess.Popen(list(command), cwd=Path(__file__).resolve().parents[1])
+    deadline = time.monotonic() + timeout_s
+    for url in urls:
+        while True:
+            try:
+                httpx.get(url, timeout=2)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    process.terminate()
+                    raise RuntimeError(f"{what} did not start") from None
+                time.sleep(0.2)
+    return process
 
 
 def _answers(url: str) -> bool:

@@ -8,8 +8,8 @@
   and the TorchServe launcher.
 
 The names below load on first use: the gateway imports ``model_store.zoo.registry``,
-``model_store.worker.images`` and ``model_store.worker.protocol``, which must not import torch
-(the gateway's image has none).
+``model_store.worker.images``, ``model_store.worker.protocol`` and ``model_store.signals``,
+which must not import torch (the gateway's image has none).
 """
 
 from __future__ import annotations

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import sys
 import time
 from pathlib import Path
 
+from .signals import unwind_on_sigterm
 from .worker.archive import DEFAULT_ARCHIVE_DIR, ArchiveSpec, build_archive
-from .worker.launcher import CONFIG_TEMPLATE, TorchServe, TorchServeError, free_ports, is_loopback
+from .worker.launcher import (
+    CONFIG_TEMPLATE,
+    TorchServe,
+    TorchServeError,
+    free_ports,
+    is_loopback,
+)
 from .worker.management_gate import ManagementGate
 from .worker.protocol import DEFAULT_RUN_DIR
 from .zoo.fidelity import FidelityFailed, FidelityGate
@@ -105,7 +110,7 @@ def serve(args: argparse.Namespace) -> None:
         grpc_ports=args.grpc_ports,
         config_template=args.config,
     )
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    unwind_on_sigterm()
     serving = False
     gate = None
     try:

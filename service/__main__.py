@@ -11,25 +11,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-from types import FrameType
 from urllib.parse import urlsplit
 
 import uvicorn
+
+from model_store.signals import unwind_on_sigterm
 
 from .app import create_app
 from .http_server import server_config
 from .settings import GatewaySettings
 
 log = logging.getLogger("service")
-
-
-def exit_on_sigterm(signum: int, _: FrameType | None) -> None:
-    """SIGTERM's default action kills the process before any ``finally`` runs, which orphans
-    TorchServe. As an exception it unwinds like Ctrl-C: uvicorn shuts down gracefully, saves
-    this handler and raises the signal again afterwards, and the launcher's ``finally`` stops
-    TorchServe."""
-    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         "--torchserve-metrics-port", type=int, default=8082, help="with --start-torchserve"
     )
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    unwind_on_sigterm()  # uvicorn saves the handler and raises the signal again after its shutdown
     settings = GatewaySettings()
     torchserve = supervisor = None
     if args.start_torchserve and settings.backend == "torchserve":

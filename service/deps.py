@@ -1,4 +1,7 @@
-"""Dependencies routes declare with ``Annotated``: the gateway's state and the optional API key."""
+"""Dependencies routes declare with ``Annotated``: the gateway's state, the optional API key, the
+served model, an upload slot. Each is ``async def``: FastAPI runs a plain ``def`` dependency in
+its thread pool, a thread hop per dependency per request (with ``multipart.py``: the gateway's
+CPU per image 2.2-2.4 -> 1.8-1.9 ms, bench/README "Scale-out")."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Path, Request
 
 from .backends.base import Backend
 from .dispatcher import Dispatcher
@@ -84,14 +87,16 @@ class UploadSlot:
         self.slots.give_back(self.model)
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
-def require_api_key(gateway: GatewayDep, x_api_key: Annotated[str | None, Header()] = None) -> None:
+async def require_api_key(
+    gateway: GatewayDep, x_api_key: Annotated[str | None, Header()] = None
+) -> None:
     """Compared as the bytes the client sent (Starlette decodes headers as latin-1, so encoding
     back gives them) with the key's UTF-8: a non-ASCII key sent as UTF-8 matches."""
     expected = gateway.settings.api_key
@@ -102,6 +107,24 @@ def require_api_key(gateway: GatewayDep, x_api_key: Annotated[str | None, Header
 
 
 ApiKeyDep = Annotated[None, Depends(require_api_key)]
+
+
+async def served_model(
+    gateway: GatewayDep,
+    _: ApiKeyDep,  # before the 404, which names the served models
+    model: Annotated[str, Path(description="a served model, see GET /v1/models")],
+) -> str:
+    """The path's model, or 404 naming the served ones."""
+    if model not in gateway.models:
+        raise ApiError(
+            404,
+            "model_not_found",
+            f"model {model!r} is not served; served: {', '.join(gateway.models)}",
+        )
+    return model
+
+
+ServedModel = Annotated[str, Depends(served_model)]
 
 
 async def upload_slot(gateway: GatewayDep, model: str) -> AsyncIterator[UploadSlot]:

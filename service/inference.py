@@ -41,15 +41,6 @@ def documented_errors(
     }
 
 
-def require_served(gateway: Gateway, model: str) -> None:
-    if model not in gateway.models:
-        raise ApiError(
-            404,
-            "model_not_found",
-            f"model {model!r} is not served; served: {', '.join(gateway.models)}",
-        )
-
-
 async def infer(
     request: Request,
     gateway: Gateway,

@@ -96,10 +96,11 @@ def is_loopback(host: str) -> bool:
     return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
-def available_cpus() -> int:
-    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (a
-    container's ``cpus`` / a pod's CPU limit, which ``os.cpu_count()`` does not see)."""
-    cpus = len(os.sched_getaffinity(0))
+def available_cpus(pinned: frozenset[int] | None = None) -> int:
+    """CPUs this process (or one ``pinned`` to those) may use: its affinity mask, capped by a
+    cgroup v2 CPU quota (a container's ``cpus`` / a pod's CPU limit, which ``os.cpu_count()``
+    does not see)."""
+    cpus = len(pinned or os.sched_getaffinity(0))
     try:
         quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
         if quota != "max":
@@ -109,10 +110,10 @@ def available_cpus() -> int:
     return cpus
 
 
-def threads_per_worker(workers: int) -> int:
+def threads_per_worker(workers: int, pinned: frozenset[int] | None = None) -> int:
     """Intra-op threads per worker so that all workers together never oversubscribe the CPUs
     (oversubscribed OpenMP threads spin against each other and lengthen every batch)."""
-    return max(1, available_cpus() // max(1, workers))
+    return max(1, available_cpus(pinned) // max(1, workers))
 
 
 def check_java() -> str:
@@ -150,6 +151,9 @@ class TorchServe:
     key_minutes: float | None = None
     """TorchServe's ``token_expiration_min``; None: ``$TORCHSERVE_TOKEN_EXPIRATION_MIN`` when set,
     else TorchServe's own (60)."""
+    cpus: frozenset[int] | None = None
+    """CPUs the server and its workers are pinned to, threads sized to them (replicas side by
+    side on one machine, as pods with CPU limits); None: every CPU this process may use."""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _keyring: KeyRing | None = field(default=None, init=False, repr=False)
     _tmp_dir: Path = field(default=Path(), init=False, repr=False)
@@ -287,6 +291,7 @@ class TorchServe:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                preexec_fn=(lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None,
             )
         log.info("TorchServe starting (pid %d), log: %s", self.process.pid, self.log_file)
         return self
@@ -299,9 +304,12 @@ class TorchServe:
             int(read_model_config(self.archive_dir / f"{m}.mar").get("minWorkers", 1))
             for m in self.models
         )
-        threads = threads_per_worker(workers)
+        threads = threads_per_worker(workers, self.cpus)
         log.info(
-            "%d workers on %d CPUs: %d intra-op threads each", workers, available_cpus(), threads
+            "%d workers on %d CPUs: %d intra-op threads each",
+            workers,
+            available_cpus(self.cpus),
+            threads,
         )
         return {
             "OMP_NUM_THREADS": str(threads),

@@ -59,6 +59,8 @@ nothing compiled while it measured)."""
 DEFAULT_RUN_DIR = Path(".run/torchserve")
 """Where a locally launched TorchServe keeps its config, logs and key file."""
 READY_STATUS = "READY"
+REQUESTS_COUNTER = "ts_inference_requests_total"
+"""TorchServe's Prometheus counter of the inference requests it answered (one per batch)."""
 
 
 def ready_workers(description: Mapping[str, Any]) -> int:

@@ -1,7 +1,7 @@
 """The product path: batches go to TorchServe as one multipart request each.
 
 Every TorchServe found (``endpoints.py``: a list of URLs, or every address of a DNS name) gets
-batches, each batch the ready one with the fewest in flight; a batch that reached none of them
+batches, each batch the ready one with the least outstanding work; a batch that reached none of them
 (connection refused) is sent to the next, one that may have been computed is never sent twice.
 One pooled ``httpx.AsyncClient``; token authorization (keys from TorchServe's key file, each
 renewed with its API key before it expires and again when TorchServe refuses it: see
@@ -45,7 +45,8 @@ from .base import (
     serving_mismatch,
 )
 from .circuit import CircuitBreaker
-from .endpoints import Discovery, Endpoint, EndpointSet
+from .endpoints import Discovery, Endpoint, EndpointSet, Outcome
+from .multipart import encode_form
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +145,14 @@ class TorchServeBackend:
     async def classify(
         self, model: str, inputs: Sequence[Upload], top_k: int, probabilities: bool = False
     ) -> list[dict[str, Any]]:
-        """One multipart request per batch, to the ready endpoint with the fewest batches in
-        flight whose circuit breaker lets it through; sent on to the next only when it reached
+        """One multipart request per batch, to the ready endpoint with the least outstanding work
+        whose circuit breaker lets it through; sent on to the next only when it reached
         none (``Unreached``)."""
         tried: list[Endpoint] = []
         unreached: Unreached | None = None
         while True:
             try:
-                endpoint = self._acquire(model, tried)
+                endpoint = self._acquire(model, len(inputs), tried)
             except BackendUnavailable:
                 if unreached is not None:  # no other endpoint to try: what the last one did
                     raise unreached from None
@@ -163,10 +164,11 @@ class TorchServeBackend:
                 unreached = exc
                 log.warning("%s unreachable; the %s batch tries another", endpoint.name, model)
 
-    def _acquire(self, model: str, tried: list[Endpoint]) -> Endpoint:
-        """The first candidate not tried yet whose breaker lets the batch through."""
+    def _acquire(self, model: str, images: int, tried: list[Endpoint]) -> Endpoint:
+        """The first candidate for ``images`` not tried yet whose breaker lets the batch
+        through."""
         waits = []
-        for endpoint in self.found.candidates(model):
+        for endpoint in self.found.candidates(model, images):
             if endpoint in tried:
                 continue
             if (wait := endpoint.breakers[model].acquire()) is None:
@@ -189,8 +191,9 @@ class TorchServeBackend:
     ) -> list[dict[str, Any]]:
         """One batch on one endpoint, judged by its breaker for this model, and counted."""
         breaker = endpoint.breakers[model]
-        endpoint.in_flight[model] += 1
+        endpoint.sent(model, len(inputs))
         started = time.perf_counter()
+        outcome: Outcome = None
         try:
             results = await self._judged(
                 breaker,
@@ -200,15 +203,13 @@ class TorchServeBackend:
                 self._post(endpoint, model, inputs, top_k, probabilities),
             )
         except BackendError as exc:
-            if exc.reached:
-                endpoint.failures[model] += 1
+            outcome = "failed" if exc.reached else None
             raise
         else:
-            endpoint.batches[model] += 1
+            outcome = "answered"
             return results
         finally:
-            endpoint.in_flight[model] -= 1
-            endpoint.busy_seconds[model] += time.perf_counter() - started
+            endpoint.ended(model, len(inputs), time.perf_counter() - started, outcome)
 
     async def _judged(
         self,
@@ -271,14 +272,15 @@ class TorchServeBackend:
         top_k: int,
         probabilities: bool,
     ) -> httpx.Response:
-        files = [
-            (input_field(item.kind, i), (f"{i}", item.data, "application/octet-stream"))
-            for i, item in enumerate(inputs)
-        ]
         fields = {TOP_K_FIELD: str(top_k)} | ({PROBABILITIES_FIELD: "1"} if probabilities else {})
+        body, content_type = encode_form(
+            fields, [(input_field(item.kind, i), item.data) for i, item in enumerate(inputs)]
+        )
         url = f"{endpoint.address.inference_url}/predictions/{model}"
         return await self._with_key(
-            "inference", endpoint, lambda headers: self._send(url, files, fields, headers)
+            "inference",
+            endpoint,
+            lambda headers: self._send(url, body, headers | {"Content-Type": content_type}),
         )
 
     async def _with_key(self, kind: str, endpoint: Endpoint, send: Send) -> httpx.Response:
@@ -327,20 +329,15 @@ class TorchServeBackend:
             log.info("renewed TorchServe's %s key", kind)
 
     async def _send(
-        self,
-        url: str,
-        files: list[tuple[str, tuple[str, bytes, str]]],
-        fields: dict[str, str],
-        headers: dict[str, str],
-        refused_retries: int = 1,
+        self, url: str, body: bytes, headers: dict[str, str], refused_retries: int = 1
     ) -> httpx.Response:
         """One POST, its failures as backend errors; a refused connection (nothing reached
         TorchServe) is tried ``refused_retries`` more times."""
         try:
-            return await self._client.post(url, files=files, data=fields, headers=headers)
+            return await self._client.post(url, content=body, headers=headers)
         except httpx.ConnectError:
             if refused_retries:
-                return await self._send(url, files, fields, headers, refused_retries - 1)
+                return await self._send(url, body, headers, refused_retries - 1)
             raise Unreached("cannot reach TorchServe (ConnectError)", self.cooldown_s) from None
         except httpx.ConnectTimeout:
             raise Unreached("cannot reach TorchServe (ConnectTimeout)", self.cooldown_s) from None

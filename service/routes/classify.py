@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Query, Request
 
 from model_store.worker.protocol import DEFAULT_TOP_K, MAX_TOP_K
 
-from ..deps import ApiKeyDep, GatewayDep, RequestTimeoutMs, UploadSlotDep
-from ..inference import documented_errors, infer, require_served
+from ..deps import ApiKeyDep, GatewayDep, RequestTimeoutMs, ServedModel, UploadSlotDep
+from ..inference import documented_errors, infer
 from ..metrics import PROTOCOL_V1
 from ..schemas import ClassifyResponse, ErrorResponse, ImageResult
 from ..uploads import IMAGE_CONTENT_TYPES, read_images
@@ -62,13 +62,12 @@ async def classify(
     gateway: GatewayDep,
     _: ApiKeyDep,
     slot: UploadSlotDep,
-    model: Annotated[str, Path(description="a served model, see GET /v1/models")],
+    model: ServedModel,
     top_k: Annotated[
         int, Query(ge=1, le=MAX_TOP_K, description="predictions per image")
     ] = DEFAULT_TOP_K,
     x_request_timeout_ms: RequestTimeoutMs = None,
 ) -> ClassifyResponse:
-    require_served(gateway, model)
     uploads = await read_images(request, gateway.settings, slot.slow_down)
     results, timing = await infer(
         request,

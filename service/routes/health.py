@@ -8,8 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from ..backends.base import ready_endpoints
-from ..deps import ApiKeyDep, GatewayDep
-from ..inference import require_served
+from ..deps import GatewayDep, ServedModel
 from ..schemas import READY, ErrorResponse, Health, ModelReadiness, Readiness
 
 router = APIRouter(tags=["health"])
@@ -47,12 +46,9 @@ async def readyz(gateway: GatewayDep) -> Readiness | JSONResponse:
     response_model=ModelReadiness,
     responses={404: {"model": ErrorResponse}, 503: {"model": ModelReadiness}},
 )
-async def model_ready(
-    gateway: GatewayDep, _: ApiKeyDep, model: str
-) -> ModelReadiness | JSONResponse:
+async def model_ready(gateway: GatewayDep, model: ServedModel) -> ModelReadiness | JSONResponse:
     """200 when this model has a ready worker, 503 (with the reason) when not. Behind the API
     key, as everything that names models: the probes are ``/healthz`` and ``/readyz``."""
-    require_served(gateway, model)
     state = (await gateway.backend.readiness()).get(model, "unknown")
     body = ModelReadiness(
         model=model,

@@ -16,9 +16,17 @@ from model_store.worker.protocol import TENSOR_CHANNELS
 from model_store.zoo.precision import DEFAULT_PRECISION
 
 from ..backends.base import WorkerFacts
-from ..deps import ApiKeyDep, Gateway, GatewayDep, RequestTimeoutMs, UploadSlot, UploadSlotDep
+from ..deps import (
+    ApiKeyDep,
+    Gateway,
+    GatewayDep,
+    RequestTimeoutMs,
+    ServedModel,
+    UploadSlot,
+    UploadSlotDep,
+)
 from ..errors import ApiError
-from ..inference import documented_errors, infer, require_served
+from ..inference import documented_errors, infer
 from ..metrics import PROTOCOL_V2
 from ..open_inference.codec import (
     DecodedRequest,
@@ -111,13 +119,10 @@ async def server_ready(gateway: GatewayDep) -> ServerReady | JSONResponse:
     return ServerReady(ready=True) if ready else not_ready(ServerReady(ready=False))
 
 
-def served_version(
-    gateway: GatewayDep,
-    _: ApiKeyDep,  # before the 404, which names the served models
-    model: str,
+async def served_version(
+    model: ServedModel,
     version: Annotated[str, Path(description=f"the one served: {MODEL_VERSION}")],
 ) -> None:
-    require_served(gateway, model)
     if version != MODEL_VERSION:
         raise ApiError(
             404,
@@ -134,10 +139,9 @@ async def reported_facts(gateway: Gateway, model: str) -> WorkerFacts | None:
 
 
 @model_router.get("", response_model=ModelMetadata, responses=ERRORS)
-async def model_metadata(gateway: GatewayDep, _: ApiKeyDep, model: str) -> ModelMetadata:
+async def model_metadata(gateway: GatewayDep, model: ServedModel) -> ModelMetadata:
     """Inputs and outputs with their shapes, as the model's worker reports them (-1 for the
     batch dimension, and for sizes not known until the worker has reported)."""
-    require_served(gateway, model)
     facts = await reported_facts(gateway, model)
     side = facts.input_size if facts and facts.input_size else -1
     classes = facts.num_classes if facts and facts.num_classes else -1
@@ -167,9 +171,8 @@ def platform(facts: WorkerFacts | None) -> str:
 @model_router.get(
     "/ready", response_model=ModelReady, responses={503: {"model": ModelReady}, **ERRORS}
 )
-async def model_ready(gateway: GatewayDep, _: ApiKeyDep, model: str) -> ModelReady | JSONResponse:
+async def model_ready(gateway: GatewayDep, model: ServedModel) -> ModelReady | JSONResponse:
     """200 when this model has a ready worker, 503 when not (as ``/v1/models/{model}/ready``)."""
-    require_served(gateway, model)
     ready = (await gateway.backend.readiness()).get(model) == READY
     body = ModelReady(name=model, ready=ready)
     return body if ready else not_ready(body)
@@ -187,12 +190,11 @@ async def model_infer(
     gateway: GatewayDep,
     _: ApiKeyDep,
     slot: UploadSlotDep,
-    model: str,
+    model: ServedModel,
     x_request_timeout_ms: RequestTimeoutMs = None,
 ) -> Response:
     """Batched with every other request for the model, /v1's included. The ``timeout``
     parameter (microseconds) or ``X-Request-Timeout-Ms`` is the request's deadline."""
-    require_served(gateway, model)
     decoded = await read_inference_request(request, gateway, model, slot)
     results, _ = await infer(
         request,
@@ -213,10 +215,11 @@ async def read_inference_request(
 ) -> DecodedRequest:
     """The request's validated inputs, decoded off the event loop (inflating, parsing and
     checking 10 MiB takes tens of milliseconds). The body is not held past this: while the
-    request waits for its batch, only its inputs are."""
+    request waits for its batch, only its inputs are. The input size is what the worker last
+    reported to the readiness checks (until it has, an FP32 tensor is a 503: not ready)."""
     settings = gateway.settings
     body = await read_body(request, settings, slot.slow_down)
-    facts = await reported_facts(gateway, model)
+    facts = gateway.backend.worker_facts().get(model)  # cached: never a management call here
 
     def decode() -> DecodedRequest:
         inflated = decompress(

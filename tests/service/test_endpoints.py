@@ -46,6 +46,7 @@ class Fleet:
         self.batches: Counter[str] = Counter()
         self.workers: Counter[str] = Counter(dict.fromkeys(hosts, 1))  # READY workers each
         self.delay_s = 0.0
+        self.delays: dict[str, float] = {}  # per host, instead of delay_s
 
     async def resolve(self, host: str) -> list[str]:
         assert host == "workers.test"
@@ -60,7 +61,7 @@ class Fleet:
         if host in self.dropping:
             self.batches[host] += 1
             raise httpx.ReadError("connection reset", request=request)
-        await asyncio.sleep(self.delay_s)
+        await asyncio.sleep(self.delays.get(host, self.delay_s))
         self.batches[host] += 1
         return httpx.Response(200, json={"results": [GOOD]})
 
@@ -111,16 +112,40 @@ def test_dns_discovery_makes_one_endpoint_per_address_with_the_urls_ports():
     ]
 
 
-def test_candidates_are_ready_endpoints_fewest_in_flight_first_and_ties_take_turns():
+def test_candidates_are_ready_endpoints_least_work_first_and_ties_take_turns():
     found = EndpointSet([MODEL], lambda: CircuitBreaker(3, 30))
     found.update([Address(f"http://{h}:8080", f"http://{h}:8081") for h in "abc"])
     a, b, c = found
     assert {found.candidates(MODEL)[0].name for _ in range(6)} == {a.name, b.name, c.name}
     a.states[MODEL] = b.states[MODEL] = READY  # c not ready: never a candidate now
-    a.in_flight[MODEL] = 2
+    a.sent(MODEL, 2)
     assert [e.name for e in found.candidates(MODEL)] == [b.name, a.name]
+    a.ended(MODEL, 2, 0.4, "answered")  # a: 0.2 s per image
+    b.sent(MODEL, 4)
+    b.ended(MODEL, 4, 0.2, "answered")  # b: 4x faster
+    b.sent(MODEL, 1)  # 2 images' work on b (0.1 s) is half of 1 on a (0.2 s)
+    assert [e.name for e in found.candidates(MODEL, images=1)] == [b.name, a.name]
+    b.sent(MODEL, 5)  # now 7 on b (0.35 s) against 1 on a
+    assert [e.name for e in found.candidates(MODEL, images=1)] == [a.name, b.name]
+    b.ended(MODEL, 2, 0.1, "answered")  # 4 left on b: 0.25 s with the next, as good: in turn
+    assert {found.candidates(MODEL, images=1)[0].name for _ in range(4)} == {a.name, b.name}
     found.update([a.address])  # b and c gone
     assert [e.name for e in found.candidates(MODEL)] == [a.name]
+
+
+def test_an_endpoint_not_measured_yet_counts_as_the_average():
+    found = EndpointSet([MODEL], lambda: CircuitBreaker(3, 30))
+    found.update([Address(f"http://{h}:8080", f"http://{h}:8081") for h in "ab"])
+    a, b = found
+    a.states[MODEL] = b.states[MODEL] = READY
+    a.sent(MODEL, 8)
+    a.ended(MODEL, 8, 0.8, "answered")  # 0.1 s per image
+    a.sent(MODEL, 8)  # 0.8 s queued on a; b (new, unmeasured) is taken as 0.1 s per image
+    assert [e.name for e in found.candidates(MODEL, images=8)] == [b.name, a.name]
+    b.sent(MODEL, 24)
+    assert [e.name for e in found.candidates(MODEL, images=8)] == [a.name, b.name]
+    a.ended(MODEL, 8, 5.0, "failed")  # a failure teaches nothing of speed
+    assert a.image_seconds[MODEL] == pytest.approx(0.1) and a.failures[MODEL] == 1
 
 
 def test_batches_spread_over_every_endpoint_dns_finds_and_reach_one_added_later():
@@ -133,7 +158,7 @@ def test_batches_spread_over_every_endpoint_dns_finds_and_reach_one_added_later(
         assert backend.ready_workers(MODEL) == 2
         assert all(r == [GOOD] for r in await classify_many(backend, 40))
         assert set(fleet.batches) == {"10.0.0.1", "10.0.0.2"}
-        assert min(fleet.batches.values()) >= 10  # fewest in flight: about half each
+        assert min(fleet.batches.values()) >= 10  # equal speed, least work: about half each
 
         fleet.hosts.append("10.0.0.3")  # a replica added: found by the next refresh
         fleet.workers["10.0.0.3"] = 1
@@ -155,6 +180,23 @@ def test_batches_spread_over_every_endpoint_dns_finds_and_reach_one_added_later(
         await backend.close()
 
     asyncio.run(scenario())
+
+
+def test_a_slower_replica_gets_a_smaller_share_of_the_batches():
+    """Replicas of unequal speed (one on a shared node): batches follow the least outstanding
+    work, so the faster one answers more of them and none waits behind the slow one."""
+    fleet = Fleet("10.0.0.1", "10.0.0.2")
+    fleet.delays = {"10.0.0.1": 0.06, "10.0.0.2": 0.015}
+
+    async def scenario() -> None:
+        backend = fleet.dns_backend()
+        await backend.start()
+        for _ in range(20):  # a steady stream, four batches at a time
+            assert all(r == [GOOD] for r in await classify_many(backend, 4))
+        await backend.close()
+
+    asyncio.run(scenario())
+    assert fleet.batches["10.0.0.2"] >= 2 * fleet.batches["10.0.0.1"] > 0
 
 
 def test_the_concurrency_follows_each_endpoints_ready_workers():

@@ -4,7 +4,8 @@ flight on it.
 
 The replicas run as a cluster runs them: each on an address of its own (127.0.0.2-4: all of
 127/8 is loopback), every one on the same inference port, its management API behind the
-read-only gate on the same gate port, token authorization off. The DNS answer is the test's
+read-only gate on the same gate port, token authorization off, each pinned to a CPU of its own
+(in turn over this machine's). The DNS answer is the test's
 (``workers.test`` -> the addresses it lists); TorchServe's own request counters say which
 replica computed what.
 """
@@ -12,16 +13,18 @@ replica computed what.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
-import re
 import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import httpx
+import psutil
 import pytest
 
+from bench.stack import requests_computed
 from model_store.worker.keys import KeyRing
 from model_store.worker.launcher import CONFIG_TEMPLATE, TorchServe, free_ports
 from model_store.worker.management_gate import ManagementGate
@@ -38,6 +41,7 @@ pytestmark = pytest.mark.slow
 MODEL = "eca_resnet50"
 ADDRESSES = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
 HOST = "workers.test"
+CPUS = sorted(os.sched_getaffinity(0))
 
 
 @dataclass
@@ -53,9 +57,7 @@ class Replicas:
 
     def computed(self, address: str) -> float:
         """Inference requests this replica's TorchServe counted (its own metrics)."""
-        text = httpx.get(f"{self.servers[address].metrics_url}/metrics", timeout=10).text
-        found = re.findall(r"^ts_inference_requests_total\{[^}]*\} (\S+)$", text, flags=re.M)
-        return sum(map(float, found))
+        return requests_computed(self.servers[address].metrics_url)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +69,7 @@ def replicas(tmp_path_factory, tiny_archives) -> Iterator[Replicas]:
     servers: dict[str, TorchServe] = {}
     gates: list[ManagementGate] = []
     try:
-        for address in ADDRESSES:
+        for index, address in enumerate(ADDRESSES):
             management, metrics, grpc_inference, grpc_management = free_ports(4)
             servers[address] = TorchServe(
                 [MODEL],
@@ -79,6 +81,7 @@ def replicas(tmp_path_factory, tiny_archives) -> Iterator[Replicas]:
                 metrics_port=metrics,
                 grpc_ports=(grpc_inference, grpc_management),
                 config_template=template,
+                cpus=frozenset({CPUS[index % len(CPUS)]}),
             ).start()
             gates.append(
                 ManagementGate((address, gate_port), servers[address].management_url).start()
@@ -103,6 +106,24 @@ def wait_for_endpoints(url: str, count: int, within_s: float) -> float:
         assert time.monotonic() - started < within_s, f"never {count} ready endpoints"
         time.sleep(0.2)
     return time.monotonic() - started
+
+
+def test_each_replica_runs_on_its_own_cpu_with_threads_sized_to_it(replicas):
+    """``TorchServe(cpus=...)``: the frontend and every worker process run on the CPUs given,
+    and the worker sizes its threads to them (one), not to the machine."""
+    for index, (address, server) in enumerate(replicas.servers.items()):
+        assert server.process is not None
+        tree = psutil.Process(server.process.pid)
+        processes = [tree, *tree.children(recursive=True)]
+        assert len(processes) >= 2  # the frontend and the model's worker
+        assert {tuple(p.cpu_affinity()) for p in processes} == {(CPUS[index % len(CPUS)],)}
+        described = httpx.get(
+            f"http://{address}:{replicas.gate_port}/models/{MODEL}",
+            params={"customized": "true"},
+            timeout=30,
+        ).json()[0]["customizedMetadata"]
+        facts = json.loads(described) if isinstance(described, str) else described
+        assert facts["threads"] == 1
 
 
 def test_batches_spread_over_every_replica_found_added_and_killed(replicas):

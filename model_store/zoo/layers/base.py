@@ -41,3 +41,16 @@ class Attention(nn.Module):
         """Constructor arguments one block's weights imply (names inside the module), so a
         checkpoint loads without the user repeating how it was built."""
         return {}
+
+
+class MeanGateAttention(Attention):
+    """``x * gate(mean_hw(x))``: a kind that only says how it gates the pooled channel vector
+    (SE's MLP, ECA's 1-D conv) and gets the early squeeze with it."""
+
+    gate_from_mean = True
+
+    def gate(self, pooled: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x.mean((2, 3)))[:, :, None, None]

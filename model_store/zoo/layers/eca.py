@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Attention
+from .base import MeanGateAttention
 
 
 def adaptive_kernel_size(channels: int, gamma: int = 2, beta: int = 1) -> int:
@@ -29,12 +29,11 @@ def adaptive_kernel_size(channels: int, gamma: int = 2, beta: int = 1) -> int:
     return t if t % 2 else t + 1
 
 
-class EfficientChannelAttention(Attention):
+class EfficientChannelAttention(MeanGateAttention):
     """``x * sigmoid(conv1d_k(mean_hw(x)))`` with a bias-free, zero-padded 1-D conv."""
 
     checkpoint_marker = "conv."
     checkpoint_names = ("eca", "se")  # the official ECANet code; timm keeps ECA under ``se``
-    gate_from_mean = True
 
     def __init__(
         self, channels: int, kernel_size: int | None = None, gamma: int = 2, beta: int = 1
@@ -61,10 +60,6 @@ class EfficientChannelAttention(Attention):
         for tap in range(1, self.kernel_size):
             logits = logits + taps[tap] * padded[:, tap : tap + channels]
         return torch.sigmoid(logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.gate(x.mean((2, 3)))
-        return x * scale[:, :, None, None]
 
     @classmethod
     def kwargs_from_weights(cls, weights: Mapping[str, torch.Tensor]) -> dict[str, Any]:

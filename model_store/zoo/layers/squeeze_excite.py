@@ -16,16 +16,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Attention
+from .base import MeanGateAttention
 
 
-class SqueezeExcite(Attention):
+class SqueezeExcite(MeanGateAttention):
     """``x * sigmoid(fc2(relu(fc1(mean_hw(x)))))``."""
 
     checkpoint_marker = "fc1."
     checkpoint_names = ("se", "se_module")  # timm, and SELayer re-implementations
     checkpoint_renames = ((r"^fc\.0\.", "fc1."), (r"^fc\.2\.", "fc2."))  # nn.Sequential MLPs
-    gate_from_mean = True
 
     def __init__(self, channels: int, reduction: int = 16, bias: bool = True) -> None:
         super().__init__()
@@ -41,10 +40,6 @@ class SqueezeExcite(Attention):
     def gate(self, pooled: torch.Tensor) -> torch.Tensor:
         """Per-channel scale in (0, 1) from the pooled ``(N, C)`` descriptor."""
         return torch.sigmoid(self.fc2(self.act(self.fc1(pooled))))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.gate(x.mean((2, 3)))
-        return x * scale[:, :, None, None]
 
     @classmethod
     def kwargs_from_weights(cls, weights: Mapping[str, torch.Tensor]) -> dict[str, Any]:
