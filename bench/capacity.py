@@ -56,7 +56,15 @@ from model_store.zoo.fidelity import FidelityGate
 from model_store.zoo.precision import FP32, PRECISIONS
 from model_store.zoo.runtimes import DEFAULT_RUNTIME, RUNTIMES
 
-from .common import RESULTS_DIR, columns_table, environment, percentile, progress, write_results
+from .common import (
+    RESULTS_DIR,
+    columns_table,
+    comma_list,
+    environment,
+    percentile,
+    progress,
+    write_results,
+)
 from .precision_runners import split_mode
 from .stack import (
     bench_archives,
@@ -330,13 +338,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="eca_resnet50")
-    parser.add_argument("--rates", default="4,8,12,16,20,24", help="offered img/s, comma list")
+    parser.add_argument(
+        "--rates", type=comma_list(float), default="4,8,12,16,20,24", help="offered img/s"
+    )
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per rate/target")
     parser.add_argument("--pause", type=float, default=2.0, help="seconds between runs")
     parser.add_argument("--slo-ms", type=float, default=1000.0)
     parser.add_argument("--null-seconds", type=float, default=10.0)
     parser.add_argument(
         "--runtimes",
+        type=comma_list(),
         default=DEFAULT_RUNTIME,
         help=f"comma list of {', '.join(RUNTIMES)}, each optionally -bf16 or -int8: the first "
         "serves every target, each further one adds a gateway-deadline@RUNTIME target",
@@ -344,8 +355,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="tiny trained model (smoke runs)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    args.rates = [float(r) for r in args.rates.split(",")]
-    args.runtimes = args.runtimes.split(",")
     known = {f"{r}-{p}" if p != FP32 else r for r in RUNTIMES for p in PRECISIONS}
     if unknown := set(args.runtimes) - known:
         parser.error(f"unknown runtimes {sorted(unknown)}; choose from {sorted(known)}")

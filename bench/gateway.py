@@ -26,7 +26,7 @@ import httpx
 from model_store.worker.launcher import TorchServe
 from service.settings import GatewaySettings
 
-from .common import progress, report
+from .common import comma_list, progress, report
 from .load import LoadResult, closed_loop
 from .stack import (
     bench_archives,
@@ -113,7 +113,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="eca_resnet50")
-    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--concurrency", type=comma_list(int), default="1,8,32")
     parser.add_argument(
         "--duration", type=float, default=30.0, help="measured seconds per target and concurrency"
     )
@@ -138,7 +138,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="tiny trained model (smoke runs)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    args.concurrency = [int(c) for c in args.concurrency.split(",")]
     return args
 
 

@@ -36,7 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .common import environment, markdown_table, progress, summarize_latencies, write_results
+from .common import (
+    comma_list,
+    environment,
+    markdown_table,
+    progress,
+    summarize_latencies,
+    write_results,
+)
 from .precision_runners import RUNTIME_BUILDERS, split_mode
 
 OURS = "compiled"
@@ -329,6 +336,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--modes",
+        type=comma_list(),
         default="eager,compiled,openvino,onnxruntime",
         help=f"comma list of {', '.join(MODES)}",
     )
@@ -346,7 +354,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    args.modes = args.modes.split(",")
     if unknown := [m for m in args.modes if m not in MODES]:
         parser.error(f"unknown modes {unknown}; choose from {list(MODES)}")
     if "timm-compiled" in args.modes and importlib.util.find_spec("timm") is None:

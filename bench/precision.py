@@ -40,7 +40,7 @@ from model_store.zoo.precision import FP32, PRECISIONS
 from model_store.zoo.registry import parse_model_names
 from model_store.zoo.runtimes import RUNTIMES
 
-from .common import environment, markdown_table, progress, write_results
+from .common import comma_list, environment, markdown_table, progress, write_results
 
 BUCKETS = (1, 8)
 TEST_IMAGES = 64
@@ -111,16 +111,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models", type=parse_model_names, default="eca_resnet50,resnet50")
-    parser.add_argument("--runtimes", default=",".join(RUNTIMES))
-    parser.add_argument("--precisions", default=",".join(PRECISIONS))
+    parser.add_argument("--runtimes", type=comma_list(), default=",".join(RUNTIMES))
+    parser.add_argument("--precisions", type=comma_list(), default=",".join(PRECISIONS))
     parser.add_argument(
         "--full-steps", type=int, default=150, help="training steps of the full-size model; 0 skips"
     )
     parser.add_argument("--no-random", action="store_true", help="skip the random-weight model")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    args.runtimes = args.runtimes.split(",")
-    args.precisions = args.precisions.split(",")
     args.gate = FidelityGate()
     return args
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from model_store.worker.archive import ArchiveSpec
 
-from .common import progress, report
+from .common import comma_list, progress, report
 from .load import closed_loop
 from .stack import start_stack
 
@@ -87,7 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(DEFAULT_MODELS),
         help="comma list or 'all'",
     )
-    parser.add_argument("--concurrency", default="1,4,8", help="concurrent clients, comma list")
+    parser.add_argument(
+        "--concurrency", type=comma_list(int), default="1,4,8", help="concurrent clients"
+    )
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per point")
     parser.add_argument(
         "--warmup", type=float, default=3.0, help="unmeasured seconds before each point"
@@ -99,7 +101,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="tiny trained models (smoke runs)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    args.concurrency = [int(c) for c in args.concurrency.split(",")]
     return args
 
 

@@ -103,7 +103,7 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
         description="Batches image uploads to ResNet-50 workers with SE/ECA/CBAM/SA attention.",
         lifespan=lifespan,
     )
-    install_error_handlers(app)
+    install_error_handlers(app, {v2.router.prefix: v2.error_body})
     app.add_middleware(ServerTiming)
     app.add_middleware(
         RequestMetrics,

@@ -1,20 +1,18 @@
 """Every failure leaves as ``{"error": {"code", "message"}}`` with a status code of the API
-contract (``docs/ARCHITECTURE.md``); under ``/v2`` as the Open Inference Protocol's
-``{"error": "message"}``, with the same status."""
+contract (``docs/ARCHITECTURE.md``); under a protocol's prefix in the format its router declares
+(``/v2``: the Open Inference Protocol's ``{"error": "message"}``), with the same status."""
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from .open_inference.protocol import V2_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +50,14 @@ IMAGE_ERROR_STATUS = {
 }
 
 
+ErrorBody = Callable[[str, str], dict[str, Any]]
+"""``(code, message)`` -> an error's JSON body in one protocol's format."""
+
+
+def gateway_error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
 def error_response(
     request: Request,
     status: int,
@@ -59,15 +65,22 @@ def error_response(
     message: str,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    """The error in the format of the protocol the request spoke."""
-    if request.url.path == V2_PREFIX or request.url.path.startswith(f"{V2_PREFIX}/"):
-        body: dict[str, Any] = {"error": message}
-    else:
-        body = {"error": {"code": code, "message": message}}
-    return JSONResponse(body, status, headers=headers)
+    """The error in the format of the protocol the request spoke: the one registered for its
+    path's prefix (``install_error_handlers``), else the gateway's own."""
+    path = request.url.path
+    formats: Mapping[str, ErrorBody] = request.app.state.error_formats
+    body = next(
+        (fmt for prefix, fmt in formats.items() if path == prefix or path.startswith(f"{prefix}/")),
+        gateway_error_body,
+    )
+    return JSONResponse(body(code, message), status, headers=headers)
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, formats: Mapping[str, ErrorBody]) -> None:
+    """Every error as JSON; under each prefix of ``formats`` (a protocol's routes, which declare
+    their own format) in that format."""
+    app.state.error_formats = dict(formats)
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error_response(request, exc.status, exc.code, exc.message, exc.headers)

@@ -65,6 +65,13 @@ VERSION = f"{MODEL}/versions/{{version}}"
 INFER = "/infer"
 
 router = APIRouter(prefix=V2_PREFIX, tags=["open inference protocol"])
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """The protocol's error: ``{"error": message}`` (the code is in the status alone)."""
+    return V2Error(error=message).model_dump()
+
+
 model_router = APIRouter(tags=["open inference protocol"])
 
 ERRORS = documented_errors(
