@@ -18,6 +18,11 @@ SMOOTHING = 0.2
 """Weight of the newest observation in a size's mean and deviation."""
 BOUND_SPREAD = 2.0
 """Deviations above the mean in ``bound`` (TCP's timeout uses 4 for a far rarer event)."""
+OUTLIER = 4.0
+"""A batch over this many times its size's bound is believed only when the next batch is past
+it too. One batch that waited out a worker's restart (killed while no batch ran, so nothing
+failed and the dispatcher's rule after a failure does not apply) otherwise taught the model a
+restart, and the next request was refused as unmeetable (the short soak in CI)."""
 
 
 class BatchCostModel:
@@ -27,8 +32,22 @@ class BatchCostModel:
         self.smoothing = smoothing
         self.means: dict[int, float] = {}
         self.deviations: dict[int, float] = {}
+        self._suspect: tuple[int, float] | None = None  # an outlier waiting to be confirmed
 
     def observe(self, size: int, seconds: float) -> None:
+        """Learns a batch's time; a lone ``OUTLIER`` is held back until the next batch says
+        whether the backend really became that slow."""
+        bound = self.bound(size)
+        outlier = bound is not None and seconds > OUTLIER * bound
+        suspect, self._suspect = self._suspect, None
+        if outlier and suspect is None:
+            self._suspect = (size, seconds)
+            return
+        if outlier and suspect is not None:
+            self._learn(*suspect)
+        self._learn(size, seconds)
+
+    def _learn(self, size: int, seconds: float) -> None:
         if (mean := self.means.get(size)) is None:
             # no spread assumed until seen: a fresh gateway admits rather than refuses
             self.means[size], self.deviations[size] = seconds, 0.0

@@ -58,3 +58,19 @@ def test_the_bound_sits_above_the_mean_by_the_spread_of_what_was_seen():
 def test_bad_smoothing_is_refused():
     with pytest.raises(ValueError, match="smoothing"):
         BatchCostModel(smoothing=0)
+
+
+def test_a_lone_outlier_is_not_learnt_and_a_confirmed_one_is():
+    """One batch that waited out a worker's restart must not make the next request look
+    unmeetable; a backend that really became that slow is believed at its second batch."""
+    model = BatchCostModel()
+    for _ in range(5):
+        model.observe(4, 0.1)
+    model.observe(4, 5.0)  # waited out a restart
+    assert model.predict(4) == pytest.approx(0.1)
+    model.observe(4, 0.1)  # the next batch is quick again: the outlier is dropped
+    model.observe(4, 0.1)
+    assert model.predict(4) == pytest.approx(0.1)
+    model.observe(4, 5.0)
+    model.observe(4, 5.0)  # slow twice in a row: both are learnt
+    assert model.predict(4) > 1.0

@@ -73,6 +73,8 @@ def test_launcher_stops_torchserve_on_signal(tiny_archives, tmp_path, signum):
         assert listening(inference) and listening(management)
         launcher.send_signal(signum)
         launcher.wait(STOP_WITHIN_S)  # raises if it is still running then
+        if signum == signal.SIGTERM:  # a clean stop (model_store.signals), as the worker's
+            assert launcher.returncode == 0
     finally:
         if launcher.poll() is None:
             launcher.kill()
