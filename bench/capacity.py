@@ -141,14 +141,13 @@ def summarize(outcomes: list[tuple[int, float]], lags: list[float], elapsed: flo
     }
 
 
+def meets_slo(row: dict[str, Any], slo_ms: float) -> bool:
+    """A run within the SLO: p99 at most ``slo_ms``, refusals and errors within the budget."""
+    return row["p99_ms"] <= slo_ms and row["refused_503"] + row["errors"] < ERROR_BUDGET
+
+
 def capacity_at_slo(rows: list[dict[str, Any]], target: str, slo_ms: float) -> float | None:
-    good = [
-        r["offered"]
-        for r in rows
-        if r["target"] == target
-        and r["p99_ms"] <= slo_ms
-        and r["refused_503"] + r["errors"] < ERROR_BUDGET
-    ]
+    good = [r["offered"] for r in rows if r["target"] == target and meets_slo(r, slo_ms)]
     return max(good) if good else None
 
 

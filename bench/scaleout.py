@@ -30,11 +30,10 @@ import argparse
 import asyncio
 import math
 import os
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,14 @@ import psutil
 from model_store.worker.launcher import CONFIG_TEMPLATE, TorchServe, free_ports
 from model_store.worker.synthetic import encode, make_images
 
-from .capacity import CAMERA_UPLOADS, ERROR_BUDGET, capacity_at_slo, open_loop, runtime_archive
+from .capacity import (
+    CAMERA_UPLOADS,
+    ERROR_BUDGET,
+    capacity_at_slo,
+    meets_slo,
+    open_loop,
+    runtime_archive,
+)
 from .capacity import summarize as summarize_load
 from .common import columns_table, comma_list, environment, progress, write_results
 from .service_proxy import start_service_proxy
@@ -66,7 +72,6 @@ class Fleet:
     inference_urls: list[str]
     management_urls: list[str]
     metrics_urls: list[str]
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def computed(self) -> list[float]:
         return [requests_computed(url) for url in self.metrics_urls]
@@ -118,7 +123,7 @@ def doubles_fleet(replicas: int, args: argparse.Namespace) -> Iterator[Fleet]:
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     process = start_doubles(ports, args.base_ms, args.per_image_ms)
     try:
-        yield Fleet(urls, urls, urls, [process])
+        yield Fleet(urls, urls, urls)
     finally:
         process.terminate()
         process.wait(30)
@@ -213,10 +218,6 @@ def report_row(row: dict[str, Any]) -> None:
     )
 
 
-def passes(row: dict[str, Any], slo_ms: float) -> bool:
-    return row["p99_ms"] <= slo_ms and row["refused_503"] + row["errors"] < ERROR_BUDGET
-
-
 def search_capacity(
     measure: Callable[[float], dict[str, Any]], rate: float, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
@@ -226,7 +227,7 @@ def search_capacity(
     lowering = False
     for _ in range(args.max_steps):
         rows.append(row := measure(rate))
-        passed = passes(row, args.slo_ms)
+        passed = meets_slo(row, args.slo_ms)
         if (passed and lowering) or (not passed and len(rows) > 1 and not lowering):
             break
         lowering = not passed
@@ -253,12 +254,7 @@ def real_part(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 if mode == "discovery" and (found := capacity_at_slo(rows, target, args.slo_ms)):
                     per_replica = found / replicas
     capacity = [
-        {
-            "replicas": replicas,
-            "mode": mode,
-            "capacity_img_per_s": capacity_at_slo(rows, f"{mode}-{replicas}", args.slo_ms),
-        }
-        | _at_capacity(rows, f"{mode}-{replicas}", args.slo_ms)
+        at_capacity(rows, replicas, mode, args.slo_ms)
         for replicas in args.real
         for mode in args.modes
     ]
@@ -266,12 +262,18 @@ def real_part(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return {"runtime": served, "rows": rows, "capacity": capacity}
 
 
-def _at_capacity(rows: list[dict[str, Any]], target: str, slo_ms: float) -> dict[str, Any]:
-    """What the run at the capacity measured (p99, shares), for the summary table."""
+def at_capacity(
+    rows: list[dict[str, Any]], replicas: int, mode: str, slo_ms: float
+) -> dict[str, Any]:
+    """The capacity of ``replicas`` reached as ``mode`` says, with what its run measured (p99,
+    shares), for the summary table."""
+    target = f"{mode}-{replicas}"
     best = capacity_at_slo(rows, target, slo_ms)
     [row] = [r for r in rows if r["target"] == target and r["offered"] == best] or [{}]
     keys = ("p99_ms", "replicas_used", "share_min", "share_max", "gateway_cpu_ms_per_image")
-    return {key: row.get(key) for key in keys}
+    return {"replicas": replicas, "mode": mode, "capacity_img_per_s": best} | {
+        key: row.get(key) for key in keys
+    }
 
 
 def doubles_part(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:

@@ -202,9 +202,8 @@ class EndpointSet:
     def candidates(self, model: str, images: int = 1) -> list[Endpoint]:
         """The ready endpoints, least outstanding work for a batch of ``images`` first (those
         within ``AS_GOOD`` of the least in turn; one not measured yet counts as the average of
-        those measured); all of them while
-        none is known ready, so a worker that is not yet or no longer checked is still tried,
-        and its breaker judges it."""
+        those measured); all of them while none is known ready, so a worker that is not yet or
+        no longer checked is still tried, and its breaker judges it."""
         endpoints = list(self)
         ready = [endpoint for endpoint in endpoints if endpoint.ready(model)] or endpoints
         if not ready:
