@@ -37,36 +37,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 
+from contract.protocol import READY_STATUS, input_field
+from model_store.torchserve.launcher import TorchServe
 from model_store.worker.archive import ArchiveSpec
-from model_store.worker.launcher import TorchServe
-from model_store.worker.protocol import READY_STATUS, input_field
 from model_store.zoo.fidelity import FidelityGate
 from model_store.zoo.precision import FP32, PRECISIONS
 from model_store.zoo.runtimes import DEFAULT_RUNTIME, RUNTIMES
-
-from .common import (
+from perf.common import (
     RESULTS_DIR,
     columns_table,
     comma_list,
     environment,
-    percentile,
     progress,
     write_results,
 )
-from .precision_runners import split_mode
-from .stack import (
+from perf.images import CAMERA_UPLOADS, image_pool
+from perf.load import OpenSend, open_loop, summarize
+from perf.slo import ERROR_BUDGET, RatePoint, capacity_at_slo
+from perf.stack import (
     bench_archives,
     build,
     gateway_env,
@@ -74,7 +72,8 @@ from .stack import (
     start_gateway,
     start_torchserve,
 )
-from .torchserve_direct import image_pool
+
+from .precision_runners import split_mode
 
 TARGETS = (
     "gateway-deadline",
@@ -83,72 +82,20 @@ TARGETS = (
     "torchserve-direct",
     "inprocess",
 )
-ERROR_BUDGET = 0.001
-"""Share of requests that may fail (any status but 200) at a rate that counts as capacity."""
-
-Send = Callable[[bytes], Awaitable[int]]
 
 
 GATE_OFF = FidelityGate(min_top1_agreement=0, min_top5_overlap=0, max_probability_shift=1)
 """A gate every build passes: for measuring the speed of random weights' low precisions."""
-CAMERA_UPLOADS = ((640, 480), (1024, 768), (1280, 960), (1600, 1200), (2048, 1536))
-"""Real-sized uploads: 0.3 to 3 megapixels."""
 
 
-async def open_loop(send: Send, pool: list[bytes], rate: float, duration_s: float, seed: int):
-    """Poisson arrivals at ``rate``/s for ``duration_s``; every request is awaited to the end."""
-    rng = random.Random(seed)
-    start = time.perf_counter() + 0.05
-    scheduled = start
-    lags: list[float] = []
-    tasks = []
-
-    async def one(at: float, data: bytes) -> tuple[int, float]:
-        try:
-            status = await send(data)
-        except httpx.HTTPError:
-            status = 0
-        return status, time.perf_counter() - at
-
-    index = 0
-    while (scheduled := scheduled + rng.expovariate(rate)) < start + duration_s:
-        if (delay := scheduled - time.perf_counter()) > 0:
-            await asyncio.sleep(delay)
-        lags.append(time.perf_counter() - scheduled)
-        tasks.append(asyncio.create_task(one(scheduled, pool[index % len(pool)])))
-        index += 1
-    outcomes = await asyncio.gather(*tasks)
-    return outcomes, lags, time.perf_counter() - start
+def rate_point(row: dict[str, Any]) -> RatePoint:
+    """A measured row (``summarize``) as the capacity rule reads it."""
+    return RatePoint(row["offered"], row["p99_ms"], row["refused_503"] + row["errors"])
 
 
-def summarize(outcomes: list[tuple[int, float]], lags: list[float], elapsed: float, slo_s: float):
-    ok = [latency for status, latency in outcomes if status == 200]
-    total = len(outcomes) or 1
-    refused = sum(status == 503 for status, _ in outcomes)
-    failed = total - len(ok) - refused
-    nan = float("nan")
-    return {
-        "requests": len(outcomes),
-        "img_per_s": len(ok) / elapsed,
-        "p50_ms": percentile(ok, 50) * 1000 if ok else nan,
-        "p90_ms": percentile(ok, 90) * 1000 if ok else nan,
-        "p99_ms": percentile(ok, 99) * 1000 if ok else nan,
-        "refused_503": refused / total,
-        "errors": failed / total,
-        "late": sum(latency > slo_s for latency in ok) / total,
-        "goodput_img_per_s": sum(latency <= slo_s for latency in ok) / elapsed,
-        "generator_lag_p99_ms": percentile(lags, 99) * 1000 if lags else 0.0,
-    }
-
-
-def meets_slo(row: dict[str, Any], slo_ms: float) -> bool:
-    """A run within the SLO: p99 at most ``slo_ms``, refusals and errors within the budget."""
-    return row["p99_ms"] <= slo_ms and row["refused_503"] + row["errors"] < ERROR_BUDGET
-
-
-def capacity_at_slo(rows: list[dict[str, Any]], target: str, slo_ms: float) -> float | None:
-    good = [r["offered"] for r in rows if r["target"] == target and meets_slo(r, slo_ms)]
-    return max(good) if good else None
+def target_capacity(rows: list[dict[str, Any]], target: str, slo_ms: float) -> float | None:
+    """``target``'s capacity (``perf.slo``) over the rates measured for it."""
+    return capacity_at_slo((rate_point(r) for r in rows if r["target"] == target), slo_ms)
 
 
 def first_calls(server: TorchServe, model: str, pool: list[bytes], buckets: tuple[int, ...]):
@@ -227,8 +174,8 @@ def null_gateway_efficiency(seconds: float) -> dict[str, Any]:
 
 def make_senders(
     client: httpx.AsyncClient, urls: dict[str, str], model: str, direct_server: TorchServe
-) -> dict[str, Send]:
-    def gateway(url: str) -> Send:
+) -> dict[str, OpenSend]:
+    def gateway(url: str) -> OpenSend:
         async def send(data: bytes) -> int:
             response = await client.post(
                 f"{url}/v1/models/{model}/classify",
@@ -421,7 +368,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 server.stop()
     progress("gateway alone over a null backend ...")
     null = null_gateway_efficiency(args.null_seconds)
-    capacity = {t: capacity_at_slo(rows, t, args.slo_ms) for t in targets}
+    capacity = {t: target_capacity(rows, t, args.slo_ms) for t in targets}
     per_runtime = served_per_runtime(rows, args.runtimes, capacity)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     png_path = args.out.with_suffix(".png") if args.out else RESULTS_DIR / f"capacity-{stamp}.png"

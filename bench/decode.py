@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_store.worker.images import ImageLimits, load_upright_rgb, validate
-from model_store.worker.synthetic import CLASS_NAMES, encode, make_images
-from model_store.worker.tiny import TINY_INPUT_SIZE, train_tiny
+from contract.images import ImageLimits, validate
+from model_store.demo.synthetic import CLASS_NAMES, encode, make_images
+from model_store.demo.tiny import TINY_INPUT_SIZE, train_tiny
+from model_store.worker.images import load_upright_rgb
 from model_store.worker.transforms import crop_to_array, normalize, resize_side
-
-from .common import report
+from perf.common import report
 
 
 def size_arg(value: str) -> tuple[int, int]:

@@ -23,12 +23,11 @@ from typing import Any
 
 import httpx
 
-from model_store.worker.launcher import TorchServe
-from service.settings import GatewaySettings
-
-from .common import comma_list, progress, report
-from .load import LoadResult, closed_loop
-from .stack import (
+from model_store.torchserve.launcher import TorchServe
+from perf.common import comma_list, progress, report
+from perf.images import image_pool
+from perf.load import LoadResult, closed_loop
+from perf.stack import (
     bench_archives,
     build,
     gateway_env,
@@ -36,7 +35,7 @@ from .stack import (
     start_gateway,
     start_torchserve,
 )
-from .torchserve_direct import image_pool
+from service.settings import GatewaySettings
 
 TARGETS = ("torchserve-direct", "gateway+torchserve", "gateway-inprocess")
 

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 from PIL import Image
 
-from model_store.worker.synthetic import encode, make_images
+from model_store.demo.synthetic import encode, make_images
 
 
 @dataclass(frozen=True)

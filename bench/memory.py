@@ -24,10 +24,9 @@ from typing import Any
 
 from PIL import Image
 
-from model_store.worker.images import ImageLimits
-from model_store.worker.synthetic import encode
-
-from .common import report
+from contract.images import ImageLimits
+from model_store.demo.synthetic import encode
+from perf.common import report
 
 CASES = ("palette PNG + transparency", "RGBA PNG", "16-bit grey PNG", "RGB JPEG", "CMYK JPEG")
 
@@ -114,8 +113,8 @@ def random_weights(model: str, directory: Path, tiny: bool = False) -> Path:
     are small, so the images' share of the peak shows)."""
     import torch
 
-    from model_store.worker.synthetic import CLASS_NAMES
-    from model_store.worker.tiny import save_tiny
+    from model_store.demo.synthetic import CLASS_NAMES
+    from model_store.demo.tiny import save_tiny
     from model_store.zoo.checkpoint import save_checkpoint
     from model_store.zoo.models import TINY_ARCH, create_model
 

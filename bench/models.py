@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .common import (
+from perf.common import (
     comma_list,
     environment,
     markdown_table,
@@ -44,6 +44,7 @@ from .common import (
     summarize_latencies,
     write_results,
 )
+
 from .precision_runners import RUNTIME_BUILDERS, split_mode
 
 OURS = "compiled"

@@ -29,18 +29,17 @@ from typing import Any
 
 import torch
 
+from model_store.demo.synthetic import encode, make_images
+from model_store.demo.tiny import TINY_INPUT_SIZE, train_tiny
 from model_store.worker.archive import build_candidate, candidate_name
 from model_store.worker.calibration import calibration_set, preprocess
-from model_store.worker.synthetic import encode, make_images
-from model_store.worker.tiny import TINY_INPUT_SIZE, train_tiny
 from model_store.zoo.fidelity import FidelityGate, logits_of, measure
 from model_store.zoo.models import create_model
 from model_store.zoo.optimize import optimize_for_inference
 from model_store.zoo.precision import FP32, PRECISIONS
 from model_store.zoo.registry import parse_model_names
 from model_store.zoo.runtimes import RUNTIMES
-
-from .common import comma_list, environment, markdown_table, progress, write_results
+from perf.common import comma_list, environment, markdown_table, progress, write_results
 
 BUCKETS = (1, 8)
 TEST_IMAGES = 64

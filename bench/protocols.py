@@ -28,14 +28,13 @@ import httpx
 import numpy as np
 import psutil
 
-from model_store.worker.protocol import TENSOR_CHANNELS
+from contract.protocol import TENSOR_CHANNELS
+from perf.common import percentile, report
+from perf.images import CAMERA_UPLOADS, image_pool
+from perf.stack import start_gateway
 from service.settings import GatewaySettings
 
-from .capacity import CAMERA_UPLOADS
-from .common import percentile, report
 from .null_gateway import NULL_INPUT_SIZE
-from .stack import start_gateway
-from .torchserve_direct import image_pool
 
 MODEL = "eca_resnet50"
 MAX_BODY = GatewaySettings.model_fields["max_upload_bytes"].default

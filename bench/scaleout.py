@@ -14,7 +14,7 @@ one batch in flight per replica.
   to it), behind the real gateway (``python -m service``). Open-loop Poisson arrivals of camera
   uploads, searched by ``--step`` (``search_capacity``): the capacity at the SLO is the highest
   rate whose p99 <= ``--slo-ms`` with refusals within the error budget
-  (``capacity.capacity_at_slo``).
+  (``perf.slo``: the last rate before the knee).
 - **Worker doubles** (``--replicas``): N doubles (``bench/worker_doubles.py``: a measured
   service-time distribution, all in one process, so N is not bounded by the cores) at ``--load``
   x their capacity, capped at ``--max-rate`` (what this machine can offer and take): served
@@ -42,22 +42,18 @@ from urllib.parse import urlsplit
 import httpx
 import psutil
 
-from model_store.worker.launcher import CONFIG_TEMPLATE, TorchServe, free_ports
-from model_store.worker.synthetic import encode, make_images
+from model_store.demo.synthetic import encode, make_images
+from model_store.torchserve.host import free_ports
+from model_store.torchserve.launcher import CONFIG_TEMPLATE, TorchServe
+from perf.common import columns_table, comma_list, environment, progress, write_results
+from perf.images import CAMERA_UPLOADS, image_pool
+from perf.load import open_loop
+from perf.slo import ERROR_BUDGET, meets_slo
+from perf.stack import READY_TIMEOUT_S, requests_computed, start_gateway
 
-from .capacity import (
-    CAMERA_UPLOADS,
-    ERROR_BUDGET,
-    capacity_at_slo,
-    meets_slo,
-    open_loop,
-    runtime_archive,
-)
+from .capacity import rate_point, runtime_archive, target_capacity
 from .capacity import summarize as summarize_load
-from .common import columns_table, comma_list, environment, progress, write_results
 from .service_proxy import start_service_proxy
-from .stack import READY_TIMEOUT_S, requests_computed, start_gateway
-from .torchserve_direct import image_pool
 from .worker_doubles import start_doubles, worker_capacity
 
 MODEL = "eca_resnet50"
@@ -227,7 +223,7 @@ def search_capacity(
     lowering = False
     for _ in range(args.max_steps):
         rows.append(row := measure(rate))
-        passed = meets_slo(row, args.slo_ms)
+        passed = meets_slo(rate_point(row), args.slo_ms)
         if (passed and lowering) or (not passed and len(rows) > 1 and not lowering):
             break
         lowering = not passed
@@ -251,7 +247,7 @@ def real_part(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 with gateway_for(fleet, mode, workdir / f"{target}.log") as (gateway, url):
                     measure = partial(run_at, labels, url, gateway, fleet, args.real_duration, pool)
                     rows += search_capacity(measure, start, args)
-                if mode == "discovery" and (found := capacity_at_slo(rows, target, args.slo_ms)):
+                if mode == "discovery" and (found := target_capacity(rows, target, args.slo_ms)):
                     per_replica = found / replicas
     capacity = [
         at_capacity(rows, replicas, mode, args.slo_ms)
@@ -268,7 +264,7 @@ def at_capacity(
     """The capacity of ``replicas`` reached as ``mode`` says, with what its run measured (p99,
     shares), for the summary table."""
     target = f"{mode}-{replicas}"
-    best = capacity_at_slo(rows, target, slo_ms)
+    best = target_capacity(rows, target, slo_ms)
     [row] = [r for r in rows if r["target"] == target and r["offered"] == best] or [{}]
     keys = ("p99_ms", "replicas_used", "share_min", "share_max", "gateway_cpu_ms_per_image")
     return {"replicas": replicas, "mode": mode, "capacity_img_per_s": best} | {

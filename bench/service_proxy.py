@@ -54,7 +54,7 @@ async def serve(groups: Mapping[int, Sequence[int]], seed: int = 0) -> None:
 
 def start_service_proxy(groups: Mapping[int, Sequence[int]]) -> subprocess.Popen[bytes]:
     """This module in a process of its own, once every listening port accepts connections."""
-    from .stack import started_answering  # not in the proxy's process: it imports torch
+    from perf.stack import started_answering  # not in the proxy's process: it imports torch
 
     args = [f"{port}={','.join(map(str, targets))}" for port, targets in groups.items()]
     return started_answering(

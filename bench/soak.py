@@ -38,15 +38,13 @@ from typing import Any
 import httpx
 import psutil
 
-from model_store.worker.keys import RENEWABLE_KINDS
-from model_store.worker.launcher import Supervisor, TorchServe
-from model_store.worker.synthetic import CLASS_NAMES, encode, make_images
+from contract.keys import RENEWABLE_KINDS
+from model_store.demo.synthetic import CLASS_NAMES, encode, make_images
+from model_store.torchserve.launcher import TorchServe
+from model_store.torchserve.supervisor import Supervisor
 from model_store.zoo.registry import DEFAULT_MODELS, parse_model_names
-
-from .common import RESULTS_DIR, comma_list, progress
-from .hostile import HOSTILE, send_hostile
-from .soak_report import NOT_SENT, Fault, Outcome, Sample, SoakRun, report
-from .stack import (
+from perf.common import RESULTS_DIR, comma_list, progress
+from perf.stack import (
     bench_archives,
     build,
     gateway_env,
@@ -54,6 +52,9 @@ from .stack import (
     start_prometheus,
     start_torchserve,
 )
+
+from .hostile import HOSTILE, send_hostile
+from .soak_report import NOT_SENT, Fault, Outcome, Sample, SoakRun, report
 
 FAULTS = ("worker_kill", "frontend_kill", "hostile_burst")
 SCRAPE_INTERVAL_S = 5.0

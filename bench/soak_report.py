@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .common import markdown_table, percentile, write_results
+from perf.common import markdown_table, percentile, write_results
 
 NOT_SENT = -1
 """An arrival the load generator dropped (``MAX_IN_FLIGHT`` already waiting): never sent."""
@@ -255,7 +255,7 @@ def report(run: SoakRun, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "per_minute": minutes,
         "samples": [asdict(s) for s in run.samples],
     }
-    from .common import environment
+    from perf.common import environment
 
     payload["environment"] = environment("cpu")
     path = write_results("soak", payload, out)

@@ -16,30 +16,14 @@ import argparse
 import asyncio
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from model_store.worker.archive import ArchiveSpec
-
-from .common import comma_list, progress, report
-from .load import closed_loop
-from .stack import start_stack
-
-SMALL_UPLOADS = ((320, 240), (640, 480), (500, 500), (800, 600))
-
-
-def image_pool(
-    count: int = 32, sizes: Sequence[tuple[int, int]] = SMALL_UPLOADS, quality: int = 90
-) -> list[bytes]:
-    """Varied synthetic JPEGs, cycling through ``sizes``, generated once."""
-    from model_store.worker.synthetic import encode, make_images
-
-    pool = []
-    for i in range(count):
-        [image], _ = make_images(1, seed=i, size=sizes[i % len(sizes)])
-        pool.append(encode(image, "JPEG", quality=quality))
-    return pool
+from perf.common import comma_list, progress, report
+from perf.images import image_pool
+from perf.load import closed_loop
+from perf.stack import start_stack
 
 
 async def run_load(
@@ -47,9 +31,8 @@ async def run_load(
 ) -> dict[str, Any]:
     import httpx
 
-    from model_store.worker.protocol import input_field
-
-    from .stack import post_direct
+    from contract.protocol import input_field
+    from perf.stack import post_direct
 
     path = f"/predictions/{model}"
     per_request = args.images_per_request

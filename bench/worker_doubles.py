@@ -15,7 +15,7 @@ import subprocess
 import sys
 from typing import Any
 
-from model_store.worker.protocol import (
+from contract.protocol import (
     READY_STATUS,
     REQUESTS_COUNTER,
     RESULTS_FIELD,
@@ -101,7 +101,7 @@ async def serve_doubles(ports: list[int], base_ms: float, per_image_ms: float) -
 
 def start_doubles(ports: list[int], base_ms: float, per_image_ms: float) -> subprocess.Popen[bytes]:
     """One process serving a double on each of ``ports``, once every one answers."""
-    from .stack import started_answering  # not in the doubles' process: it imports torch
+    from perf.stack import started_answering  # not in the doubles' process: it imports torch
 
     code = (
         "import asyncio, sys; from bench.worker_doubles import serve_doubles; "

@@ -31,8 +31,8 @@ from urllib.parse import urlparse
 
 import httpx
 
-from bench.common import progress
 from model_store.zoo.registry import DEFAULT_MODELS, parse_model_names
+from perf.common import progress
 
 from .report import write_report
 from .runner import Generator, Load, trial
@@ -127,7 +127,7 @@ def environment(url: str, started_here: bool) -> dict[str, Any]:
 @contextmanager
 def started_stack(models: list[str], tiny: bool) -> Iterator[str]:
     """TorchServe and the gateway on free loopback ports, for --start-stack."""
-    from bench.stack import start_stack
+    from perf.stack import start_stack
 
     with (
         tempfile.TemporaryDirectory(prefix="loadtest-stack-") as tmp,

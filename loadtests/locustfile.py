@@ -24,7 +24,7 @@ import time
 from locust import HttpUser, events, task
 
 from loadtests.checks import ARRIVAL, shape_problem
-from loadtests.images import upload_pool
+from perf.images import MIXED_UPLOADS, image_pool, media_type
 
 
 @events.init_command_line_parser.add_listener
@@ -45,7 +45,10 @@ class ClassifyUser(HttpUser):
         self.model = options.model
         self.top_k = options.top_k
         self.rate = options.user_rate
-        self.pool = upload_pool()
+        self.pool = [
+            (data, media_type(data))
+            for data in image_pool(24, MIXED_UPLOADS, quality=75, png_every=3)
+        ]
         self.arrival: float | None = None  # the next scheduled arrival (open loop)
 
     def wait_time(self) -> float:

@@ -11,9 +11,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.common import markdown_table
+from perf.common import markdown_table
 
-from .stats import Level, Ratio, bootstrap_ratio, capacity_at_slo, verdict
+from .stats import Level, Ratio, bootstrap_ratio, level_capacity, verdict
 
 NO_VALID_OPEN_LOOP = "no valid open-loop trials"
 METRICS = (("img_per_s", "throughput (img/s)", True), ("p99_ms", "p99 latency (ms)", False))
@@ -83,7 +83,7 @@ def capacities(
                         sum(r["failures"] for r in valid),
                     )
                 )
-        result[model] = capacity_at_slo(levels, slo_ms) if levels else NO_VALID_OPEN_LOOP
+        result[model] = level_capacity(levels, slo_ms) if levels else NO_VALID_OPEN_LOOP
     return result
 
 

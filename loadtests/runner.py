@@ -23,7 +23,7 @@ from typing import Any, Literal
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from model_store.worker.launcher import free_ports
+from model_store.torchserve.host import free_ports
 
 from .checks import ARRIVAL
 

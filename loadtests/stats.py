@@ -3,10 +3,13 @@ the sentence they allow, and the capacity at a latency SLO. Plain Python, no I/O
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from perf.slo import RatePoint, capacity_at_slo
 
 NO_DIFFERENCE = "no difference measurable at this precision"
 
@@ -69,16 +72,17 @@ class Level:
         return self.failures / self.requests if self.requests else 1.0
 
 
-def capacity_at_slo(
-    levels: Sequence[Level], slo_ms: float, max_error: float = 0.001
-) -> float | None:
-    """The highest offered rate whose median trial p99 is within the SLO with fewer than
-    ``max_error`` failed requests, and every lower rate too (past the knee nothing counts)."""
-    capacity = None
-    for level in sorted(levels, key=lambda lv: lv.offered):
-        if not level.p99_ms or statistics.median(level.p99_ms) > slo_ms:
-            break
-        if level.error_rate >= max_error:
-            break
-        capacity = level.offered
-    return capacity
+def level_capacity(levels: Sequence[Level], slo_ms: float) -> float | None:
+    """The capacity (``perf.slo``, the one rule) over the levels, each judged by the median
+    p99 of its trials."""
+    return capacity_at_slo(
+        (
+            RatePoint(
+                level.offered,
+                statistics.median(level.p99_ms) if level.p99_ms else math.nan,
+                level.error_rate,
+            )
+            for level in levels
+        ),
+        slo_ms,
+    )

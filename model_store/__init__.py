@@ -1,15 +1,18 @@
-"""Models and the workers that serve them, in two rooms.
+"""Models and the workers that serve them, in four rooms.
 
 - ``model_store.zoo``: the model zoo. Attention layers (one file per kind), the ResNet they plug
   into, the registry of served names, checkpoint import, labels, and the optimisation for
   inference (BN folding, ``torch.compile``, AOTInductor, OpenVINO). Knows nothing of serving.
-- ``model_store.worker``: the serving tier. Image decoding and preprocessing, the classifier a
-  TorchServe worker runs, the handler, the protocol the gateway speaks to it, archive building
-  and the TorchServe launcher.
+- ``model_store.worker``: the serving core. Decoding and preprocessing, the classifier a
+  TorchServe worker runs, its handler, and the archive builder that packs them with a model.
+- ``model_store.torchserve``: TorchServe as a process: the launcher, its supervisor, the
+  read-only management gate of a worker container.
+- ``model_store.demo``: the synthetic images and tiny models tests and demos train in seconds.
 
-The names below load on first use: the gateway imports ``model_store.zoo.registry``,
-``model_store.worker.images``, ``model_store.worker.protocol`` and ``model_store.signals``,
-which must not import torch (the gateway's image has none).
+What the gateway and the workers agree on is the top-level ``contract`` package. The names
+below load on first use: the gateway imports ``model_store.zoo.registry``,
+``model_store.zoo.precision`` and ``model_store.signals``, which must not import torch (the
+gateway's image has none).
 """
 
 from __future__ import annotations

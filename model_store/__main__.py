@@ -13,17 +13,13 @@ import logging
 import time
 from pathlib import Path
 
+from contract.protocol import DEFAULT_RUN_DIR
+
 from .signals import unwind_on_sigterm
+from .torchserve.host import free_ports, is_loopback
+from .torchserve.launcher import CONFIG_TEMPLATE, TorchServe, TorchServeError
+from .torchserve.management_gate import ManagementGate
 from .worker.archive import DEFAULT_ARCHIVE_DIR, ArchiveSpec, build_archive
-from .worker.launcher import (
-    CONFIG_TEMPLATE,
-    TorchServe,
-    TorchServeError,
-    free_ports,
-    is_loopback,
-)
-from .worker.management_gate import ManagementGate
-from .worker.protocol import DEFAULT_RUN_DIR
 from .zoo.fidelity import FidelityFailed, FidelityGate
 from .zoo.optimize import COMPILE_MODES
 from .zoo.precision import PRECISION_CHOICES
@@ -159,7 +155,7 @@ def drain(seconds: float) -> None:
 
 
 def train_tiny_command(args: argparse.Namespace) -> None:
-    from .worker.tiny import save_tiny, train_tiny
+    from .demo.tiny import save_tiny, train_tiny
 
     model = train_tiny(args.model, steps=args.steps)
     print(f"saved {save_tiny(model, args.out)}")

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from model_store.worker.keys import RENEWABLE_KINDS, KeyRing
+from contract.keys import RENEWABLE_KINDS, KeyRing
 from model_store.zoo.registry import get_spec
 
 from .backends.base import Backend

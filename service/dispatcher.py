@@ -12,11 +12,8 @@ import asyncio
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
-from model_store.worker.protocol import PROBABILITIES_FIELD
-
-from .backends.base import Backend, BackendError
+from .backends.base import Backend, BackendError, BatchResult, InputFailure, WorkerResult
 from .batcher import Batcher, BatchInfo, DeadlineUnmeetable
 from .cost_model import BatchCostModel
 from .metrics import GatewayMetrics
@@ -31,14 +28,15 @@ class ImageJob:
     probabilities: bool = False
 
 
-def own_answer(result: dict[str, Any], job: ImageJob) -> dict[str, Any]:
-    """A batch's result for one job: trimmed to its own ``top_k``, probabilities if it asked."""
-    if "predictions" not in result:
+def own_answer(result: BatchResult, job: ImageJob) -> BatchResult:
+    """A batch's result for one job: trimmed to its own ``top_k``, probabilities if it asked
+    (the batch asked at the largest ``top_k``, and for probabilities if any job did)."""
+    if isinstance(result, InputFailure):
         return result
-    mine = {"predictions": result["predictions"][: job.top_k]}
-    if job.probabilities:
-        mine[PROBABILITIES_FIELD] = result[PROBABILITIES_FIELD]
-    return mine
+    return WorkerResult(
+        predictions=result.predictions[: job.top_k],
+        probabilities=result.probabilities if job.probabilities else None,
+    )
 
 
 class Dispatcher:
@@ -50,7 +48,7 @@ class Dispatcher:
         self.max_concurrent_batches = settings.max_concurrent_batches
         self.costs = {model: BatchCostModel() for model in settings.models}
         self._recovering: set[str] = set()  # models whose last batch failed
-        self.batchers: dict[str, Batcher[ImageJob, dict[str, Any]]] = {}
+        self.batchers: dict[str, Batcher[ImageJob, BatchResult]] = {}
         for model in settings.models:
             batcher = Batcher(
                 partial(self._run_batch, model),
@@ -74,7 +72,7 @@ class Dispatcher:
         decides)."""
         return self.max_concurrent_batches * max(1, self.backend.ready_workers(model))
 
-    async def _run_batch(self, model: str, jobs: list[ImageJob]) -> list[dict[str, Any]]:
+    async def _run_batch(self, model: str, jobs: list[ImageJob]) -> list[BatchResult]:
         """One backend call at the batch's largest top_k (probabilities if any job asks); each
         image trimmed to what it asked for.
         Duration and size are observed only for batches the backend received; the cost model
@@ -117,7 +115,7 @@ class Dispatcher:
         top_k: int,
         deadline: float,
         probabilities: bool = False,
-    ) -> list[tuple[dict[str, Any], BatchInfo]]:
+    ) -> list[tuple[BatchResult, BatchInfo]]:
         """Raises ``QueueFull``, ``DeadlineUnmeetable``, ``TimeoutError`` (past ``deadline``, a
         ``time.perf_counter()``), or the backend's error for a failed batch; then the request's
         other images are withdrawn, so nobody computes answers nobody waits for."""

@@ -38,18 +38,6 @@ def unavailable(message: str, retry_after_s: float, code: str = "unavailable") -
     return ApiError(503, code, message, {"Retry-After": str(max(1, math.ceil(retry_after_s)))})
 
 
-# What the worker reports per image -> HTTP status at the gateway.
-IMAGE_ERROR_STATUS = {
-    "undecodable_image": 400,
-    "image_too_large": 413,
-    "unsupported_image_type": 415,
-    "invalid_top_k": 422,
-    "batch_too_large": 413,
-    "invalid_tensor": 400,
-    "non_finite_output": 422,
-}
-
-
 ErrorBody = Callable[[str, str], dict[str, Any]]
 """``(code, message)`` -> an error's JSON body in one protocol's format."""
 

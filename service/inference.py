@@ -10,11 +10,19 @@ from typing import Any
 from fastapi import Request
 from pydantic import BaseModel
 
+from contract.errors import INPUT_ERROR_STATUS
+
 from . import timing
-from .backends.base import BackendError, BackendUnavailable
+from .backends.base import (
+    BackendError,
+    BackendUnavailable,
+    BatchResult,
+    InputFailure,
+    WorkerResult,
+)
 from .batcher import BatchInfo, DeadlineUnmeetable, QueueFull
 from .deps import Gateway
-from .errors import IMAGE_ERROR_STATUS, ApiError, unavailable
+from .errors import ApiError, unavailable
 from .schemas import Timing
 from .uploads import Upload
 
@@ -51,7 +59,7 @@ async def infer(
     timeout_ms: float | None,
     protocol: str,
     probabilities: bool = False,
-) -> tuple[list[dict[str, Any]], Timing]:
+) -> tuple[list[WorkerResult], Timing]:
     """Each input's answer, in order, or the ``ApiError`` of the first that failed. The
     deadline counts from the request's arrival (reading the upload spends the same budget);
     the timing goes to the Server-Timing header too."""
@@ -60,14 +68,14 @@ async def infer(
     answers = await _dispatch(
         gateway, model, uploads, top_k, arrived + timeout_s, timeout_s, probabilities
     )
+    results: list[WorkerResult] = []
     for index, (result, _info) in enumerate(answers):
-        if "error" in result:
-            code = result["error"]["code"]
+        if isinstance(result, InputFailure):
+            error = result.error
             raise ApiError(
-                IMAGE_ERROR_STATUS.get(code, 400),
-                code,
-                f"image {index}: {result['error']['message']}",
+                INPUT_ERROR_STATUS[error.code], error.code, f"image {index}: {error.message}"
             )
+        results.append(result)
     gateway.metrics.images.labels(model, protocol).inc(len(uploads))
     spent = Timing(
         queue_ms=max(info.queue_wait_s for _, info in answers) * 1000,
@@ -76,7 +84,7 @@ async def infer(
         batch_sizes=[info.size for _, info in answers],
     )
     timing.record(request, spent)
-    return [result for result, _ in answers], spent
+    return results, spent
 
 
 async def _dispatch(
@@ -87,7 +95,7 @@ async def _dispatch(
     deadline: float,
     timeout_s: float,
     probabilities: bool,
-) -> list[tuple[dict[str, Any], BatchInfo]]:
+) -> list[tuple[BatchResult, BatchInfo]]:
     """Backpressure, deadlines and backend failures, as the API contract's status codes."""
     try:
         return await gateway.dispatcher.classify(model, uploads, top_k, deadline, probabilities)

@@ -8,9 +8,9 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from model_store.worker.images import ImageLimits
-from model_store.worker.keys import KEY_FILE_NAME
-from model_store.worker.protocol import (
+from contract.images import ImageLimits
+from contract.keys import KEY_FILE_NAME
+from contract.protocol import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_RUN_DIR,
     WORKER_RESPONSE_TIMEOUT_S,
@@ -67,7 +67,7 @@ class GatewaySettings(BaseSettings):
     breaker_failures: int = Field(3, ge=1)
     breaker_cooldown_s: float = Field(5.0, gt=0)
 
-    # input limits (image limits default to the worker's: model_store.worker.images.ImageLimits)
+    # input limits (image limits default to the worker's: contract.images.ImageLimits)
     max_upload_bytes: int = Field(10 * 2**20, ge=1024)
     max_pixels: int = Field(ImageLimits.max_pixels, ge=1)
     max_aspect_ratio: float = Field(ImageLimits.max_aspect_ratio, ge=1)

@@ -20,9 +20,10 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from model_store.worker.images import FORMATS, ImageError, ImageLimits, validate
+from contract.errors import INPUT_ERROR_STATUS
+from contract.images import FORMATS, ImageError, ImageLimits, validate
 
-from .errors import CLIENT_CLOSED, IMAGE_ERROR_STATUS, ApiError, unavailable
+from .errors import CLIENT_CLOSED, ApiError, unavailable
 from .settings import GatewaySettings
 
 IMAGE_CONTENT_TYPES = set(FORMATS.values())
@@ -37,7 +38,7 @@ InputKind = Literal["image", "tensor"]
 @dataclass(frozen=True)
 class Upload:
     """One validated input: an encoded image, or (``tensor``) a preprocessed one as float32
-    bytes (``model_store.worker.protocol.TENSOR_FIELD_PREFIX``); ``pixels``: what it costs a
+    bytes (``contract.protocol.TENSOR_FIELD_PREFIX``); ``pixels``: what it costs a
     batch."""
 
     data: bytes
@@ -208,5 +209,5 @@ def validate_image(data: bytes, index: int, limits: ImageLimits) -> Upload:
     try:
         image = validate(data, limits)
     except ImageError as exc:
-        raise ApiError(IMAGE_ERROR_STATUS[exc.code], exc.code, f"image {index}: {exc}") from None
+        raise ApiError(INPUT_ERROR_STATUS[exc.code], exc.code, f"image {index}: {exc}") from None
     return Upload(data, image.width * image.height)

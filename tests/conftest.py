@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from model_store.worker.tiny import train_tiny
+from model_store.demo.tiny import train_tiny
 from model_store.zoo.resnet import ResNet
 
 _trained: dict[str, ResNet] = {}
@@ -42,7 +42,7 @@ def tiny_archives(tmp_path_factory, tiny_trained):
 @pytest.fixture(scope="session")
 def torchserve(tmp_path_factory, tiny_archives):
     """A real TorchServe (Java) serving the tiny archives."""
-    from bench.stack import start_torchserve
+    from perf.stack import start_torchserve
 
     from .servers import STACK_MODELS
 

@@ -1,5 +1,5 @@
 """Real servers for the tests: tiny trained models in real archives, a real TorchServe (Java,
-started as benchmarks start it: ``bench.stack``) and the real gateway app under uvicorn in a
+started as benchmarks start it: ``perf.stack``) and the real gateway app under uvicorn in a
 thread of the test process (so tests may hand it a backend), on free loopback ports."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from pathlib import Path
 
 import uvicorn
 
-from bench.stack import gateway_fields
+from model_store.demo.tiny import save_tiny
+from model_store.torchserve.host import free_ports
+from model_store.torchserve.launcher import TorchServe
 from model_store.worker.archive import ArchiveSpec, build_archive
-from model_store.worker.launcher import TorchServe, free_ports
-from model_store.worker.tiny import save_tiny
+from perf.stack import gateway_fields
 from service.app import create_app
 from service.http_server import server_config
 from service.settings import GatewaySettings

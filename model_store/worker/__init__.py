@@ -1,2 +1,2 @@
-"""The serving tier: decode and preprocess, classify, the TorchServe handler and protocol,
-archives and the launcher. ``images`` and ``protocol`` import without torch (the gateway's)."""
+"""The serving core: decode and preprocess, classify, the TorchServe handler, and the archive
+builder that packs them with a model. What it agrees on with the gateway is ``contract``."""

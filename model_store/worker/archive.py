@@ -1,10 +1,11 @@
 """Build one TorchServe archive (.mar) per model with torch-model-archiver.
 
 An archive holds the weights (in this project's checkpoint format, with labels and input size),
-the ``model_store`` package itself (so a worker needs nothing from the gateway's environment but
-torch, Pillow and numpy), and a ``model-config.yaml`` with TorchServe's batching and worker
-settings plus the classifier's own (compile, buckets, limits) under ``handler``. Building twice
-with the same inputs is a no-op: a fingerprint of the inputs sits beside each archive.
+the code a worker runs (``SERVING_CODE``: so a worker needs nothing from the gateway's
+environment but torch, Pillow and numpy), and a ``model-config.yaml`` with TorchServe's batching
+and worker settings plus the classifier's own (compile, buckets, limits) under ``handler``.
+Building twice with the same inputs is a no-op: a fingerprint of the inputs sits beside each
+archive.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ from typing import Any
 
 import torch
 import yaml
+
+from contract.protocol import (
+    DEFAULT_BATCH_BUCKETS,
+    GATEWAY_FED_BATCH_SIZE,
+    WORKER_RESPONSE_TIMEOUT_S,
+)
 
 from ..zoo.aot import compile_packages, machine_key
 from ..zoo.checkpoint import read_checkpoint, save_checkpoint
@@ -46,12 +53,16 @@ from ..zoo.runtimes import (
 )
 from .calibration import CalibrationSet, calibration_set
 from .classifier import ClassifierConfig, load_prebuilt
-from .protocol import DEFAULT_BATCH_BUCKETS, GATEWAY_FED_BATCH_SIZE, WORKER_RESPONSE_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).parents[1]
-"""The whole ``model_store`` package: it travels inside every archive."""
+SOURCE_ROOT = PACKAGE_DIR.parent
+SERVING_CODE = ("contract", "model_store/__init__.py", "model_store/zoo", "model_store/worker")
+"""What travels inside every archive (under ``SOURCE_ROOT``): what the handler imports (the
+worker, the zoo that builds and optimises the model, the contract with the gateway). The
+launcher (``model_store.torchserve``), the demo models and the command line stay out: a worker
+never runs them."""
 DEFAULT_ARCHIVE_DIR = PACKAGE_DIR / "archives"
 ARCHIVE_VERSION = "1.0"
 RUNTIME_REPORT = "runtime.json"
@@ -151,12 +162,12 @@ class ArchiveSpec:
 
 
 def _source_files() -> list[Path]:
+    """The code a worker runs (``SERVING_CODE``), as paths under ``SOURCE_ROOT``."""
     return sorted(
         p
-        for p in PACKAGE_DIR.rglob("*")
-        if p.is_file()
-        and p.suffix in {".py", ".json"}
-        and "archives" not in p.relative_to(PACKAGE_DIR).parts
+        for part in SERVING_CODE
+        for p in ([SOURCE_ROOT / part] if part.endswith(".py") else (SOURCE_ROOT / part).rglob("*"))
+        if p.is_file() and p.suffix in {".py", ".json"}
     )
 
 
@@ -191,7 +202,7 @@ def build_archive(
         weights = _write_weights(spec, staging / "weights.pt")
         code = staging / "code"
         for path in _source_files():
-            target = code / "model_store" / path.relative_to(PACKAGE_DIR)
+            target = code / path.relative_to(SOURCE_ROOT)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
         runtime, precision = DEFAULT_RUNTIME, DEFAULT_PRECISION

@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .images import ImageError, ImageLimits, load_upright_rgb, validate
-from .synthetic import encode, make_images
+from contract.images import ImageError, ImageLimits, validate
+
+from ..demo.synthetic import encode, make_images
+from .images import load_upright_rgb
 from .transforms import crop_to_array, normalize
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
@@ -86,7 +88,7 @@ def _synthetic(input_size: int) -> CalibrationSet:
 
     calibrate_seed, held_out_seed = SYNTHETIC_SEEDS
     return CalibrationSet(
-        "synthetic shapes (model_store.worker.synthetic, "
+        "synthetic shapes (model_store.demo.synthetic, "
         f"seeds {calibrate_seed} and {held_out_seed}); accuracy not measured on real data",
         False,
         images(SYNTHETIC_CALIBRATION, calibrate_seed),

@@ -22,6 +22,24 @@ import torch
 from PIL import Image
 from torch._dynamo.utils import counters
 
+from contract.answers import Failure, Predictions, Result
+from contract.errors import (
+    IMAGE_TOO_LARGE,
+    INVALID_TENSOR,
+    INVALID_TOP_K,
+    NON_FINITE_OUTPUT,
+    UNDECODABLE_IMAGE,
+)
+from contract.images import ImageError, ImageLimits, validate
+from contract.protocol import (
+    DEFAULT_BATCH_BUCKETS,
+    DEFAULT_TOP_K,
+    MAX_TOP_K,
+    PIXEL_BOUND,
+    PROBABILITIES_FIELD,
+    TENSOR_CHANNELS,
+)
+
 from ..zoo.aot import AotMismatch, load_packages
 from ..zoo.checkpoint import read_checkpoint
 from ..zoo.labels import load_labels
@@ -30,24 +48,15 @@ from ..zoo.openvino_ir import OpenVinoUnavailable, load_ir
 from ..zoo.optimize import InferenceModel, check_compile_mode, optimize_for_inference
 from ..zoo.precision import FP32, PRECISIONS
 from ..zoo.runtimes import DEFAULT_RUNTIME, RUNTIMES, Prebuilt
-from .images import ImageError, ImageLimits, load_upright_rgb, validate
+from .images import load_upright_rgb
 from .pixel_budgets import BatchPixelBudget, PixelPool
-from .protocol import (
-    DEFAULT_BATCH_BUCKETS,
-    DEFAULT_TOP_K,
-    MAX_TOP_K,
-    PIXEL_BOUND,
-    PROBABILITIES_FIELD,
-    TENSOR_CHANNELS,
-)
 from .transforms import crop_to_array, normalize, resize_side
 
 log = logging.getLogger(__name__)
 
-NON_FINITE_OUTPUT = {
-    "code": "non_finite_output",
-    "message": "the model's output for this input is not a number (NaN or infinity)",
-}
+NON_FINITE = ImageError(
+    NON_FINITE_OUTPUT, "the model's output for this input is not a number (NaN or infinity)"
+)
 
 
 def load_prebuilt(
@@ -135,7 +144,7 @@ def _graphs_made() -> int:
     return counters["stats"]["unique_graphs"]
 
 
-def _error(exc: ImageError) -> dict[str, Any]:
+def _error(exc: ImageError) -> Failure:
     return {"error": {"code": exc.code, "message": str(exc)}}
 
 
@@ -285,11 +294,12 @@ class ImageClassifier:
         self,
         inputs: Sequence[bytes | np.ndarray],
         top_k: int | Sequence[int] | None = None,
-        probabilities: bool = False,
-    ) -> list[dict[str, Any]]:
+        probabilities: bool | Sequence[bool] = False,
+    ) -> list[Result]:
         """One entry per input, in order: ``{"predictions": [...]}`` (and ``"probabilities"``,
-        the full softmax, when asked) or ``{"error": {...}}``. An input is an encoded image
-        (bytes) or an already preprocessed one (an array, see ``tensor_input``).
+        the full softmax, for each input that asks: one flag, or one per input) or
+        ``{"error": {...}}`` (``contract.answers``). An input is an encoded image (bytes) or an
+        already preprocessed one (an array, see ``tensor_input``).
 
         Every input is checked inside its own error handling, so a bad one fails alone: image
         headers and the batch's pixel budget first, in order; then the images are decoded and
@@ -301,13 +311,18 @@ class ImageClassifier:
         if top_k is None:
             top_k = self.config.top_k
         ks = list(top_k) if isinstance(top_k, Sequence) else [top_k] * len(inputs)
-        results: list[dict[str, Any]] = [{} for _ in inputs]
+        wants = (
+            list(probabilities)
+            if isinstance(probabilities, Sequence)
+            else [probabilities] * len(inputs)
+        )
+        results: dict[int, Result] = {}  # by position: every input gets exactly one
         tensors, tensor_positions, headers, header_positions = [], [], [], []
         budget = BatchPixelBudget(self.limits.max_batch_pixels)
         for position, (item, k) in enumerate(zip(inputs, ks, strict=True)):
             try:
                 if not 1 <= k <= MAX_TOP_K:
-                    raise ImageError("invalid_top_k", f"top_k must be in 1..{MAX_TOP_K}, got {k}")
+                    raise ImageError(INVALID_TOP_K, f"top_k must be in 1..{MAX_TOP_K}, got {k}")
                 if isinstance(item, np.ndarray):
                     tensors.append(self._checked_tensor(item))
                     tensor_positions.append(position)
@@ -329,37 +344,39 @@ class ImageClassifier:
         batch = ([normalize(np.stack(crops))] if crops else []) + (
             [torch.from_numpy(np.stack(tensors))] if tensors else []
         )
-        if not batch:
-            return results
-        rows = self.predict(torch.cat(batch))
-        finite = torch.isfinite(rows).all(dim=1).tolist()
-        for row, ok, position in zip(rows, finite, crop_positions + tensor_positions, strict=True):
-            if not ok:  # this input alone: the other rows of the batch are its neighbours'
-                results[position] = {"error": NON_FINITE_OUTPUT}
-                continue
-            scores, indices = row.topk(min(ks[position], len(self.labels)))
-            results[position] = {
-                "predictions": [
-                    {"index": int(i), "label": self.labels[int(i)], "score": float(s)}
-                    for s, i in zip(scores, indices, strict=True)
-                ]
-            }
-            if probabilities:
-                results[position][PROBABILITIES_FIELD] = row.tolist()
-        return results
+        rows = self.predict(torch.cat(batch)) if batch else torch.empty(0)
+        for row, position in zip(rows, crop_positions + tensor_positions, strict=True):
+            results[position] = self._answer(row, ks[position], wants[position])
+        return [results[position] for position in range(len(inputs))]
+
+    def _answer(self, row: torch.Tensor, top_k: int, probabilities: bool) -> Result:
+        """One input's answer from its softmax row: a non-finite row fails this input alone
+        (the other rows of the batch are its neighbours')."""
+        if not torch.isfinite(row).all():
+            return _error(NON_FINITE)
+        scores, indices = row.topk(min(top_k, len(self.labels)))
+        answer: Predictions = {
+            "predictions": [
+                {"index": int(i), "label": self.labels[int(i)], "score": float(s)}
+                for s, i in zip(scores, indices, strict=True)
+            ]
+        }
+        if probabilities:
+            answer[PROBABILITIES_FIELD] = row.tolist()  # type: ignore[literal-required]
+        return answer
 
     def _checked_tensor(self, tensor: np.ndarray) -> np.ndarray:
         """A preprocessed input as the model takes it, or ``invalid_tensor`` saying why not."""
         shape = (TENSOR_CHANNELS, self.input_size, self.input_size)
         if tensor.dtype != np.float32 or tensor.size != math.prod(shape):
             raise ImageError(
-                "invalid_tensor",
+                INVALID_TENSOR,
                 f"a preprocessed input must be {math.prod(shape):,} float32 values "
                 f"{list(shape)}, got {tensor.size:,} {tensor.dtype}",
             )
         if not np.abs(tensor).max() <= PIXEL_BOUND:  # NaN compares false too
             raise ImageError(
-                "invalid_tensor",
+                INVALID_TENSOR,
                 f"a preprocessed input holds NaN, infinity or values beyond ±{PIXEL_BOUND:.2f}",
             )
         return tensor.reshape(shape)
@@ -372,12 +389,12 @@ class ImageClassifier:
             with self._decoding.hold(image.width * image.height), closing(image):
                 return crop_to_array(load_upright_rgb(image, self.draft_side), self.input_size)
         except MemoryError:
-            return ImageError("image_too_large", "not enough worker memory to decode it")
+            return ImageError(IMAGE_TOO_LARGE, "not enough worker memory to decode it")
         except ImageError as exc:
             return exc
         except Exception:
             log.exception("decoding a %s image failed", image.format)
-            return ImageError("undecodable_image", f"cannot decode this {image.format}")
+            return ImageError(UNDECODABLE_IMAGE, f"cannot decode this {image.format}")
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities; pads each chunk up to a warmed-up bucket so no request

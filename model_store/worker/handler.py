@@ -3,7 +3,7 @@
 A request is either one image as the raw body (``curl -T img.jpg``) or multipart form fields,
 each field one input, in field order (what the gateway sends: a whole batch in one request): an
 encoded image, or a preprocessed one in a field named ``tensor_*``; plus optional ``top_k``
-and ``probabilities`` fields (``model_store.worker.protocol``). TorchServe's own batching may
+and ``probabilities`` fields (``contract.protocol``). TorchServe's own batching may
 hand several such requests at once; all their inputs run as one model batch. Each request gets
 ``{"model": ..., "runtime": ..., "compiled_graphs": ..., "results": [{"predictions": [...]} |
 {"error": {...}}]}``.
@@ -19,18 +19,19 @@ import numpy as np
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from model_store.worker.classifier import (
-    ClassifierConfig,
-    ClassifyRequest,
-    ImageClassifier,
-    tensor_input,
-)
-from model_store.worker.protocol import (
+from contract.answers import Result, WorkerAnswer
+from contract.protocol import (
     COMPILED_GRAPHS_FIELD,
     PROBABILITIES_FIELD,
     RESULTS_FIELD,
     TENSOR_FIELD_PREFIX,
     TOP_K_FIELD,
+)
+from model_store.worker.classifier import (
+    ClassifierConfig,
+    ClassifyRequest,
+    ImageClassifier,
+    tensor_input,
 )
 
 PARAMETER_FIELDS = {TOP_K_FIELD, PROBABILITIES_FIELD}
@@ -96,26 +97,22 @@ class AttentionClassifierHandler(BaseHandler):
 
     def inference(
         self, requests: list[ClassifyRequest], *args: Any, **kwargs: Any
-    ) -> list[list[dict[str, Any]]]:
+    ) -> list[list[Result]]:
         """All inputs of all requests as one batch, then split back per request."""
-        payloads, ks = [], []
+        payloads, ks, wants = [], [], []
         default_k = self.classifier.config.top_k
         for request in requests:
             payloads += request.inputs
             ks += [default_k if request.top_k is None else request.top_k] * len(request.inputs)
-        results = self.classifier.classify(
-            payloads, ks, probabilities=any(r.probabilities for r in requests)
-        )
+            wants += [request.probabilities] * len(request.inputs)
+        results = self.classifier.classify(payloads, ks, probabilities=wants)
         grouped, start = [], 0
         for request in requests:
-            mine = results[start : start + len(request.inputs)]
+            grouped.append(results[start : start + len(request.inputs)])
             start += len(request.inputs)
-            if not request.probabilities:  # another request in this TorchServe batch asked
-                mine = [{k: v for k, v in r.items() if k != PROBABILITIES_FIELD} for r in mine]
-            grouped.append(mine)
         return grouped
 
-    def postprocess(self, grouped: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    def postprocess(self, grouped: list[list[Result]]) -> list[WorkerAnswer]:
         info = self.classifier.info
         compiled = self.classifier.compiled_graphs
         return [

@@ -9,7 +9,8 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .images import ImageError
+from contract.errors import BATCH_TOO_LARGE
+from contract.images import ImageError
 
 
 class BatchPixelBudget:
@@ -21,7 +22,7 @@ class BatchPixelBudget:
     def take(self, pixels: int) -> None:
         if pixels > self.left:
             raise ImageError(
-                "batch_too_large",
+                BATCH_TOO_LARGE,
                 f"the batch's images exceed the worker's decoded-pixel budget ({pixels:,} "
                 f"pixels, {self.left:,} left); send fewer or smaller images at once",
             )

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .protocol import IMAGENET_MEAN, IMAGENET_STD
+from contract.protocol import IMAGENET_MEAN, IMAGENET_STD
 
 CROP_FRACTION = 0.875
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Literal, Protocol
 
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Discriminator, Field, Tag, TypeAdapter, ValidationError
 
+from contract.errors import INPUT_ERROR_STATUS
 from model_store.zoo.precision import DEFAULT_PRECISION
 
-from ..schemas import READY, EndpointStatus, ErrorResponse, ImageResult
+from ..schemas import READY, EndpointStatus, ImageResult
 from ..uploads import Upload
 
 
@@ -59,12 +60,36 @@ class WorkerResult(ImageResult):
     probabilities: list[Annotated[float, Field(ge=0, le=1)]] | None = None
 
 
-_RESULTS = TypeAdapter(list[WorkerResult | ErrorResponse])
+class InputError(BaseModel):
+    code: Literal[tuple(INPUT_ERROR_STATUS)]  # type: ignore[valid-type]
+    """Only codes whose status the contract declares: an unknown one is a malformed answer."""
+    message: str
 
 
-def check_results(results: object, count: int, probabilities: bool = False) -> list[dict[str, Any]]:
-    """One well-formed entry per input (finite scores in [0, 1], and the probabilities when
-    asked for), or ``BadBackendResponse``."""
+class InputFailure(BaseModel):
+    """One input the worker could not answer; the rest of its batch is answered."""
+
+    error: InputError
+
+
+BatchResult = WorkerResult | InputFailure
+"""One input's entry in a checked worker answer (``contract.answers.Result``)."""
+_RESULTS = TypeAdapter(
+    list[
+        Annotated[
+            Annotated[WorkerResult, Tag("predictions")] | Annotated[InputFailure, Tag("error")],
+            Discriminator(lambda entry: "error" if "error" in entry else "predictions"),
+        ]
+    ]
+)
+"""An entry with ``error`` is judged as a failure, any other as predictions: each malformed
+entry is named by what is wrong with it, not by both readings."""
+
+
+def check_results(results: object, count: int, probabilities: bool = False) -> list[BatchResult]:
+    """One well-formed entry per input (finite scores in [0, 1], a known error code, and the
+    probabilities when asked for), or ``BadBackendResponse``: the gateway's one check of what a
+    worker answered, whose models travel on to the routes."""
     if not isinstance(results, list) or len(results) != count:
         got = len(results) if isinstance(results, list) else type(results).__name__
         raise BadBackendResponse(f"the worker returned {got} results for {count} inputs")
@@ -78,7 +103,7 @@ def check_results(results: object, count: int, probabilities: bool = False) -> l
         isinstance(entry, WorkerResult) and entry.probabilities is None for entry in parsed
     ):
         raise BadBackendResponse("the worker left out the probabilities asked for")
-    return [entry.model_dump(exclude_none=True) for entry in parsed]
+    return parsed
 
 
 class WorkerFacts(BaseModel):
@@ -122,9 +147,9 @@ class Backend(Protocol):
 
     async def classify(
         self, model: str, inputs: Sequence[Upload], top_k: int, probabilities: bool = False
-    ) -> list[dict[str, Any]]:
-        """One entry per input, in order: ``{"predictions": [...]}`` (with ``"probabilities"``
-        when asked for) or ``{"error": {...}}``. Raises a ``BackendError`` for the whole
+    ) -> list[BatchResult]:
+        """One entry per input, in order, as ``check_results`` made it: its predictions (with
+        the probabilities when asked for) or its error. Raises a ``BackendError`` for the whole
         batch."""
         ...
 

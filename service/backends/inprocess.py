@@ -10,7 +10,6 @@ import asyncio
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from model_store.worker.archive import load_archive
 from model_store.worker.classifier import ImageClassifier, tensor_input
@@ -19,6 +18,7 @@ from ..schemas import READY, EndpointStatus
 from ..uploads import Upload
 from .base import (
     BackendTimeout,
+    BatchResult,
     WorkerFacts,
     check_results,
     one_endpoint,
@@ -65,7 +65,7 @@ class InProcessBackend:
 
     async def classify(
         self, model: str, inputs: Sequence[Upload], top_k: int, probabilities: bool = False
-    ) -> list[dict[str, Any]]:
+    ) -> list[BatchResult]:
         """One batch at a time per model (torch already uses every core for one batch). A batch
         that outlives ``timeout_s`` answers 504; the model stays locked until its thread ends,
         so a late batch never runs beside the next one."""

@@ -5,7 +5,7 @@ batches, each batch the ready one with the least outstanding work; a batch that 
 (connection refused) is sent to the next, one that may have been computed is never sent twice.
 One pooled ``httpx.AsyncClient``; token authorization (keys from TorchServe's key file, each
 renewed with its API key before it expires and again when TorchServe refuses it: see
-``model_store.worker.keys``); a circuit breaker per model so a dead worker means fast 503s for its
+``contract.keys``); a circuit breaker per model so a dead worker means fast 503s for its
 model and endpoint only. TorchServe's raw answers go to the log, never into a client's error
 message.
 """
@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 
-from model_store.worker.keys import RENEWABLE_KINDS, KeyRing, bearer, key_refused
-from model_store.worker.protocol import (
+from contract.keys import RENEWABLE_KINDS, KeyRing, bearer, key_refused
+from contract.protocol import (
     COMPILED_GRAPHS_FIELD,
     PROBABILITIES_FIELD,
     RESULTS_FIELD,
@@ -40,6 +40,7 @@ from .base import (
     BackendTimeout,
     BackendUnavailable,
     BadBackendResponse,
+    BatchResult,
     WorkerFacts,
     check_results,
     serving_mismatch,
@@ -144,7 +145,7 @@ class TorchServeBackend:
 
     async def classify(
         self, model: str, inputs: Sequence[Upload], top_k: int, probabilities: bool = False
-    ) -> list[dict[str, Any]]:
+    ) -> list[BatchResult]:
         """One multipart request per batch, to the ready endpoint with the least outstanding work
         whose circuit breaker lets it through; sent on to the next only when it reached
         none (``Unreached``)."""
@@ -188,7 +189,7 @@ class TorchServeBackend:
         inputs: Sequence[Upload],
         top_k: int,
         probabilities: bool,
-    ) -> list[dict[str, Any]]:
+    ) -> list[BatchResult]:
         """One batch on one endpoint, judged by its breaker for this model, and counted."""
         breaker = endpoint.breakers[model]
         endpoint.sent(model, len(inputs))
@@ -218,7 +219,7 @@ class TorchServeBackend:
         model: str,
         expected: tuple[int, bool],
         sent: Awaitable[httpx.Response],
-    ) -> list[dict[str, Any]]:
+    ) -> list[BatchResult]:
         """The results of the request ``sent``, if they are what was ``expected`` (how many,
         with probabilities or not); each failure of the worker's is a verdict for ``breaker``."""
         count, probabilities = expected

@@ -21,14 +21,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from model_store.worker.images import ImageLimits
-from model_store.worker.protocol import (
+from contract.images import ImageLimits
+from contract.protocol import (
     MAX_TOP_K,
-    PIXEL_BOUND,
-    PROBABILITIES_FIELD,
     TENSOR_CHANNELS,
 )
 
+from ..backends.base import WorkerResult
 from ..errors import ApiError, unavailable
 from ..uploads import Upload, too_many_images, validate_image
 from .protocol import (
@@ -231,7 +230,9 @@ def _base64_elements(tensor: RequestInput) -> list[bytes]:
 def _pixel_uploads(
     tensor: RequestInput, raw: memoryview | None, count: int, input_size: int
 ) -> list[Upload]:
-    """Float32 little-endian bytes per image, checked for shape and finite values."""
+    """Float32 little-endian bytes per image, checked for shape and size. Their values are the
+    worker's to judge (``contract.protocol.PIXEL_BOUND``: NaN, infinity or past the eval
+    pipeline's range fail that image alone, ``invalid_tensor``), as for any direct caller."""
     image_shape = [TENSOR_CHANNELS, input_size, input_size]
     if tensor.shape[1:] != image_shape:
         raise malformed(
@@ -252,13 +253,6 @@ def _pixel_uploads(
     else:
         values = _json_floats(tensor.data or [], count * per_image)
         raw = memoryview(_float32_bytes(values))
-    if not math.isfinite(sum(values)):  # a NaN or infinity anywhere makes the sum one
-        raise malformed(f"input {PIXELS_INPUT!r} holds NaN or infinity")
-    if min(values) < -PIXEL_BOUND or max(values) > PIXEL_BOUND:
-        raise malformed(
-            f"input {PIXELS_INPUT!r} holds values beyond ±{PIXEL_BOUND:.2f}: preprocess as the "
-            "eval pipeline does (x / 255 - ImageNet mean) / ImageNet std"
-        )
     step = per_image * FLOAT32
     return [
         Upload(bytes(raw[i * step : (i + 1) * step]), input_size * input_size, kind="tensor")
@@ -308,7 +302,7 @@ def _wanted_outputs(request: InferenceRequest) -> list[WantedOutput]:
 
 
 def encode_response(
-    model: str, version: str, request: DecodedRequest, results: Sequence[dict[str, Any]]
+    model: str, version: str, request: DecodedRequest, results: Sequence[WorkerResult]
 ) -> tuple[bytes, dict[str, str]]:
     """The answer's body and headers: JSON, or JSON then binary data when an output is binary."""
     outputs, blobs = [], []
@@ -328,21 +322,19 @@ def encode_response(
     }
 
 
-def _output(wanted: WantedOutput, results: Sequence[dict[str, Any]]) -> tuple[dict, bytes | None]:
+def _output(wanted: WantedOutput, results: Sequence[WorkerResult]) -> tuple[dict, bytes | None]:
     """One output tensor as JSON, and its binary data when it is sent as binary."""
     if wanted.classification is None:
-        rows = [result[PROBABILITIES_FIELD] for result in results]
+        rows = [result.probabilities or [] for result in results]
         values: list[Any] = [value for row in rows for value in row]
         tensor = ResponseOutput(
             name=wanted.name, shape=[len(rows), len(rows[0])], datatype=FP32, data=values
         )
         blob = _float32_bytes(values) if wanted.binary else None
     else:
-        k = len(results[0]["predictions"][: wanted.classification])  # at most the classes
+        k = len(results[0].predictions[: wanted.classification])  # at most the classes
         values = [
-            f"{p['score']:f}:{p['index']}:{p['label']}"
-            for result in results
-            for p in result["predictions"][:k]
+            f"{p.score:f}:{p.index}:{p.label}" for result in results for p in result.predictions[:k]
         ]
         tensor = ResponseOutput(
             name=wanted.name, shape=[len(results), k], datatype=BYTES, data=values

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from model_store.worker.protocol import DEFAULT_TOP_K, MAX_TOP_K
+from contract.protocol import DEFAULT_TOP_K, MAX_TOP_K
 
 from ..deps import ApiKeyDep, GatewayDep, RequestTimeoutMs, ServedModel, UploadSlotDep
 from ..inference import documented_errors, infer
@@ -80,6 +80,6 @@ async def classify(
     )
     return ClassifyResponse(
         model=model,
-        results=[ImageResult(predictions=r["predictions"]) for r in results],
+        results=[ImageResult(predictions=r.predictions) for r in results],
         timing=timing,
     )

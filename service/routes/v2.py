@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 
-from model_store.worker.protocol import TENSOR_CHANNELS
+from contract.protocol import TENSOR_CHANNELS
 from model_store.zoo.precision import DEFAULT_PRECISION
 
 from ..backends.base import WorkerFacts

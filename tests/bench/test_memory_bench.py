@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from bench.memory import measure, random_weights
-from model_store.worker.images import ImageLimits
+from contract.images import ImageLimits
 
 pytestmark = pytest.mark.slow
 

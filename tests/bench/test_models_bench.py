@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench import models as bench_models
-from bench.common import command_line, markdown_table, percentile
+from perf.common import command_line, markdown_table, percentile
 
 
 def test_percentile_nearest_rank():

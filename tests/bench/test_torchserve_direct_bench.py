@@ -8,7 +8,8 @@ import asyncio
 
 import pytest
 
-from bench.torchserve_direct import image_pool, run_load
+from bench.torchserve_direct import run_load
+from perf.images import image_pool
 from tests.model_store.worker.test_handler import inference_count
 
 pytestmark = pytest.mark.slow

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from model_store.worker.launcher import free_ports
-from model_store.worker.tiny import save_tiny
+from model_store.demo.tiny import save_tiny
+from model_store.torchserve.host import free_ports
 
 from ..service.test_gateway_torchserve import labelled_images, metric, send_all, top1
 from .test_prometheus import query, wait_for

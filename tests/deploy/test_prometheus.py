@@ -9,8 +9,8 @@ import time
 import httpx
 import pytest
 
-from bench.stack import start_prometheus
-from model_store.worker.synthetic import encode, make_images
+from model_store.demo.synthetic import encode, make_images
+from perf.stack import start_prometheus
 
 from ..service.test_gateway_torchserve import metric
 

@@ -316,8 +316,8 @@ def test_worker_image_stops_through_the_draining_launcher():
 
 
 def test_timeouts_and_grace_periods_fit_together(manifests):
+    from contract.protocol import WORKER_RESPONSE_TIMEOUT_S
     from model_store.worker.archive import ArchiveSpec
-    from model_store.worker.protocol import WORKER_RESPONSE_TIMEOUT_S
     from service.settings import GatewaySettings
 
     defaults = GatewaySettings()

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model_store.worker.launcher import TorchServe, free_ports
-from model_store.worker.protocol import input_field
-from model_store.worker.synthetic import encode
+from contract.protocol import input_field
+from model_store.demo.synthetic import encode
+from model_store.torchserve.host import free_ports
+from model_store.torchserve.launcher import TorchServe
 
 from ..service.test_launcher import listening, processes_under
 

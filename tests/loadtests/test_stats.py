@@ -11,7 +11,7 @@ from loadtests.stats import (
     NO_DIFFERENCE,
     Level,
     bootstrap_ratio,
-    capacity_at_slo,
+    level_capacity,
     verdict,
 )
 
@@ -59,11 +59,11 @@ def test_capacity_is_the_last_rate_before_the_knee():
         Level(20, [3000, 2500, 2800], 1200, 0),
         Level(25, [800, 700, 900], 1500, 0),  # past the knee: does not count
     ]
-    assert capacity_at_slo(levels, 1000) == 15
-    assert capacity_at_slo(levels, 300) == 5
-    assert capacity_at_slo(levels, 100) is None
+    assert level_capacity(levels, 1000) == 15
+    assert level_capacity(levels, 300) == 5
+    assert level_capacity(levels, 100) is None
     failing = [Level(5, [100], 1000, 0), Level(10, [100], 1000, 1)]  # 0.1% errors: not within
-    assert capacity_at_slo(failing, 1000) == 5
+    assert level_capacity(failing, 1000) == 5
 
 
 def test_open_loop_users_and_rates():

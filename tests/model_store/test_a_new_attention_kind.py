@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from model_store import TINY_ARCH, CheckpointError, count_parameters, create_model
+from model_store.demo.synthetic import CLASS_NAMES, encode, make_images
+from model_store.demo.tiny import save_tiny, train_tiny
 from model_store.worker.archive import ArchiveSpec, build_archive
-from model_store.worker.synthetic import CLASS_NAMES, encode, make_images
-from model_store.worker.tiny import save_tiny, train_tiny
 from model_store.zoo.checkpoint import read_checkpoint, save_checkpoint
 from model_store.zoo.optimize import enable_inner_squeeze, fold_batchnorm, optimize_for_inference
 from model_store.zoo.registry import MODELS, register_attention, unregister_attention

@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from model_store.worker.images import ImageError, ImageLimits, load_upright_rgb, validate
-from service.backends.base import WorkerFacts, one_endpoint
+from contract.images import ImageError, ImageLimits, validate
+from model_store.worker.images import load_upright_rgb
+from service.backends.base import BatchResult, WorkerFacts, check_results, one_endpoint
 from service.schemas import READY, EndpointStatus
 from service.uploads import Upload
 
@@ -44,7 +45,7 @@ class FakeBackend:
 
     async def classify(
         self, model: str, inputs: Sequence[Upload], top_k: int, probabilities: bool = False
-    ) -> list[dict[str, Any]]:
+    ) -> list[BatchResult]:
         images = [item.data for item in inputs]
         self.batches.append(len(images))
         self.images += images
@@ -52,7 +53,8 @@ class FakeBackend:
         await asyncio.sleep(self.delay)
         if self.fail is not None and (self.fail_on is None or self.fail_on in images):
             raise self.fail
-        return [self._one(item, top_k, probabilities) for item in inputs]
+        answers = [self._one(item, top_k, probabilities) for item in inputs]
+        return check_results(answers, len(inputs), probabilities)
 
     def _one(self, item: Upload, top_k: int, probabilities: bool) -> dict[str, Any]:
         if item.kind == "tensor":

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client import generate_latest
 
-from model_store.worker.synthetic import encode
+from model_store.demo.synthetic import encode
 from service.app import create_app
 from service.backends.base import BackendTimeout, BackendUnavailable, BadBackendResponse
 from service.settings import GatewaySettings

@@ -16,8 +16,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from model_store.worker.keys import KeyRing
-from model_store.worker.synthetic import encode
+from contract.keys import KeyRing
+from model_store.demo.synthetic import encode
 from service.app import create_app
 from service.backends.base import (
     BackendTimeout,
@@ -60,20 +60,26 @@ def results(*entries: object) -> Callable[[httpx.Request], httpx.Response]:
 
 
 def classify(backend: TorchServeBackend, model: str = "se_resnet50", images: int = 1):
-    return asyncio.run(backend.classify(model, [Upload(b"img", 1)] * images, 5))
+    answers = asyncio.run(backend.classify(model, [Upload(b"img", 1)] * images, 5))
+    return [answer.model_dump(exclude_none=True) for answer in answers]
+
+
+FAILED = {"error": {"code": "undecodable_image", "message": "y"}}
 
 
 def test_well_formed_answer_is_returned():
-    assert classify(
-        backend_answering(results(GOOD, {"error": {"code": "x", "message": "y"}})), images=2
-    ) == [
-        GOOD,
-        {"error": {"code": "x", "message": "y"}},
-    ]
+    assert classify(backend_answering(results(GOOD, FAILED)), images=2) == [GOOD, FAILED]
+
+
+def test_an_error_code_the_contract_does_not_declare_is_a_bad_answer():
+    """Its status would be a guess: the worker and the gateway disagree on the contract."""
+    with pytest.raises(BadBackendResponse, match=r"0\.error\.code") as raised:
+        classify(backend_answering(results({"error": {"code": "x", "message": "y"}})))
+    assert raised.value.status == 502
 
 
 def test_preprocessed_inputs_and_probabilities_travel_as_the_worker_expects():
-    """Field names and order are the worker's contract (``model_store.worker.protocol``)."""
+    """Field names and order are the worker's contract (``contract.protocol``)."""
     sent: list[httpx.Request] = []
     answer = {**GOOD, "probabilities": [0.25, 0.75]}
 
@@ -83,7 +89,8 @@ def test_preprocessed_inputs_and_probabilities_travel_as_the_worker_expects():
 
     inputs = [Upload(b"jpeg", 1), Upload(b"\x00" * 8, 1, kind="tensor")]
     backend = backend_answering(record)
-    assert asyncio.run(backend.classify(MODELS[0], inputs, 3, probabilities=True)) == [answer] * 2
+    answers = asyncio.run(backend.classify(MODELS[0], inputs, 3, probabilities=True))
+    assert [a.model_dump(exclude_none=True) for a in answers] == [answer] * 2
     names = re.findall(rb'; name="([^"]+)"', sent[0].read())
     assert sorted(names) == [b"image_0000", b"probabilities", b"tensor_0001", b"top_k"]
     assert names.index(b"image_0000") < names.index(b"tensor_0001")
@@ -301,9 +308,10 @@ def test_inprocess_backend_honours_its_timeout_and_keeps_the_model_locked():
         backend.timeout_s = 5
         return await backend.classify("se_resnet50", [Upload(b"x", 1), Upload(b"y", 1)], 5)
 
-    assert asyncio.run(scenario()) == [GOOD, GOOD]
+    assert [a.model_dump(exclude_none=True) for a in asyncio.run(scenario())] == [GOOD, GOOD]
 
 
 def test_check_results_accepts_errors_and_predictions():
     entries = [GOOD, {"error": {"code": "undecodable_image", "message": "bad"}}]
-    assert check_results(json.loads(json.dumps(entries)), 2) == entries
+    checked = check_results(json.loads(json.dumps(entries)), 2)
+    assert [entry.model_dump(exclude_none=True) for entry in checked] == entries

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from model_store.worker.keys import KeyRing
+from contract.keys import KeyRing
 from service.backends.base import BackendUnavailable
 from service.backends.circuit import CircuitBreaker
 from service.backends.endpoints import Address, Discovery, EndpointSet

@@ -16,9 +16,9 @@ import pytest
 import tritonclient.http as triton
 from PIL import Image
 
-from model_store.worker.launcher import free_ports
-from model_store.worker.synthetic import CLASS_NAMES, encode, make_images
-from model_store.worker.tiny import TINY_INPUT_SIZE
+from model_store.demo.synthetic import CLASS_NAMES, encode, make_images
+from model_store.demo.tiny import TINY_INPUT_SIZE
+from model_store.torchserve.host import free_ports
 from model_store.worker.transforms import images_to_batch
 from model_store.zoo.models import count_parameters
 from service.backends.inprocess import InProcessBackend
@@ -100,6 +100,47 @@ def test_multi_image_request_through_torchserve(gateway):
     assert [r["predictions"][0]["label"] for r in response.json()["results"]] == labels
     assert {len(r["predictions"]) for r in response.json()["results"]} == {2}
     assert "queue;dur=" in response.headers["server-timing"]
+
+
+@pytest.mark.parametrize(
+    ("value", "why"), [(np.nan, "NaN"), (np.inf, "infinity"), (1e38, "extreme but finite")]
+)
+def test_preprocessed_pixels_the_eval_pipeline_never_makes_fail_alone_at_the_worker(
+    gateway, value, why
+):
+    """The worker judges a tensor's values (the gateway checks its shape): NaN, infinity or
+    1e38 (finite, but the model's output would be NaN) is a 400 ``invalid_tensor`` naming the
+    bound, and a good request sharing its batch is answered."""
+    side = TINY_INPUT_SIZE
+    bad = np.zeros((3, side, side), np.float32)
+    bad[0, 0, 0] = value
+    good = images_to_batch(make_images(1, seed=5, size=(80, 64))[0], side).numpy()[0]
+
+    async def both() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        "/v2/models/se_resnet50/infer",
+                        json={
+                            "inputs": [
+                                {
+                                    "name": "pixel_values",
+                                    "shape": [1, 3, side, side],
+                                    "datatype": "FP32",
+                                    "data": pixels.ravel().tolist(),
+                                }
+                            ]
+                        },
+                    )
+                    for pixels in (bad, good)
+                )
+            )
+
+    refused, answered = asyncio.run(both())
+    assert refused.status_code == 400, (why, refused.text)
+    assert "NaN, infinity or values beyond ±7.92" in refused.json()["error"]
+    assert answered.status_code == 200, answered.text
 
 
 def worker_pid(torchserve, model: str) -> int:

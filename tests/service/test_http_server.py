@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 import service.uploads
-from model_store.worker.synthetic import encode, make_images
+from model_store.demo.synthetic import encode, make_images
 
 from ..servers import GatewayThread
 from .fakes import FakeBackend

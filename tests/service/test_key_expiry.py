@@ -11,14 +11,14 @@ import time
 import httpx
 import pytest
 
-from bench.stack import post_direct, start_torchserve
-from model_store.worker.keys import (
+from contract.keys import (
     TOKEN_EXPIRATION_ENV,
     KeyRing,
     bearer,
     key_refused,
     read_key_file,
 )
+from perf.stack import post_direct, start_torchserve
 from service.backends.circuit import CircuitBreaker
 from service.backends.endpoints import Discovery
 from service.backends.torchserve_client import TorchServeBackend

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model_store.worker.launcher import free_ports
+from model_store.torchserve.host import free_ports
 
 pytestmark = pytest.mark.slow
 

@@ -24,8 +24,9 @@ from kserve.protocol.infer_type import RequestedOutput
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from model_store.worker.synthetic import encode, make_images
+from model_store.demo.synthetic import encode, make_images
 from service.app import create_app
+from service.backends.base import check_results
 from service.settings import GatewaySettings
 
 from ..servers import GatewayThread
@@ -255,9 +256,6 @@ GOOD_IMAGE = photos(1)[0]
 IMAGES_BINARY = request_json(
     "images", [1], "BYTES", parameters={"binary_data_size": len(GOOD_IMAGE) + 4}
 )
-NAN_PIXELS = np.full(PIXELS, np.nan, np.float32).tobytes()
-EXTREME_PIXELS = np.full(PIXELS, 1e38, np.float32).tobytes()
-"""Finite, but past what the eval pipeline produces: the model's output would be NaN."""
 
 
 @pytest.mark.parametrize(
@@ -322,32 +320,6 @@ EXTREME_PIXELS = np.full(PIXELS, 1e38, np.float32).tobytes()
             {},
             400,
             "something else than float32 numbers",
-        ),
-        (
-            *binary_body(
-                request_json(
-                    "pixel_values",
-                    [1, *PIXELS],
-                    "FP32",
-                    parameters={"binary_data_size": len(NAN_PIXELS)},
-                ),
-                NAN_PIXELS,
-            ),
-            400,
-            "holds NaN or infinity",
-        ),
-        (
-            *binary_body(
-                request_json(
-                    "pixel_values",
-                    [1, *PIXELS],
-                    "FP32",
-                    parameters={"binary_data_size": len(EXTREME_PIXELS)},
-                ),
-                EXTREME_PIXELS,
-            ),
-            400,
-            "holds values beyond ±7.92",
         ),
         (
             *binary_body(
@@ -586,7 +558,7 @@ class HeldBackend(FakeBackend):
             "predictions": [{"index": 0, "label": "red", "score": 1.0}],
             "probabilities": [1.0, 0.0, 0.0],
         }
-        return [answer for _ in inputs]
+        return check_results([answer for _ in inputs], len(inputs), probabilities)
 
 
 def test_a_request_waiting_for_its_batch_holds_its_inputs_once():

@@ -24,10 +24,11 @@ import httpx
 import psutil
 import pytest
 
-from bench.stack import requests_computed
-from model_store.worker.keys import KeyRing
-from model_store.worker.launcher import CONFIG_TEMPLATE, TorchServe, free_ports
-from model_store.worker.management_gate import ManagementGate
+from contract.keys import KeyRing
+from model_store.torchserve.host import free_ports
+from model_store.torchserve.launcher import CONFIG_TEMPLATE, TorchServe
+from model_store.torchserve.management_gate import ManagementGate
+from perf.stack import requests_computed
 from service.backends.circuit import CircuitBreaker
 from service.backends.endpoints import Discovery
 from service.backends.torchserve_client import TorchServeBackend

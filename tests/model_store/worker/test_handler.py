@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from contract.protocol import input_field
+from model_store.demo.synthetic import CLASS_NAMES, encode, make_images
+from model_store.torchserve.host import threads_per_worker
 from model_store.worker.classifier import ClassifierConfig, ImageClassifier
-from model_store.worker.launcher import threads_per_worker
-from model_store.worker.protocol import input_field
-from model_store.worker.synthetic import CLASS_NAMES, encode, make_images
 
 pytestmark = pytest.mark.slow
 

@@ -17,20 +17,19 @@ import torch
 from PIL import Image, ImageOps
 
 import model_store.worker.classifier as classifier_module
-from model_store.worker.classifier import ClassifierConfig, ImageClassifier, tensor_input
-from model_store.worker.images import (
+from contract.images import (
     MAX_JPEG_SEGMENTS,
     MAX_PNG_CHUNKS,
     ImageError,
     ImageLimits,
     check_complete,
-    load_upright_rgb,
-    to_rgb,
     validate,
 )
-from model_store.worker.protocol import IMAGENET_MEAN, IMAGENET_STD
-from model_store.worker.synthetic import CLASS_NAMES, encode, make_images
-from model_store.worker.tiny import save_tiny
+from contract.protocol import IMAGENET_MEAN, IMAGENET_STD
+from model_store.demo.synthetic import CLASS_NAMES, encode, make_images
+from model_store.demo.tiny import save_tiny
+from model_store.worker.classifier import ClassifierConfig, ImageClassifier, tensor_input
+from model_store.worker.images import load_upright_rgb, to_rgb
 from model_store.worker.transforms import images_to_batch
 from model_store.zoo.models import TINY_ARCH, create_model
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from model_store.worker.keys import RENEW_BEFORE_S, KeyRing
+from contract.keys import RENEW_BEFORE_S, KeyRing
 
 
 def instant(at: float) -> str:

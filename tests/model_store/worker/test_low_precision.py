@@ -16,6 +16,8 @@ import httpx
 import pytest
 import torch
 
+from model_store.demo.synthetic import CLASS_NAMES, encode, make_images
+from model_store.demo.tiny import save_tiny
 from model_store.worker.archive import (
     ArchiveSpec,
     build_archive,
@@ -25,8 +27,6 @@ from model_store.worker.archive import (
 )
 from model_store.worker.calibration import HELD_OUT_EVERY, calibration_set
 from model_store.worker.classifier import ImageClassifier
-from model_store.worker.synthetic import CLASS_NAMES, encode, make_images
-from model_store.worker.tiny import save_tiny
 from model_store.zoo.fidelity import FidelityFailed, FidelityGate, measure
 from service.settings import GatewaySettings
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from model_store import MODELS, create_model, optimize_for_inference
-from model_store.worker.synthetic import CLASS_NAMES, make_images
-from model_store.worker.tiny import TINY_INPUT_SIZE, save_tiny
+from model_store.demo.synthetic import CLASS_NAMES, make_images
+from model_store.demo.tiny import TINY_INPUT_SIZE, save_tiny
 from model_store.worker.transforms import images_to_batch
 
 CHANCE = 1 / len(CLASS_NAMES)

@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from model_store.demo.synthetic import encode, make_images
+from model_store.demo.tiny import save_tiny
 from model_store.worker.archive import load_archive
 from model_store.worker.classifier import ClassifierConfig, ImageClassifier
-from model_store.worker.synthetic import encode, make_images
-from model_store.worker.tiny import save_tiny
 
 from ...checks import assert_serves_without_compiling_like_eager
 

@@ -15,6 +15,8 @@ import torch
 from torch._inductor.utils import run_and_get_code
 
 from model_store import create_model, optimize_for_inference
+from model_store.demo.synthetic import encode, make_images
+from model_store.demo.tiny import save_tiny
 from model_store.worker.archive import (
     ArchiveSpec,
     build_archive,
@@ -23,8 +25,6 @@ from model_store.worker.archive import (
     read_runtime_report,
 )
 from model_store.worker.classifier import ClassifierConfig, ImageClassifier
-from model_store.worker.synthetic import encode, make_images
-from model_store.worker.tiny import save_tiny
 from model_store.zoo.runtimes import (
     MAX_LOGIT_ERROR,
     Prebuilt,

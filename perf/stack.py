@@ -16,10 +16,11 @@ from pathlib import Path
 
 import httpx
 
+from contract.keys import bearer, key_refused
+from contract.protocol import GATEWAY_FED_BATCH_SIZE, REQUESTS_COUNTER
+from model_store.torchserve.host import free_ports
+from model_store.torchserve.launcher import TorchServe
 from model_store.worker.archive import ArchiveSpec, build_archive
-from model_store.worker.keys import bearer, key_refused
-from model_store.worker.launcher import TorchServe, free_ports
-from model_store.worker.protocol import GATEWAY_FED_BATCH_SIZE, REQUESTS_COUNTER
 from model_store.zoo.fidelity import FidelityGate
 from model_store.zoo.runtimes import DEFAULT_RUNTIME
 
@@ -53,7 +54,7 @@ def build(
     """``model``'s archive in ``directory`` (a no-op when it is up to date there): seeded random
     full-size weights, or with ``tiny`` a tiny model trained on synthetic shapes (kept beside
     it); TorchServe ``batch_size`` 1 behind a gateway, more for direct clients."""
-    from model_store.worker.tiny import save_tiny, train_tiny
+    from model_store.demo.tiny import save_tiny, train_tiny
 
     checkpoint = None
     if tiny:

@@ -12,22 +12,18 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .archive import DEFAULT_ARCHIVE_DIR, read_model_config
-from .keys import (
+from contract.keys import (
     KEY_FILE_NAME,
     TOKEN_EXPIRATION_ENV,
     KeyRing,
@@ -35,23 +31,15 @@ from .keys import (
     key_refused,
     token_expiration_min,
 )
-from .protocol import DEFAULT_RUN_DIR, model_ready
+from contract.protocol import DEFAULT_RUN_DIR, model_ready
+
+from ..worker.archive import DEFAULT_ARCHIVE_DIR, read_model_config
+from .host import LOOPBACK, available_cpus, free_ports, threads_per_worker
 
 log = logging.getLogger(__name__)
 
 CONFIG_TEMPLATE = Path(__file__).with_name("config.properties")
 MIN_JAVA = 17
-
-
-def free_ports(count: int) -> list[int]:
-    """Loopback ports free at this moment, for servers started on demand."""
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _group_alive(group: int) -> bool:
@@ -77,9 +65,6 @@ class TorchServeError(RuntimeError):
     """TorchServe could not be started, or a model did not become ready."""
 
 
-LOOPBACK = "127.0.0.1"
-
-
 def allowed_urls(archive_dir: Path) -> str:
     """TorchServe's ``allowed_urls``: ``file://`` URLs inside ``archive_dir``, as a Java regex
     written for a properties file (which would eat backslashes): each character that is not a
@@ -90,30 +75,6 @@ def allowed_urls(archive_dir: Path) -> str:
     if any(c in "[]^\\" for c in str(archive_dir)):
         raise TorchServeError(f"archive directory {archive_dir} has characters we do not escape")
     return f"file://{literal}/[^/]+"
-
-
-def is_loopback(host: str) -> bool:
-    return host == "localhost" or host.startswith("127.") or host == "::1"
-
-
-def available_cpus(pinned: frozenset[int] | None = None) -> int:
-    """CPUs this process (or one ``pinned`` to those) may use: its affinity mask, capped by a
-    cgroup v2 CPU quota (a container's ``cpus`` / a pod's CPU limit, which ``os.cpu_count()``
-    does not see)."""
-    cpus = len(pinned or os.sched_getaffinity(0))
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            cpus = min(cpus, max(1, int(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return cpus
-
-
-def threads_per_worker(workers: int, pinned: frozenset[int] | None = None) -> int:
-    """Intra-op threads per worker so that all workers together never oversubscribe the CPUs
-    (oversubscribed OpenMP threads spin against each other and lengthen every batch)."""
-    return max(1, available_cpus(pinned) // max(1, workers))
 
 
 def check_java() -> str:
@@ -429,57 +390,3 @@ class TorchServe:
         self.process.wait()
         shutil.rmtree(self._tmp_dir, ignore_errors=True)
         log.info("TorchServe stopped")
-
-
-class Supervisor(threading.Thread):
-    """Starts ``server`` again whenever it exits (its Java frontend crashed or was killed),
-    until ``stop``: a local stack outlives the loss of its TorchServe as a pod outlives a
-    container. TorchServe restarts its own dead workers; this covers the frontend. Each
-    restart writes new keys, which every ``KeyRing`` reads from the key file."""
-
-    def __init__(
-        self,
-        server: TorchServe,
-        progress: Callable[[str], None] = log.info,
-        poll_s: float = 1.0,
-        ready_timeout_s: float = 900.0,
-    ) -> None:
-        super().__init__(name="torchserve-supervisor", daemon=True)
-        self.server = server
-        self.progress = progress
-        self.poll_s = poll_s
-        self.ready_timeout_s = ready_timeout_s
-        self.restarts = 0
-        self._stopping = threading.Event()
-        self._lifecycle = threading.Lock()  # no start after stop() has begun
-
-    def run(self) -> None:
-        failures = 0
-        while not self._stopping.wait(self.poll_s * 2**failures):
-            process = self.server.process
-            if process is None or process.poll() is None:
-                continue
-            with self._lifecycle:
-                if self._stopping.is_set():
-                    return
-                log.error("TorchServe exited with code %s; starting it again", process.returncode)
-                self.server.stop()  # what is left of its group: workers, a frontend
-                self.server.start()
-            try:
-                self.server.wait_ready(self.ready_timeout_s, self.progress)
-            except TorchServeError as exc:
-                if self._stopping.is_set():  # stopped while it came back
-                    return
-                failures = min(failures + 1, 6)
-                log.error("TorchServe did not come back: %s", exc)
-                continue
-            failures = 0
-            self.restarts += 1
-            self.progress(f"TorchServe is back (restart {self.restarts})")
-
-    def stop(self) -> None:
-        """Stop supervising, then stop the server."""
-        self._stopping.set()
-        with self._lifecycle:
-            self.server.stop()
-        self.join(timeout=self.poll_s + 35)

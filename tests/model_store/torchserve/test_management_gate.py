@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model_store.worker.launcher import free_ports
-from model_store.worker.management_gate import readable
-from model_store.worker.protocol import model_ready
+from contract.protocol import model_ready
+from model_store.torchserve.host import free_ports
+from model_store.torchserve.management_gate import readable
 
 pytestmark = pytest.mark.slow
 

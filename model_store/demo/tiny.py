@@ -14,11 +14,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..worker.transforms import images_to_batch
 from ..zoo.checkpoint import save_checkpoint
 from ..zoo.models import TINY_ARCH, create_model
 from ..zoo.resnet import ResNet
 from .synthetic import CLASS_NAMES, make_images
-from .transforms import images_to_batch
 
 log = logging.getLogger(__name__)
 
