@@ -24,8 +24,9 @@ Targets, measured interleaved at every rate (the order rotates from one rate to 
 Latency is measured from each request's scheduled arrival (no coordinated omission). Per target
 and rate: achieved img/s, p50/p90/p99, 503 share (refused: queue full or deadline unmeetable),
 other errors, answers later than the SLO, goodput (answers within the SLO per second);
-capacity at SLO = the highest offered rate with p99 <= SLO and < 0.1% of requests not answered
-200 (so shedding early counts against it, answering late only through p99). Also: cold start
+capacity at SLO (``perf.slo``) = the last offered rate before the knee with p99 <= SLO and
+< 0.1% of requests not answered 200 (so shedding early counts against it, answering late only
+through p99). Also: cold start
 (TorchServe start to ready, first request per batch bucket against the steady state, a killed
 worker back to READY) and the gateway alone over a null backend (images per CPU-second of the
 gateway process: how many workers one gateway can feed).
@@ -37,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -45,12 +45,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
-from contract.protocol import READY_STATUS, input_field
 from model_store.torchserve.launcher import TorchServe
 from model_store.worker.archive import ArchiveSpec
-from model_store.zoo.fidelity import FidelityGate
 from model_store.zoo.precision import FP32, PRECISIONS
 from model_store.zoo.runtimes import DEFAULT_RUNTIME, RUNTIMES
 from perf.common import (
@@ -62,135 +59,17 @@ from perf.common import (
     write_results,
 )
 from perf.images import CAMERA_UPLOADS, image_pool
-from perf.load import OpenSend, open_loop, summarize
-from perf.slo import ERROR_BUDGET, RatePoint, capacity_at_slo
+from perf.load import open_loop, summarize
+from perf.slo import ERROR_BUDGET, target_capacity
 from perf.stack import (
-    bench_archives,
-    build,
-    gateway_env,
-    post_direct,
+    runtime_archive,
     start_gateway,
     start_torchserve,
 )
 
-from .precision_runners import split_mode
-
-TARGETS = (
-    "gateway-deadline",
-    "gateway-deadline-pipelined",
-    "gateway-fixed",
-    "torchserve-direct",
-    "inprocess",
-)
-
-
-GATE_OFF = FidelityGate(min_top1_agreement=0, min_top5_overlap=0, max_probability_shift=1)
-"""A gate every build passes: for measuring the speed of random weights' low precisions."""
-
-
-def rate_point(row: dict[str, Any]) -> RatePoint:
-    """A measured row (``summarize``) as the capacity rule reads it."""
-    return RatePoint(row["offered"], row["p99_ms"], row["refused_503"] + row["errors"])
-
-
-def target_capacity(rows: list[dict[str, Any]], target: str, slo_ms: float) -> float | None:
-    """``target``'s capacity (``perf.slo``) over the rates measured for it."""
-    return capacity_at_slo((rate_point(r) for r in rows if r["target"] == target), slo_ms)
-
-
-def first_calls(server: TorchServe, model: str, pool: list[bytes], buckets: tuple[int, ...]):
-    """Per bucket: the first request after ready, then the next (steady), in ms."""
-    rows = []
-    for bucket in buckets:
-        files = [(input_field("image", i), ("x.jpg", pool[i], "image/jpeg")) for i in range(bucket)]
-        times = []
-        for _ in range(3):
-            started = time.perf_counter()
-            response = httpx.post(
-                f"{server.inference_url}/predictions/{model}",
-                files=files,
-                headers=server.headers("inference"),
-                timeout=300,
-            )
-            response.raise_for_status()
-            times.append((time.perf_counter() - started) * 1000)
-        rows.append({"bucket": bucket, "first_ms": times[0], "steady_ms": min(times[1:])})
-        progress(f"  bucket {bucket}: first {times[0]:.0f} ms, steady {min(times[1:]):.0f} ms")
-    return rows
-
-
-def crash_restart_s(server: TorchServe, model: str, timeout_s: float = 600) -> float:
-    """Seconds from a SIGKILL of ``model``'s worker to the READY worker TorchServe starts."""
-    [victim] = [int(w["pid"]) for w in server.workers(model)]
-    os.kill(victim, signal.SIGKILL)
-    started = time.perf_counter()
-    while time.perf_counter() - started < timeout_s:
-        workers = server.workers(model)
-        if any(w.get("status") == READY_STATUS and int(w["pid"]) != victim for w in workers):
-            return time.perf_counter() - started
-        time.sleep(0.2)
-    raise RuntimeError(f"{model}: no worker READY {timeout_s:g} s after the crash")
-
-
-def null_gateway_efficiency(seconds: float) -> dict[str, Any]:
-    """The gateway over a backend that answers at once: images per CPU-second of the gateway
-    (validation, batching, HTTP), loaded by 64 closed-loop clients from this process."""
-    [data] = image_pool(1, CAMERA_UPLOADS, quality=88)
-
-    async def load(url: str, gateway: psutil.Process) -> tuple[int, float]:
-        limits = httpx.Limits(max_connections=64)
-        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-            done = 0
-            stop = time.perf_counter() + seconds
-
-            async def client_loop() -> None:
-                nonlocal done
-                while time.perf_counter() < stop:
-                    response = await client.post(
-                        "/v1/models/eca_resnet50/classify",
-                        content=data,
-                        headers={"Content-Type": "image/jpeg"},
-                    )
-                    done += response.status_code == 200
-
-            cpu_before = sum(gateway.cpu_times()[:2])
-            await asyncio.gather(*(client_loop() for _ in range(64)))
-            return done, sum(gateway.cpu_times()[:2]) - cpu_before
-
-    with tempfile.TemporaryDirectory(prefix="bench-null-") as tmp:
-        process, url = start_gateway({}, Path(tmp) / "gateway.log", module="bench.null_gateway")
-        try:
-            images, cpu_seconds = asyncio.run(load(url, psutil.Process(process.pid)))
-        finally:
-            process.terminate()
-            process.wait(30)
-    return {
-        "images": images,
-        "wall_img_per_s": images / seconds,
-        "gateway_cpu_seconds": cpu_seconds,
-        "img_per_cpu_second": images / cpu_seconds if cpu_seconds else None,
-    }
-
-
-def make_senders(
-    client: httpx.AsyncClient, urls: dict[str, str], model: str, direct_server: TorchServe
-) -> dict[str, OpenSend]:
-    def gateway(url: str) -> OpenSend:
-        async def send(data: bytes) -> int:
-            response = await client.post(
-                f"{url}/v1/models/{model}/classify",
-                content=data,
-                headers={"Content-Type": "image/jpeg"},
-            )
-            return response.status_code
-
-        return send
-
-    async def direct(data: bytes) -> int:
-        response = await post_direct(client, direct_server, f"/predictions/{model}", content=data)
-        return response.status_code
-
-    return {t: direct if t == "torchserve-direct" else gateway(urls[t]) for t in urls}
+from .capacity_targets import TARGETS, deep_queue_gateway, make_senders
+from .cold_start import crash_restart_s, first_calls
+from .null_gateway import null_gateway_efficiency
 
 
 async def sweep(
@@ -242,25 +121,6 @@ def plot(rows: list[dict[str, Any]], targets: list[str], slo_ms: float, path: Pa
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
-
-
-def runtime_archive(model: str, target: str, runtime: str, tiny: bool, **settings: Any) -> Path:
-    """``model``'s archive for ``target`` served by ``runtime`` (``inductor``, ``openvino-int8``
-    ...), kept between runs; random-weight low precisions are built with the gate off."""
-    served, precision = split_mode(runtime)
-    if precision != FP32 and not tiny:
-        progress(
-            f"{runtime}: random weights cannot pass the fidelity gate (their top-1 is a "
-            "near-tie of 1000 classes, see bench.precision): built with the gate off, for speed"
-        )
-        settings["fidelity"] = GATE_OFF
-    directory = bench_archives(f"{target}-{runtime}", tiny)
-    return build(model, directory, runtime=served, precision=precision, **settings)
-
-
-def deep_queue_gateway(model: str, server: TorchServe) -> dict[str, str]:
-    """A gateway in front of ``server``, queue deep enough for the highest rates."""
-    return gateway_env(server, [model]) | {"GATEWAY_QUEUE_LIMIT": "256"}
 
 
 def served_per_runtime(

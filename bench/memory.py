@@ -25,6 +25,7 @@ from typing import Any
 from PIL import Image
 
 from contract.images import ImageLimits
+from contract.lists import comma_separated
 from model_store.demo.synthetic import encode
 from perf.common import report
 
@@ -58,7 +59,8 @@ def run_case(
     weights: str, model: str, case: str, max_pixels: int, batch_pixels: int, batch: int
 ) -> dict[str, Any]:
     """In the measuring process: load, warm up, then classify the worst batch."""
-    from model_store.worker.classifier import ClassifierConfig, ImageClassifier
+    from model_store.worker.classifier import ImageClassifier
+    from model_store.worker.config import ClassifierConfig
 
     config = ClassifierConfig(
         model,
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         weights = random_weights(args.model, Path(tmp), tiny=args.tiny)
-        for index, case in enumerate(args.cases.split(","), 1):
+        for index, case in enumerate(comma_separated(args.cases), 1):
             print(f"[{index}] {case}: {args.batch} x {args.max_pixels:,} pixels", flush=True)
             rows.append(
                 measure(case, model=args.model, weights=weights, limits=limits, batch=args.batch)

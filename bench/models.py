@@ -32,29 +32,30 @@ import importlib.util
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contract.lists import comma_separated
+from model_store.worker.archive import parse_candidate_name
 from perf.common import (
     comma_list,
     environment,
-    markdown_table,
     progress,
     summarize_latencies,
     write_results,
 )
 
-from .precision_runners import RUNTIME_BUILDERS, split_mode
+from .model_variants import (
+    MODES,
+    OURS,
+    Variant,
+    runtime_comparison,
+    runtime_table,
+    table,
+    to_records,
+)
+from .precision_runners import RUNTIME_BUILDERS
 
-OURS = "compiled"
-SERVED = "aot"
-"""Ours as an archive serves it, at each precision: ``aot``, ``aot-bf16``, ``aot-int8``."""
-PEERS = ("openvino", "onnxruntime", "timm-compiled")
-LOW_PRECISION_MODES = (
-    "aot-bf16", "aot-int8", "openvino-bf16", "openvino-int8", "onnxruntime-int8",
-)  # fmt: skip
-MODES = ("eager", OURS, "compiled-no-inner-squeeze", SERVED, *PEERS, *LOW_PRECISION_MODES)
 TIMM_ATTENTION = {
     "resnet50": None,
     "se_resnet50": "se",
@@ -62,21 +63,6 @@ TIMM_ATTENTION = {
     "cbam_resnet50": "cbam",
 }
 """timm's name for each of our attention kinds (timm has no SA block)."""
-
-
-@dataclass
-class Variant:
-    model: str
-    mode: str
-    params: int
-    attention_params: int
-    run: Callable[[Any], Any]
-    inductor: Any = None  # the InferenceModel for eager/compiled modes: compile state, kernels
-    results: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def compiled(self) -> bool:
-        return self.inductor.compiled if self.inductor is not None else True
 
 
 def build_variants(args: argparse.Namespace) -> list[Variant]:
@@ -97,7 +83,7 @@ def build_variants(args: argparse.Namespace) -> list[Variant]:
                 continue
             if mode == "timm-compiled" and name not in TIMM_ATTENTION:
                 continue
-            runtime, precision = split_mode(mode)
+            runtime, precision = parse_candidate_name(mode)
             if runtime in RUNTIME_BUILDERS:
                 if optimized is None:
                     optimized = optimize_for_inference(model, compile=False).model
@@ -197,129 +183,6 @@ def measure(variants: list[Variant], args: argparse.Namespace) -> None:
             )
 
 
-def to_records(variants: list[Variant], baseline: str = "resnet50") -> list[dict[str, Any]]:
-    """JSON records, each row with img/s over the baseline's at the same mode and batch size."""
-    base = {
-        (v.mode, row["batch_size"]): row["img_per_s"]
-        for v in variants
-        if v.model == baseline
-        for row in v.results
-    }
-    records = []
-    for v in variants:
-        base_mode = "compiled" if v.mode.startswith("compiled") else v.mode
-        for row in v.results:
-            reference = base.get((base_mode, row["batch_size"]))
-            row[f"ratio_to_{baseline}"] = row["img_per_s"] / reference if reference else None
-        records.append(
-            {
-                "model": v.model,
-                "mode": v.mode,
-                "params": v.params,
-                "attention_params": v.attention_params,
-                "compiled": v.compiled,
-                "compile_error": v.inductor.compile_error if v.inductor is not None else None,
-                "results": v.results,
-            }
-        )
-    return records
-
-
-def table(records: list[dict[str, Any]]) -> str:
-    headers = [
-        "model",
-        "mode",
-        "batch",
-        "median ms",
-        "p90 ms",
-        "img/s",
-        "vs resnet50",
-        "memory MB",
-        "warm-up s",
-        "kernels",
-        "convs (residual fused)",
-    ]
-    rows = []
-    for r in records:
-        fell_back = r["mode"] != "eager" and not r["compiled"]
-        mode = r["mode"] + (" (FELL BACK TO EAGER)" if fell_back else "")
-        for row in r["results"]:
-            rows.append(
-                [
-                    r["model"],
-                    mode,
-                    row["batch_size"],
-                    row["median_ms"],
-                    row["p90_ms"],
-                    row["img_per_s"],
-                    row["ratio_to_resnet50"],
-                    row["memory_mb"],
-                    row["warmup_s"],
-                    row["inductor_kernels"],
-                    _convolutions(row.get("convolutions")),
-                ]
-            )
-    rows.sort(key=lambda row: (row[2], MODES.index(row[1].split()[0])))
-    return markdown_table(headers, rows)
-
-
-def _convolutions(counted: dict[str, int] | None) -> str | None:
-    return f"{counted['calls']} ({counted['residual_fused']})" if counted else None
-
-
-def runtime_comparison(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per model, batch size and precision: img/s of ours (``aot``, what an archive serves; in
-    float32 also the JIT ``compiled``) and of each peer runtime measured at that precision, and
-    ours over the fastest peer (all from the same interleaved rounds)."""
-    rates: dict[tuple[str, int, str], dict[str, float]] = {}
-    for r in records:
-        runtime, precision = split_mode(r["mode"])
-        if runtime in (OURS, SERVED, *PEERS) and r["mode"] != "compiled-no-inner-squeeze":
-            for row in r["results"]:
-                key = (r["model"], row["batch_size"], precision)
-                rates.setdefault(key, {})[runtime] = row["img_per_s"]
-    rows = []
-    for (model, batch_size, precision), by_runtime in sorted(
-        rates.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])
-    ):
-        peers = {m: v for m, v in by_runtime.items() if m not in (OURS, SERVED)}
-        best = max(peers, key=peers.__getitem__) if peers else None
-        ours = by_runtime.get(SERVED, by_runtime.get(OURS))
-        rows.append(
-            {
-                "model": model,
-                "batch_size": batch_size,
-                "precision": precision,
-                "img_per_s": by_runtime,
-                "fastest_peer": best,
-                "ours_over_fastest_peer": ours / peers[best] if best and ours else None,
-            }
-        )
-    return rows
-
-
-def runtime_table(comparison: list[dict[str, Any]]) -> str:
-    runtimes = [
-        m for m in (OURS, SERVED, *PEERS) if any(m in row["img_per_s"] for row in comparison)
-    ]
-    headers = [
-        "model", "batch", "precision", *[f"{m} img/s" for m in runtimes], "fastest peer",
-        "ours / it",
-    ]  # fmt: skip
-    rows = [
-        [
-            row["model"],
-            row["batch_size"],
-            row["precision"],
-            *[row["img_per_s"].get(m) for m in runtimes],
-            row["fastest_peer"],
-            row["ours_over_fastest_peer"],
-        ]
-        for row in comparison
-    ]
-    return markdown_table(headers, rows)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     import torch
 
@@ -360,7 +223,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if "timm-compiled" in args.modes and importlib.util.find_spec("timm") is None:
         parser.error("timm-compiled needs timm (and torchvision): see bench/README.md")
     default_sizes = "1,8,32,256" if args.device == "cuda" else "1,8,32"
-    args.batch_sizes = [int(b) for b in (args.batch_sizes or default_sizes).split(",")]
+    args.batch_sizes = comma_separated(args.batch_sizes or default_sizes, int)
     args.iters = args.iters or (50 if args.device == "cuda" else 5)
     return args
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from model_store.worker.archive import build_candidate
 from model_store.worker.calibration import CalibrationSet, calibration_set
-from model_store.zoo.precision import FP32, INT8
+from model_store.zoo.precision import INT8
 
 Run = Callable[[torch.Tensor], torch.Tensor]
 log = logging.getLogger(__name__)
@@ -143,9 +143,3 @@ RUNTIME_BUILDERS: dict[str, Callable[[nn.Module, str, Sequence[int], int], Run]]
     "onnxruntime": onnxruntime_runner,
 }
 UNAVAILABLE = {("onnxruntime", "bf16"): "ONNX Runtime's CPU provider has no bfloat16 kernels"}
-
-
-def split_mode(mode: str) -> tuple[str, str]:
-    """``openvino-int8`` -> (``openvino``, ``int8``); no suffix is float32."""
-    runtime, _, precision = mode.partition("-")
-    return runtime, precision or FP32

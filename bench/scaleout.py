@@ -43,16 +43,16 @@ import httpx
 import psutil
 
 from model_store.demo.synthetic import encode, make_images
+from model_store.torchserve.config import CONFIG_TEMPLATE
 from model_store.torchserve.host import free_ports
-from model_store.torchserve.launcher import CONFIG_TEMPLATE, TorchServe
+from model_store.torchserve.launcher import TorchServe
 from perf.common import columns_table, comma_list, environment, progress, write_results
 from perf.images import CAMERA_UPLOADS, image_pool
 from perf.load import open_loop
-from perf.slo import ERROR_BUDGET, meets_slo
-from perf.stack import READY_TIMEOUT_S, requests_computed, start_gateway
+from perf.load import summarize as summarize_load
+from perf.slo import ERROR_BUDGET, meets_slo, rate_point, target_capacity
+from perf.stack import READY_TIMEOUT_S, requests_computed, runtime_archive, start_gateway
 
-from .capacity import rate_point, runtime_archive, target_capacity
-from .capacity import summarize as summarize_load
 from .service_proxy import start_service_proxy
 from .worker_doubles import start_doubles, worker_capacity
 

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
+from contract.lists import comma_separated
+
 CHUNK = 1 << 16
 
 
@@ -68,7 +70,7 @@ def main(argv: list[str]) -> None:
     groups = {}
     for arg in argv:
         port, targets = arg.split("=")
-        groups[int(port)] = [int(t) for t in targets.split(",")]
+        groups[int(port)] = comma_separated(targets, int)
     asyncio.run(serve(groups))
 
 

@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 
 import httpx
 
+from contract.lists import comma_separated
 from model_store.zoo.registry import DEFAULT_MODELS, parse_model_names
 from perf.common import progress
 
@@ -182,8 +183,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, value in PROFILES[args.profile].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.users = [int(u) for u in str(args.users).split(",") if u.strip()]
-    args.rates = [float(r) for r in str(args.rates).split(",") if r.strip()]
+    args.users = comma_separated(str(args.users), int)
+    args.rates = comma_separated(str(args.rates), float)
     if len(args.models) < 2 or args.trials < 2:
         parser.error("a comparison needs at least two models and two trials")
     if not args.start_stack and not is_loopback(args.url) and not args.allow_remote:

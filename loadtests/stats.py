@@ -8,6 +8,7 @@ import random
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from perf.slo import RatePoint, capacity_at_slo
 
@@ -86,3 +87,11 @@ def level_capacity(levels: Sequence[Level], slo_ms: float) -> float | None:
         ),
         slo_ms,
     )
+
+
+def level_key(row: dict[str, Any]) -> tuple[str, float]:
+    return row["mode"], row["load"]
+
+
+def level_label(mode: str, load: float) -> str:
+    return f"closed, {load:g} users" if mode == "closed" else f"open, {load:g} req/s"

@@ -13,11 +13,13 @@ import logging
 import time
 from pathlib import Path
 
+from contract.lists import comma_separated
 from contract.protocol import DEFAULT_RUN_DIR
 
 from .signals import unwind_on_sigterm
-from .torchserve.host import free_ports, is_loopback
-from .torchserve.launcher import CONFIG_TEMPLATE, TorchServe, TorchServeError
+from .torchserve.config import CONFIG_TEMPLATE
+from .torchserve.host import TorchServeError, free_ports, is_loopback
+from .torchserve.launcher import TorchServe
 from .torchserve.management_gate import ManagementGate
 from .worker.archive import DEFAULT_ARCHIVE_DIR, ArchiveSpec, build_archive
 from .zoo.fidelity import FidelityFailed, FidelityGate
@@ -29,7 +31,7 @@ from .zoo.runtimes import DEFAULT_RUNTIME, RUNTIME_CHOICES, RuntimeCheckFailed
 
 def int_list(value: str) -> tuple[int, ...]:
     try:
-        return tuple(int(v) for v in value.split(","))
+        return tuple(comma_separated(value, int))
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, got {value!r}"

@@ -13,13 +13,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from contract.lists import comma_separated
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).parent / "results"
 
 
 def comma_list(cast: Callable[[str], Any] = str) -> Callable[[str], list[Any]]:
     """An argparse ``type``: ``"1,2,,4"`` -> ``[cast("1"), cast("2"), cast("4")]`` ("" -> [])."""
-    return lambda text: [cast(item) for item in text.split(",") if item.strip()]
+    return lambda text: comma_separated(text, cast)
 
 
 def progress(message: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 ERROR_BUDGET = 0.001
 """Share of requests that may fail (any status but 200) at a rate that counts as capacity."""
@@ -40,3 +41,13 @@ def capacity_at_slo(
             break
         capacity = point.offered
     return capacity
+
+
+def rate_point(row: dict[str, Any]) -> RatePoint:
+    """A measured row (``perf.load.summarize``) as the capacity rule reads it."""
+    return RatePoint(row["offered"], row["p99_ms"], row["refused_503"] + row["errors"])
+
+
+def target_capacity(rows: list[dict[str, Any]], target: str, slo_ms: float) -> float | None:
+    """``target``'s capacity over the rows measured for it (``row["target"]``)."""
+    return capacity_at_slo((rate_point(r) for r in rows if r["target"] == target), slo_ms)

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -20,8 +21,9 @@ from contract.keys import bearer, key_refused
 from contract.protocol import GATEWAY_FED_BATCH_SIZE, REQUESTS_COUNTER
 from model_store.torchserve.host import free_ports
 from model_store.torchserve.launcher import TorchServe
-from model_store.worker.archive import ArchiveSpec, build_archive
+from model_store.worker.archive import ArchiveSpec, build_archive, parse_candidate_name
 from model_store.zoo.fidelity import FidelityGate
+from model_store.zoo.precision import FP32
 from model_store.zoo.runtimes import DEFAULT_RUNTIME
 
 from .common import progress
@@ -267,3 +269,21 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+GATE_OFF = FidelityGate(min_top1_agreement=0, min_top5_overlap=0, max_probability_shift=1)
+"""A gate every build passes: for measuring the speed of random weights' low precisions."""
+
+
+def runtime_archive(model: str, target: str, runtime: str, tiny: bool, **settings: Any) -> Path:
+    """``model``'s archive for ``target`` served by ``runtime`` (``inductor``, ``openvino-int8``
+    ...), kept between runs; random-weight low precisions are built with the gate off."""
+    served, precision = parse_candidate_name(runtime)
+    if precision != FP32 and not tiny:
+        progress(
+            f"{runtime}: random weights cannot pass the fidelity gate (their top-1 is a "
+            "near-tie of 1000 classes, see bench.precision): built with the gate off, for speed"
+        )
+        settings["fidelity"] = GATE_OFF
+    directory = bench_archives(f"{target}-{runtime}", tiny)
+    return build(model, directory, runtime=served, precision=precision, **settings)

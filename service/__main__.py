@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = GatewaySettings()
     torchserve = supervisor = None
     if args.start_torchserve and settings.backend == "torchserve":
-        from model_store.torchserve.launcher import TorchServe, TorchServeError, check_java
+        from model_store.torchserve.host import TorchServeError, check_java
+        from model_store.torchserve.launcher import TorchServe
         from model_store.torchserve.supervisor import Supervisor
 
         try:

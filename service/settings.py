@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from contract.images import ImageLimits
 from contract.keys import KEY_FILE_NAME
+from contract.lists import comma_separated
 from contract.protocol import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_RUN_DIR,
@@ -22,7 +23,7 @@ from .batcher import Policy
 
 def split_urls(urls: str) -> list[str]:
     """A comma-separated list of URLs, each without its trailing slash."""
-    return [url.strip().rstrip("/") for url in urls.split(",") if url.strip()]
+    return [url.rstrip("/") for url in comma_separated(urls)]
 
 
 class GatewaySettings(BaseSettings):
@@ -101,7 +102,7 @@ class GatewaySettings(BaseSettings):
     @classmethod
     def _split_models(cls, value: object) -> object:
         if isinstance(value, str) and not value.startswith("["):
-            return [v.strip() for v in value.split(",") if v.strip()]
+            return comma_separated(value)
         return value
 
     @field_validator("models")

@@ -8,7 +8,8 @@ from dataclasses import replace
 import pytest
 from torch._dynamo.utils import counters
 
-from model_store.worker.classifier import ClassifierConfig, ImageClassifier
+from model_store.worker.classifier import ImageClassifier
+from model_store.worker.config import ClassifierConfig
 
 INTERNALS = re.compile(r"object at 0x|<[\w.]+ object|0x[0-9a-fA-F]{6,}|Traceback|<_io\.")
 """What must never reach a client's error message: object reprs, addresses, tracebacks."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -25,7 +24,6 @@ from typing import Any
 
 from contract.keys import (
     KEY_FILE_NAME,
-    TOKEN_EXPIRATION_ENV,
     KeyRing,
     bearer,
     key_refused,
@@ -34,66 +32,18 @@ from contract.keys import (
 from contract.protocol import DEFAULT_RUN_DIR, model_ready
 
 from ..worker.archive import DEFAULT_ARCHIVE_DIR, read_model_config
-from .host import LOOPBACK, available_cpus, free_ports, threads_per_worker
+from .config import CONFIG_TEMPLATE, render
+from .host import (
+    LOOPBACK,
+    TorchServeError,
+    available_cpus,
+    check_java,
+    free_ports,
+    group_alive,
+    threads_per_worker,
+)
 
 log = logging.getLogger(__name__)
-
-CONFIG_TEMPLATE = Path(__file__).with_name("config.properties")
-MIN_JAVA = 17
-
-
-def _group_alive(group: int) -> bool:
-    """Whether a process of this group still runs (zombies waiting to be reaped do not count)."""
-    proc = Path("/proc")
-    if not proc.is_dir():  # not Linux: a signal 0 to the group answers
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
-            return True
-    return False
-
-
-class TorchServeError(RuntimeError):
-    """TorchServe could not be started, or a model did not become ready."""
-
-
-def allowed_urls(archive_dir: Path) -> str:
-    """TorchServe's ``allowed_urls``: ``file://`` URLs inside ``archive_dir``, as a Java regex
-    written for a properties file (which would eat backslashes): each character that is not a
-    letter, digit or slash goes in a bracket of its own."""
-    literal = "".join(
-        c if c.isalnum() or c == "/" else f"[{c}]" for c in str(archive_dir.resolve())
-    )
-    if any(c in "[]^\\" for c in str(archive_dir)):
-        raise TorchServeError(f"archive directory {archive_dir} has characters we do not escape")
-    return f"file://{literal}/[^/]+"
-
-
-def check_java() -> str:
-    """The Java version string; raises with install advice when Java is missing or too old."""
-    java = shutil.which("java")
-    if java is None:
-        raise TorchServeError(
-            f"TorchServe needs Java {MIN_JAVA}+ and `java` is not on PATH. Install it "
-            "(Debian/Ubuntu: apt-get install -y openjdk-17-jre-headless) or run the gateway "
-            "with the inprocess backend."
-        )
-    output = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', output)
-    major = int(match[1]) if match else 0
-    if major == 1 and match and match[2]:  # "1.8" style
-        major = int(match[2])
-    if major < MIN_JAVA:
-        raise TorchServeError(f"TorchServe needs Java {MIN_JAVA}+, found: {output.strip()[:200]}")
-    return output.splitlines()[0] if output else "java"
 
 
 @dataclass
@@ -278,30 +228,15 @@ class TorchServe:
         }
 
     def config_text(self) -> str:
-        """The template with this server's host and ports: inference and metrics on ``host``;
-        the management API and gRPC (which the gateway does not use) on loopback only; model
-        archives fetched from the archive directory only (``allowed_urls``)."""
-        text = self.config_template.read_text()
-        for name, host, port in (
-            ("inference", self.host, self.inference_port),
-            ("management", LOOPBACK, self.management_port),
-            ("metrics", self.host, self.metrics_port),
-        ):
-            text = re.sub(
-                rf"^{name}_address=.*$", f"{name}_address=http://{host}:{port}", text, flags=re.M
-            )
-        grpc_inference, grpc_management = self.grpc_ports
-        text = (
-            f"{text.rstrip()}\n# gRPC (not used by the gateway) on loopback, on ports of its own\n"
-            f"grpc_inference_address={LOOPBACK}\ngrpc_inference_port={grpc_inference}\n"
-            f"grpc_management_address={LOOPBACK}\ngrpc_management_port={grpc_management}\n"
-            "# archives come from the archive directory only, never from a URL\n"
-            f"allowed_urls={allowed_urls(self.archive_dir)}\n"
-        )
+        """This server's ``config.properties`` (``config.render``)."""
         minutes = self.key_minutes if self.key_minutes is not None else token_expiration_min()
-        if minutes is not None:
-            text += f"# key lifetime (${TOKEN_EXPIRATION_ENV})\ntoken_expiration_min={minutes:g}\n"
-        return text
+        return render(
+            self.config_template,
+            self.host,
+            (self.inference_port, self.management_port, self.metrics_port, *self.grpc_ports),
+            self.archive_dir,
+            minutes,
+        )
 
     def wait_ready(self, timeout: float = 900.0, progress: Any = None) -> dict[str, Any]:
         """Block until every model is ready (``protocol.model_ready``); returns the management
@@ -382,10 +317,10 @@ class TorchServe:
             except ProcessLookupError:
                 break
             deadline = time.monotonic() + wait
-            while _group_alive(group) and time.monotonic() < deadline:
+            while group_alive(group) and time.monotonic() < deadline:
                 self.process.poll()  # reap the launcher as soon as it exits
                 time.sleep(0.1)
-            if not _group_alive(group):
+            if not group_alive(group):
                 break
         self.process.wait()
         shutil.rmtree(self._tmp_dir, ignore_errors=True)

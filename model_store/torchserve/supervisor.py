@@ -6,7 +6,8 @@ import logging
 import threading
 from collections.abc import Callable
 
-from .launcher import TorchServe, TorchServeError
+from .host import TorchServeError
+from .launcher import TorchServe
 
 log = logging.getLogger(__name__)
 

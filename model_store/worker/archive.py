@@ -32,27 +32,26 @@ from contract.protocol import (
     WORKER_RESPONSE_TIMEOUT_S,
 )
 
-from ..zoo.aot import compile_packages, machine_key
+from ..zoo.aot import machine_key
 from ..zoo.checkpoint import read_checkpoint, save_checkpoint
 from ..zoo.fidelity import FidelityFailed, FidelityGate, logits_of, measure
-from ..zoo.low_precision import lower
 from ..zoo.models import create_model
-from ..zoo.openvino_ir import export_ir, quantize_ir
 from ..zoo.optimize import optimize_for_inference
-from ..zoo.precision import DEFAULT_PRECISION, FP32, INT8, PRECISION_CHOICES, PRECISIONS
+from ..zoo.precision import DEFAULT_PRECISION, FP32, PRECISION_CHOICES, PRECISIONS
 from ..zoo.runtimes import (
     AUTO,
     DEFAULT_RUNTIME,
-    RUNTIME_CHOICES,
     RUNTIMES,
     Prebuilt,
     RuntimeCheckFailed,
     fastest,
+    get_runtime,
     images_per_second,
+    load_prebuilt,
     max_logit_error,
 )
 from .calibration import CalibrationSet, calibration_set
-from .classifier import ClassifierConfig, load_prebuilt
+from .config import ClassifierConfig
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +67,8 @@ ARCHIVE_VERSION = "1.0"
 RUNTIME_REPORT = "runtime.json"
 """The build's record inside an archive: what was asked, what serves, the checks and timings."""
 
-PREBUILT_DIRS = {"inductor": ("aot_dir", "aoti"), "openvino": ("openvino_dir", "openvino")}
-"""Per runtime: the classifier setting naming its prebuilt models, and their folder inside the
-archive."""
+PREBUILT_DIR = "prebuilt"
+"""Where the serving runtime's prebuilt models sit inside the archive (``prebuilt_dir``)."""
 
 
 @dataclass(frozen=True)
@@ -98,8 +96,9 @@ class ArchiveSpec:
 
     def __post_init__(self) -> None:
         """Refuse here what would otherwise build fine and fail inside TorchServe."""
-        if self.runtime not in RUNTIME_CHOICES:
-            raise ValueError(f"runtime must be one of {RUNTIME_CHOICES}, got {self.runtime!r}")
+        if self.runtime != AUTO and self.runtime not in RUNTIMES:
+            choices = (*RUNTIMES, AUTO)
+            raise ValueError(f"runtime must be one of {choices}, got {self.runtime!r}")
         if self.runtime != DEFAULT_RUNTIME and not self.compiles_ahead:
             raise ValueError(
                 f"the {self.runtime} runtime is built with the archive: it needs compile and aot"
@@ -117,6 +116,8 @@ class ArchiveSpec:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_batch_delay_ms < 0:
             raise ValueError(f"max_batch_delay_ms must be >= 0, got {self.max_batch_delay_ms}")
+        if not self.candidates:
+            raise ValueError(f"the {self.runtime} runtime does not build {self.precision}")
         serving = DEFAULT_RUNTIME if self.runtime == AUTO else self.runtime
         # the worker's own checks of its settings (model, buckets, compile mode, limits, extra)
         ClassifierConfig.from_mapping(self.model_config(serving)["handler"], Path())
@@ -128,17 +129,21 @@ class ArchiveSpec:
     @property
     def candidates(self) -> list[tuple[str, str]]:
         """The (runtime, precision) pairs this build makes, checks and, if several, measures."""
-        runtimes = RUNTIMES if self.runtime == AUTO else (self.runtime,)
-        precisions = PRECISIONS if self.precision == AUTO else (self.precision,)
-        return [(runtime, precision) for runtime in runtimes for precision in precisions]
+        runtimes = list(RUNTIMES) if self.runtime == AUTO else [self.runtime]
+        asked = PRECISIONS if self.precision == AUTO else (self.precision,)
+        return [
+            (runtime, precision)
+            for runtime in runtimes
+            for precision in asked
+            if precision in get_runtime(runtime).precisions
+        ]
 
     def model_config(
         self, runtime: str = DEFAULT_RUNTIME, precision: str = DEFAULT_PRECISION
     ) -> dict[str, Any]:
         """TorchServe's settings and the classifier's, for the runtime and precision that serve
         (``auto`` is resolved when the archive is built)."""
-        setting, directory = PREBUILT_DIRS[runtime]
-        prebuilt = {setting: directory} if self.compiles_ahead else {}
+        prebuilt = {"prebuilt_dir": PREBUILT_DIR} if self.compiles_ahead else {}
         return {
             "minWorkers": self.workers,
             "maxWorkers": self.workers,
@@ -237,6 +242,12 @@ def candidate_name(runtime: str, precision: str) -> str:
     return runtime if precision == FP32 else f"{runtime}-{precision}"
 
 
+def parse_candidate_name(name: str) -> tuple[str, str]:
+    """``openvino-int8`` -> (``openvino``, ``int8``); no suffix is float32."""
+    runtime, _, precision = name.partition("-")
+    return runtime, precision or FP32
+
+
 def build_runtimes(
     spec: ArchiveSpec, weights: Path, code: Path, progress: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -281,8 +292,8 @@ def build_runtimes(
         progress(f"{spec.model}: measuring {' vs '.join(candidates)} (interleaved)")
         measured = images_per_second(candidates, size, progress=progress)
     chosen = fastest(measured) if measured else next(iter(candidates))
-    runtime, precision = next(c for c in spec.candidates if candidate_name(*c) == chosen)
-    (code / "candidates" / chosen).rename(code / PREBUILT_DIRS[runtime][1])
+    runtime, precision = parse_candidate_name(chosen)
+    (code / "candidates" / chosen).rename(code / PREBUILT_DIR)
     shutil.rmtree(code / "candidates")
     progress(f"{spec.model}: serving with {runtime} in {precision}")
     return {
@@ -313,16 +324,9 @@ def build_candidate(
 ) -> Prebuilt:
     """One candidate's prebuilt models, written to ``directory`` and loaded from there."""
     calibration = images.calibration if images is not None else torch.empty(0)
-    if runtime == "openvino":
-        progress(f"  OpenVINO IR ({precision})")
-        export_ir(optimized, size, directory)
-        if precision == INT8:
-            progress("  quantizing the IR to int8 (NNCF)")
-            quantize_ir(directory, calibration, buckets[-1])
-    else:
-        progress(f"  AOTInductor ({precision}), one package per bucket")
-        lowered = lower(optimized, precision, calibration, buckets[-1])
-        compile_packages(lowered, buckets, size, directory, progress)
+    get_runtime(runtime).build(
+        optimized, precision, calibration, buckets, size, directory, progress
+    )
     return load_prebuilt(runtime, directory, buckets, size, precision)
 
 

@@ -7,14 +7,11 @@ gateway's in-process backend runs the very same code.
 from __future__ import annotations
 
 import logging
-import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,165 +19,50 @@ import torch
 from PIL import Image
 from torch._dynamo.utils import counters
 
-from contract.answers import Failure, Predictions, Result
+from contract.answers import Result
 from contract.errors import (
     IMAGE_TOO_LARGE,
-    INVALID_TENSOR,
     INVALID_TOP_K,
-    NON_FINITE_OUTPUT,
     UNDECODABLE_IMAGE,
 )
-from contract.images import ImageError, ImageLimits, validate
-from contract.protocol import (
-    DEFAULT_BATCH_BUCKETS,
-    DEFAULT_TOP_K,
-    MAX_TOP_K,
-    PIXEL_BOUND,
-    PROBABILITIES_FIELD,
-    TENSOR_CHANNELS,
-)
+from contract.images import ImageError, validate
+from contract.protocol import MAX_TOP_K
 
-from ..zoo.aot import AotMismatch, load_packages
 from ..zoo.checkpoint import read_checkpoint
 from ..zoo.labels import load_labels
 from ..zoo.models import count_parameters, create_model, get_spec
-from ..zoo.openvino_ir import OpenVinoUnavailable, load_ir
-from ..zoo.optimize import InferenceModel, check_compile_mode, optimize_for_inference
-from ..zoo.precision import FP32, PRECISIONS
-from ..zoo.runtimes import DEFAULT_RUNTIME, RUNTIMES, Prebuilt
+from ..zoo.optimize import InferenceModel, optimize_for_inference
+from ..zoo.runtimes import Prebuilt, PrebuiltUnusable, load_prebuilt
+from .answers import answer, failure
+from .config import ClassifierConfig
 from .images import load_upright_rgb
+from .inputs import checked_tensor
 from .pixel_budgets import BatchPixelBudget, PixelPool
 from .transforms import crop_to_array, normalize, resize_side
 
 log = logging.getLogger(__name__)
-
-NON_FINITE = ImageError(
-    NON_FINITE_OUTPUT, "the model's output for this input is not a number (NaN or infinity)"
-)
-
-
-def load_prebuilt(
-    runtime: str,
-    directory: Path,
-    batch_sizes: Sequence[int],
-    input_size: int,
-    precision: str = FP32,
-) -> Prebuilt:
-    """What an archive built for ``runtime`` in ``precision``, loaded: AOTInductor packages
-    (reported ``aot``) or an OpenVINO IR compiled per bucket (``openvino``)."""
-    if runtime == "openvino":
-        runners = load_ir(directory, batch_sizes, input_size, precision)
-        return Prebuilt("openvino", runners, precision)
-    return Prebuilt("aot", load_packages(directory, batch_sizes, input_size), precision)
-
-
-@dataclass(frozen=True)
-class ClassifierConfig:
-    """What a worker needs to serve one model; read from the ``handler`` section of
-    ``model-config.yaml`` inside the archive."""
-
-    model: str
-    weights: Path
-    labels: Path | None = None
-    compile: bool = True
-    compile_mode: str = "default"
-    batch_buckets: tuple[int, ...] = DEFAULT_BATCH_BUCKETS
-    max_pixels: int = ImageLimits.max_pixels
-    max_aspect_ratio: float = ImageLimits.max_aspect_ratio
-    max_batch_pixels: int = ImageLimits.max_batch_pixels
-    fast_decode: bool = False
-    """Reduced-scale JPEG decode (libjpeg ``draft``): faster, but not the offline pixels."""
-    top_k: int = DEFAULT_TOP_K
-    device: str = "auto"
-    runtime: str = DEFAULT_RUNTIME
-    """``inductor`` or ``openvino`` (``model_store.zoo.runtimes``); ``compile=False`` runs eager."""
-    aot_dir: Path | None = None
-    """AOTInductor packages of the batch buckets (built with the archive), used when they match
-    this machine; otherwise the model is compiled just in time."""
-    openvino_dir: Path | None = None
-    """The OpenVINO IR of the ``openvino`` runtime (built with the archive)."""
-    precision: str = FP32
-    """What the prebuilt models run in (``model_store.zoo.precision``); a just-in-time
-    fallback runs float32."""
-
-    @property
-    def limits(self) -> ImageLimits:
-        return ImageLimits(self.max_pixels, self.max_aspect_ratio, self.max_batch_pixels)
-
-    def __post_init__(self) -> None:
-        get_spec(self.model)  # unknown names fail here, at load
-        buckets = self.batch_buckets
-        if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 1:
-            raise ValueError(f"batch_buckets must be increasing positive sizes, got {buckets}")
-        if self.runtime not in RUNTIMES:
-            raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
-        if self.runtime == "openvino" and self.openvino_dir is None:
-            raise ValueError("the openvino runtime needs openvino_dir (the converted model)")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if not 1 <= self.top_k <= MAX_TOP_K:
-            raise ValueError(f"top_k must be in 1..{MAX_TOP_K}, got {self.top_k}")
-        check_compile_mode(self.compile_mode)
-        self.limits  # noqa: B018 -- validates the image limits at load
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], base_dir: Path) -> ClassifierConfig:
-        known = set(cls.__dataclass_fields__)
-        if unknown := set(values) - known:
-            raise ValueError(
-                f"unknown classifier settings {sorted(unknown)}; known: {sorted(known)}"
-            )
-        values = dict(values)
-        values["weights"] = base_dir / values["weights"]
-        for key in ("labels", "aot_dir", "openvino_dir"):
-            if values.get(key):
-                values[key] = base_dir / values[key]
-        if "batch_buckets" in values:
-            values["batch_buckets"] = tuple(values["batch_buckets"])
-        return cls(**values)
 
 
 def _graphs_made() -> int:
     return counters["stats"]["unique_graphs"]
 
 
-def _error(exc: ImageError) -> Failure:
-    return {"error": {"code": exc.code, "message": str(exc)}}
-
-
-@dataclass(frozen=True)
-class ClassifyRequest:
-    """One client request among those a worker serves as one batch."""
-
-    inputs: list[bytes | np.ndarray]
-    top_k: int | None
-    probabilities: bool
-
-
-def tensor_input(data: bytes) -> np.ndarray:
-    """A preprocessed input as it travels (float32, little-endian, row-major) -> the array
-    ``ImageClassifier.classify`` takes; its shape is checked there, against the model."""
-    if len(data) % 4:  # not whole float32 values: fails the check as raw bytes
-        return np.frombuffer(data, dtype=np.uint8)
-    return np.frombuffer(data, dtype="<f4").astype(np.float32, copy=False)
-
-
 def _load_prebuilt(
     config: ClassifierConfig, device: torch.device, input_size: int
 ) -> tuple[Prebuilt | None, str | None]:
-    """What the archive built for its runtime (AOTInductor packages or an OpenVINO IR), or none
-    and why: then ``compile`` decides, just in time or eager."""
-    directory = config.openvino_dir if config.runtime == "openvino" else config.aot_dir
+    """What the archive built for its runtime, or none and why: then ``compile`` decides, just
+    in time or eager."""
+    directory = config.prebuilt_dir
     if directory is None or not config.compile:
         return None, None
     try:
         if device.type != "cpu":
-            raise AotMismatch(f"the prebuilt models are for CPU, the model runs on {device}")
+            raise PrebuiltUnusable(f"the prebuilt models are for CPU, the model runs on {device}")
         prebuilt = load_prebuilt(
             config.runtime, directory, config.batch_buckets, input_size, config.precision
         )
         return prebuilt, None
-    except (AotMismatch, OpenVinoUnavailable) as exc:
+    except PrebuiltUnusable as exc:
         warnings.warn(
             f"{config.runtime} models built ahead not used, compiling just in time: {exc}",
             stacklevel=3,
@@ -324,7 +206,7 @@ class ImageClassifier:
                 if not 1 <= k <= MAX_TOP_K:
                     raise ImageError(INVALID_TOP_K, f"top_k must be in 1..{MAX_TOP_K}, got {k}")
                 if isinstance(item, np.ndarray):
-                    tensors.append(self._checked_tensor(item))
+                    tensors.append(checked_tensor(item, self.input_size))
                     tensor_positions.append(position)
                 else:
                     image = validate(item, self.limits)
@@ -332,12 +214,12 @@ class ImageClassifier:
                     headers.append(image)
                     header_positions.append(position)
             except ImageError as exc:
-                results[position] = _error(exc)
+                results[position] = failure(exc)
         crops, crop_positions = [], []
         decoded = self._decoder.map(self._crop, headers)
         for position, crop in zip(header_positions, decoded, strict=True):
             if isinstance(crop, ImageError):
-                results[position] = _error(crop)
+                results[position] = failure(crop)
             else:
                 crops.append(crop)
                 crop_positions.append(position)
@@ -346,40 +228,8 @@ class ImageClassifier:
         )
         rows = self.predict(torch.cat(batch)) if batch else torch.empty(0)
         for row, position in zip(rows, crop_positions + tensor_positions, strict=True):
-            results[position] = self._answer(row, ks[position], wants[position])
+            results[position] = answer(row, ks[position], wants[position], self.labels)
         return [results[position] for position in range(len(inputs))]
-
-    def _answer(self, row: torch.Tensor, top_k: int, probabilities: bool) -> Result:
-        """One input's answer from its softmax row: a non-finite row fails this input alone
-        (the other rows of the batch are its neighbours')."""
-        if not torch.isfinite(row).all():
-            return _error(NON_FINITE)
-        scores, indices = row.topk(min(top_k, len(self.labels)))
-        answer: Predictions = {
-            "predictions": [
-                {"index": int(i), "label": self.labels[int(i)], "score": float(s)}
-                for s, i in zip(scores, indices, strict=True)
-            ]
-        }
-        if probabilities:
-            answer[PROBABILITIES_FIELD] = row.tolist()  # type: ignore[literal-required]
-        return answer
-
-    def _checked_tensor(self, tensor: np.ndarray) -> np.ndarray:
-        """A preprocessed input as the model takes it, or ``invalid_tensor`` saying why not."""
-        shape = (TENSOR_CHANNELS, self.input_size, self.input_size)
-        if tensor.dtype != np.float32 or tensor.size != math.prod(shape):
-            raise ImageError(
-                INVALID_TENSOR,
-                f"a preprocessed input must be {math.prod(shape):,} float32 values "
-                f"{list(shape)}, got {tensor.size:,} {tensor.dtype}",
-            )
-        if not np.abs(tensor).max() <= PIXEL_BOUND:  # NaN compares false too
-            raise ImageError(
-                INVALID_TENSOR,
-                f"a preprocessed input holds NaN, infinity or values beyond ±{PIXEL_BOUND:.2f}",
-            )
-        return tensor.reshape(shape)
 
     def _crop(self, image: Image.Image) -> np.ndarray | ImageError:
         """A validated image decoded and cropped, or the ``ImageError`` that says why not

@@ -27,12 +27,9 @@ from contract.protocol import (
     TENSOR_FIELD_PREFIX,
     TOP_K_FIELD,
 )
-from model_store.worker.classifier import (
-    ClassifierConfig,
-    ClassifyRequest,
-    ImageClassifier,
-    tensor_input,
-)
+from model_store.worker.classifier import ImageClassifier
+from model_store.worker.config import ClassifierConfig
+from model_store.worker.inputs import ClassifyRequest, tensor_input
 
 PARAMETER_FIELDS = {TOP_K_FIELD, PROBABILITIES_FIELD}
 

@@ -21,14 +21,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .runtimes import Runner
+from .low_precision import lower
+from .runtimes import PrebuiltUnusable, Progress, Runner, Runtime
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 
 
-class AotMismatch(RuntimeError):
+class AotMismatch(PrebuiltUnusable):
     """The packages cannot serve here: built for another machine class, or incomplete."""
 
 
@@ -99,3 +100,29 @@ def load_packages(
     if missing := sorted(set(batch_sizes) - set(manifest.get("batch_sizes", []))):
         raise AotMismatch(f"no package for batch sizes {missing}")
     return {b: torch._inductor.aoti_load_package(str(_package(directory, b))) for b in batch_sizes}
+
+
+class AotInductor(Runtime):
+    """The ``inductor`` runtime: the model lowered to its precision (bf16 wrapper, PT2E int8)
+    and compiled by AOTInductor into one package per batch bucket."""
+
+    reported_as = "aot"
+
+    def build(
+        self,
+        model: nn.Module,
+        precision: str,
+        calibration: torch.Tensor,
+        batch_sizes: Sequence[int],
+        input_size: int,
+        directory: Path,
+        progress: Progress,
+    ) -> None:
+        progress(f"  AOTInductor ({precision}), one package per bucket")
+        lowered = lower(model, precision, calibration, batch_sizes[-1])
+        compile_packages(lowered, batch_sizes, input_size, directory, progress)
+
+    def load(
+        self, directory: Path, batch_sizes: Sequence[int], input_size: int, precision: str
+    ) -> dict[int, Runner]:
+        return load_packages(directory, batch_sizes, input_size)

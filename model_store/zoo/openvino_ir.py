@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .precision import BF16, FP32, INT8
-from .runtimes import Runner
+from .runtimes import PrebuiltUnusable, Progress, Runner, Runtime
 
 IR_FILE = "model.xml"  # and model.bin beside it
 CPU_PROPERTIES = {"PERFORMANCE_HINT": "LATENCY"}
@@ -31,7 +31,7 @@ INFERENCE_PRECISION = {FP32: "f32", BF16: "bf16", INT8: "f32"}
 float32 models in bfloat16 on CPUs that have it: the precision must be the archive's choice."""
 
 
-class OpenVinoUnavailable(RuntimeError):
+class OpenVinoUnavailable(PrebuiltUnusable):
     """The ``openvino`` package is not installed in this environment."""
 
 
@@ -115,3 +115,30 @@ def _runner(compiled: Any) -> Runner:
         return torch.from_numpy(request.get_output_tensor(0).data.copy())
 
     return run
+
+
+class OpenVino(Runtime):
+    """The ``openvino`` runtime: an IR (int8: quantized by NNCF), compiled per bucket at load."""
+
+    reported_as = "openvino"
+
+    def build(
+        self,
+        model: nn.Module,
+        precision: str,
+        calibration: torch.Tensor,
+        batch_sizes: Sequence[int],
+        input_size: int,
+        directory: Path,
+        progress: Progress,
+    ) -> None:
+        progress(f"  OpenVINO IR ({precision})")
+        export_ir(model, input_size, directory)
+        if precision == INT8:
+            progress("  quantizing the IR to int8 (NNCF)")
+            quantize_ir(directory, calibration, batch_sizes[-1])
+
+    def load(
+        self, directory: Path, batch_sizes: Sequence[int], input_size: int, precision: str
+    ) -> dict[int, Runner]:
+        return load_ir(directory, batch_sizes, input_size, precision)

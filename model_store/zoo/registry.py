@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from contract.lists import comma_separated
+
 ATTENTION_LAYERS: dict[str, str] = {
     "se": "model_store.zoo.layers.squeeze_excite:SqueezeExcite",
     "eca": "model_store.zoo.layers.eca:EfficientChannelAttention",
@@ -62,7 +64,7 @@ def unregister_attention(kind: str) -> None:
 
 def parse_model_names(value: str) -> list[str]:
     """``'all'`` or a comma list of registered names: the ``--models`` of every command line."""
-    names = list(MODELS) if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
+    names = list(MODELS) if value == "all" else comma_separated(value)
     if unknown := [n for n in names if n not in MODELS]:
         raise argparse.ArgumentTypeError(
             f"unknown models {unknown}; choose from {', '.join(MODELS)} or 'all'"

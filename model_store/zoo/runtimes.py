@@ -1,9 +1,11 @@
-"""The runtimes an archive can serve with, and how one is checked and chosen when it is built.
+"""The runtimes an archive can serve with: a plug-in each (one module implementing ``Runtime``,
+one line in ``RUNTIMES``), and how one is checked and chosen when an archive is built.
 
 ``inductor`` is the product's promise (``torch.compile``; AOTInductor packages in the archive),
-``openvino`` an OpenVINO IR converted from the same optimised model, and ``auto`` builds both on
-the machine class that will serve, measures them side by side and keeps the faster. Whatever
-serves is first compared with the eager model on fresh inputs (``MAX_LOGIT_ERROR``).
+``openvino`` an OpenVINO IR converted from the same optimised model, and ``auto`` builds every
+registered one on the machine class that will serve, measures them side by side and keeps the
+fastest. Whatever serves is first compared with the eager model on fresh inputs
+(``MAX_LOGIT_ERROR``) or, in a low precision, by the fidelity gate.
 """
 
 from __future__ import annotations
@@ -11,34 +13,119 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
+from importlib import import_module
+from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from .precision import AUTO, FP32
+from .precision import AUTO, FP32, PRECISIONS
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("inductor", "openvino")
+RUNTIMES: dict[str, str] = {
+    "inductor": "model_store.zoo.aot:AotInductor",
+    "openvino": "model_store.zoo.openvino_ir:OpenVino",
+}
+"""Runtime name -> its ``Runtime`` class as ``module:Class``, imported on first use."""
 RUNTIME_CHOICES = (*RUNTIMES, AUTO)
 DEFAULT_RUNTIME = "inductor"
+"""The one that can also compile just in time, when no prebuilt model can serve here."""
 MAX_LOGIT_ERROR = 1e-3
 """Largest absolute logit difference from the eager model that a runtime may serve with."""
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
+Progress = Callable[[str], None]
+
+
+class PrebuiltUnusable(RuntimeError):
+    """Prebuilt models that cannot serve here (another machine class, a missing package): the
+    worker warns and compiles just in time instead."""
+
+
+class Runtime(ABC):
+    """What an archive builds ahead for the optimised model (BN folded, eval, channels_last,
+    on CPU) and how a worker loads it: one runner per batch bucket, checked against the eager
+    model by the builder (``max_logit_error``, the fidelity gate), measured for ``auto``."""
+
+    reported_as: ClassVar[str]
+    """What the worker reports as its runtime (``/v1/models``, ``gateway_model_runtime``)."""
+    precisions: ClassVar[tuple[str, ...]] = PRECISIONS
+    """The precisions it can build (``model_store.zoo.precision``)."""
+
+    @abstractmethod
+    def build(
+        self,
+        model: nn.Module,
+        precision: str,
+        calibration: torch.Tensor,
+        batch_sizes: Sequence[int],
+        input_size: int,
+        directory: Path,
+        progress: Progress,
+    ) -> None:
+        """Write what serves ``model`` in ``precision`` to ``directory`` (``calibration``:
+        preprocessed images for a low precision's activation ranges; empty for fp32)."""
+
+    @abstractmethod
+    def load(
+        self, directory: Path, batch_sizes: Sequence[int], input_size: int, precision: str
+    ) -> dict[int, Runner]:
+        """One runner per batch size from ``directory``; ``PrebuiltUnusable`` says why not."""
+
+
+@cache
+def _import(path: str) -> type[Runtime]:
+    module, _, name = path.partition(":")
+    runtime = getattr(import_module(module), name)
+    if not (isinstance(runtime, type) and issubclass(runtime, Runtime)):
+        raise TypeError(f"{path} is not a Runtime subclass")
+    return runtime
+
+
+def get_runtime(name: str) -> Runtime:
+    """The runtime registered as ``name``."""
+    try:
+        return _import(RUNTIMES[name])()
+    except KeyError:
+        raise ValueError(
+            f"unknown runtime {name!r}; choose one of: {', '.join(RUNTIMES)}"
+        ) from None
+
+
+def register_runtime(name: str, runtime: str) -> None:
+    """Add a runtime at run time (a plug-in, a test): ``runtime`` is ``"module:Class"``."""
+    if not name.isidentifier() or name == AUTO:
+        raise ValueError(f"a runtime name is an identifier other than {AUTO!r}")
+    RUNTIMES[name] = runtime
+
+
+def unregister_runtime(name: str) -> None:
+    del RUNTIMES[name]
 
 
 @dataclass(frozen=True)
 class Prebuilt:
     """Runners made when the archive was built, one per batch size, the name the worker
-    reports for them (``aot`` for AOTInductor packages, ``openvino``) and their precision
-    (``model_store.zoo.precision``)."""
+    reports for them (``Runtime.reported_as``) and their precision."""
 
     runtime: str
     runners: Mapping[int, Runner]
     precision: str = FP32
+
+
+def load_prebuilt(
+    name: str, directory: Path, batch_sizes: Sequence[int], input_size: int, precision: str = FP32
+) -> Prebuilt:
+    """What an archive built for runtime ``name`` in ``precision``, loaded."""
+    runtime = get_runtime(name)
+    runners = runtime.load(directory, batch_sizes, input_size, precision)
+    return Prebuilt(runtime.reported_as, runners, precision)
 
 
 class RuntimeCheckFailed(RuntimeError):

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from model_store.worker.archive import load_archive
-from model_store.worker.classifier import ImageClassifier, tensor_input
+from model_store.worker.classifier import ImageClassifier
+from model_store.worker.inputs import tensor_input
 
 from ..schemas import READY, EndpointStatus
 from ..uploads import Upload

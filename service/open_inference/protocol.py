@@ -33,6 +33,8 @@ PROBABILITIES_OUTPUT = "probabilities"
 """FP32 ``[N, classes]``: the softmax; with ``classification: k``, BYTES ``[N, k]`` instead."""
 BYTES = "BYTES"
 FP32 = "FP32"
+INPUT_TYPES = {IMAGES_INPUT: BYTES, PIXELS_INPUT: FP32}
+"""Each input the models take -> its datatype."""
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:

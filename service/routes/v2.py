@@ -28,12 +28,8 @@ from ..deps import (
 from ..errors import ApiError
 from ..inference import documented_errors, infer
 from ..metrics import PROTOCOL_V2
-from ..open_inference.codec import (
-    DecodedRequest,
-    decode_request,
-    decompress,
-    encode_response,
-)
+from ..open_inference.answer import encode_response
+from ..open_inference.body import decompress
 from ..open_inference.protocol import (
     BYTES,
     EXTENSIONS,
@@ -56,6 +52,7 @@ from ..open_inference.protocol import (
     V2Error,
     inline_schema,
 )
+from ..open_inference.request import DecodedRequest, decode_request
 from ..schemas import READY
 from ..uploads import read_body
 from .health import not_ready

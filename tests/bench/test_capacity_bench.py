@@ -6,8 +6,10 @@ import json
 
 import pytest
 
-from bench.capacity import TARGETS, main, target_capacity
+from bench.capacity import main
+from bench.capacity_targets import TARGETS
 from perf.load import summarize
+from perf.slo import target_capacity
 
 
 def test_summary_counts_refusals_errors_and_late_answers_apart():

@@ -26,7 +26,7 @@ ROOMS = (
 """Most specific first: a module belongs to the first room its name starts with."""
 ALLOWED = {
     "contract": set(),
-    "model_store.zoo": set(),
+    "model_store.zoo": {"contract"},
     "model_store.worker": {"contract", "model_store.zoo", "model_store.demo"},
     "model_store.demo": {"model_store.zoo", "model_store.worker"},
     "model_store.torchserve": {"contract", "model_store.worker"},
@@ -45,7 +45,7 @@ ALLOWED = {
         "model_store.torchserve",
         "model_store.demo",
     },
-    "loadtests": {"perf", "model_store.zoo", "model_store.torchserve"},
+    "loadtests": {"contract", "perf", "model_store.zoo", "model_store.torchserve"},
     "bench": set(ROOMS),
 }
 """Who may import whom. The worker's ``calibration`` draws synthetic images when a build has no

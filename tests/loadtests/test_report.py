@@ -3,9 +3,9 @@ verdict, capacity needs valid open-loop trials, batch sizes come from cumulative
 
 from __future__ import annotations
 
+from loadtests.plots import batch_size_counts
 from loadtests.report import (
     NO_VALID_OPEN_LOOP,
-    batch_size_counts,
     capacities,
     paired,
     rerender,

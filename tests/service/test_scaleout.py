@@ -25,8 +25,9 @@ import psutil
 import pytest
 
 from contract.keys import KeyRing
+from model_store.torchserve.config import CONFIG_TEMPLATE
 from model_store.torchserve.host import free_ports
-from model_store.torchserve.launcher import CONFIG_TEMPLATE, TorchServe
+from model_store.torchserve.launcher import TorchServe
 from model_store.torchserve.management_gate import ManagementGate
 from perf.stack import requests_computed
 from service.backends.circuit import CircuitBreaker

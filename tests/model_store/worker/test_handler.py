@@ -13,7 +13,8 @@ import pytest
 from contract.protocol import input_field
 from model_store.demo.synthetic import CLASS_NAMES, encode, make_images
 from model_store.torchserve.host import threads_per_worker
-from model_store.worker.classifier import ClassifierConfig, ImageClassifier
+from model_store.worker.classifier import ImageClassifier
+from model_store.worker.config import ClassifierConfig
 
 pytestmark = pytest.mark.slow
 

@@ -28,8 +28,10 @@ from contract.images import (
 from contract.protocol import IMAGENET_MEAN, IMAGENET_STD
 from model_store.demo.synthetic import CLASS_NAMES, encode, make_images
 from model_store.demo.tiny import save_tiny
-from model_store.worker.classifier import ClassifierConfig, ImageClassifier, tensor_input
+from model_store.worker.classifier import ImageClassifier
+from model_store.worker.config import ClassifierConfig
 from model_store.worker.images import load_upright_rgb, to_rgb
+from model_store.worker.inputs import tensor_input
 from model_store.worker.transforms import images_to_batch
 from model_store.zoo.models import TINY_ARCH, create_model
 

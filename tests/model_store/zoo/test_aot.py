@@ -16,7 +16,8 @@ from torch._dynamo.utils import counters
 from model_store.demo.synthetic import encode, make_images
 from model_store.demo.tiny import save_tiny
 from model_store.worker.archive import load_archive
-from model_store.worker.classifier import ClassifierConfig, ImageClassifier
+from model_store.worker.classifier import ImageClassifier
+from model_store.worker.config import ClassifierConfig
 
 from ...checks import assert_serves_without_compiling_like_eager
 
@@ -42,7 +43,7 @@ def test_an_archive_compiled_ahead_serves_without_compiling(tiny_archives, tmp_p
 
 def test_packages_built_for_another_machine_class_fall_back_to_jit(tiny_archives, tmp_path):
     config = load_archive(tiny_archives / "eca_resnet50.mar", tmp_path)
-    manifest = config.aot_dir / "manifest.json"
+    manifest = config.prebuilt_dir / "manifest.json"
     built = json.loads(manifest.read_text())
     built["machine"]["cpu_capability"] = "a vector ISA this machine lacks"
     manifest.write_text(json.dumps(built))

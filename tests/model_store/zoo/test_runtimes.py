@@ -24,7 +24,8 @@ from model_store.worker.archive import (
     read_model_config,
     read_runtime_report,
 )
-from model_store.worker.classifier import ClassifierConfig, ImageClassifier
+from model_store.worker.classifier import ImageClassifier
+from model_store.worker.config import ClassifierConfig
 from model_store.zoo.runtimes import (
     MAX_LOGIT_ERROR,
     Prebuilt,
@@ -60,8 +61,8 @@ def test_aot_packages_use_prepacked_weights(tiny_archives, tmp_path):
     """The archive's AOTInductor code calls the packed convolution, never the plain one (the
     packages were compiled with gradients on, so freezing silently did nothing)."""
     with zipfile.ZipFile(tiny_archives / "eca_resnet50.mar") as archive:
-        archive.extract("aoti/batch_1.pt2", tmp_path)
-    with zipfile.ZipFile(tmp_path / "aoti" / "batch_1.pt2") as package:
+        archive.extract("prebuilt/batch_1.pt2", tmp_path)
+    with zipfile.ZipFile(tmp_path / "prebuilt" / "batch_1.pt2") as package:
         [wrapper] = [n for n in package.namelist() if n.endswith("wrapper.cpp")]
         code = package.read(wrapper).decode()
     assert PREPACKED_CONV in code
@@ -77,8 +78,8 @@ def test_an_openvino_archive_serves_the_eager_answers_without_compiling(
     assert report["asked"] == report["serving"] == "openvino"
     assert report["max_abs_logit_error"]["openvino"] <= MAX_LOGIT_ERROR
     config = load_archive(archive, tmp_path)
-    assert config.runtime == "openvino" and (config.openvino_dir / "model.xml").exists()
-    assert not (tmp_path / "aoti").exists()  # only what serves is in the archive
+    assert config.runtime == "openvino" and (config.prebuilt_dir / "model.xml").exists()
+    assert not list(config.prebuilt_dir.glob("*.pt2"))  # only what serves is in the archive
     assert_serves_without_compiling_like_eager(config, photos, "openvino", tolerance=1e-5)
 
 
@@ -99,9 +100,15 @@ def test_auto_builds_both_measures_them_and_keeps_the_faster(tiny_trained, tmp_p
     handler = read_model_config(archive)["handler"]
     assert handler["runtime"] == report["serving"]
     with zipfile.ZipFile(archive) as packed:
-        folders = {name.split("/")[0] for name in packed.namelist()}
-    kept, dropped = ("aoti", "openvino")[:: 1 if report["serving"] == "inductor" else -1]
-    assert kept in folders and dropped not in folders
+        prebuilt = {n.split("/")[1] for n in packed.namelist() if n.startswith("prebuilt/")}
+        assert not any(n.startswith("candidates/") for n in packed.namelist())
+    served_files = {"inductor": "batch_1.pt2", "openvino": "model.xml"}
+    kept, dropped = (
+        served_files.values()
+        if report["serving"] == "inductor"
+        else (reversed(served_files.values()))
+    )
+    assert kept in prebuilt and dropped not in prebuilt
     served = ImageClassifier.load(load_archive(archive, tmp_path / "unpacked"))
     assert served.info["runtime"] == {"inductor": "aot", "openvino": "openvino"}[report["serving"]]
 
@@ -137,7 +144,7 @@ def test_runtime_settings_are_validated(tmp_path):
     assert ArchiveSpec("eca_resnet50", aot=False).model_config()["handler"]["runtime"] == (
         "inductor"
     )
-    with pytest.raises(ValueError, match="needs openvino_dir"):
+    with pytest.raises(ValueError, match="needs prebuilt_dir"):
         ClassifierConfig("eca_resnet50", tmp_path / "w.pt", runtime="openvino")
     with pytest.raises(ValueError, match="runtime must be one of"):
         ClassifierConfig("eca_resnet50", tmp_path / "w.pt", runtime="auto")
