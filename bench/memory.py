@@ -118,12 +118,14 @@ def random_weights(model: str, directory: Path, tiny: bool = False) -> Path:
     from model_store.demo.synthetic import CLASS_NAMES
     from model_store.demo.tiny import save_tiny
     from model_store.zoo.checkpoint import save_checkpoint
-    from model_store.zoo.models import TINY_ARCH, create_model
+    from model_store.zoo.models import create_model, tiny_arch
 
     torch.manual_seed(0)
     path = directory / f"{model}.pt"
     if tiny:
-        return save_tiny(create_model(model, num_classes=len(CLASS_NAMES), **TINY_ARCH), path)
+        return save_tiny(
+            create_model(model, num_classes=len(CLASS_NAMES), **tiny_arch(model)), path
+        )
     return save_checkpoint(create_model(model), path, weights="random")
 
 

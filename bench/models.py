@@ -68,14 +68,14 @@ TIMM_ATTENTION = {
 def build_variants(args: argparse.Namespace) -> list[Variant]:
     import torch
 
-    from model_store import TINY_ARCH, count_parameters, create_model, optimize_for_inference
+    from model_store import count_parameters, create_model, optimize_for_inference, tiny_arch
     from model_store.zoo.models import gates_from_mean
 
     variants = []
     size = input_size(args)
     for name in args.models:
         torch.manual_seed(0)
-        model = create_model(name, **(TINY_ARCH if args.tiny else {}))
+        model = create_model(name, **(tiny_arch(name) if args.tiny else {}))
         counts = count_parameters(model)
         optimized = None  # what the peer runtimes run, made once per model
         for mode in args.modes:

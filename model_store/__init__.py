@@ -23,7 +23,7 @@ from typing import Any
 _EXPORTS = {
     "MODELS": "zoo.registry",
     "get_spec": "zoo.registry",
-    "TINY_ARCH": "zoo.models",
+    "tiny_arch": "zoo.models",
     "count_parameters": "zoo.models",
     "create_model": "zoo.models",
     "CheckpointError": "zoo.checkpoint",

@@ -68,7 +68,10 @@ def describe_models(names: list[str]) -> dict[str, ModelInfo]:
     """What the registry knows; sizes, runtime and status come from the workers when listed."""
     return {
         name: ModelInfo(
-            name=name, architecture="ResNet-50", attention=get_spec(name).attention, status=""
+            name=name,
+            architecture=get_spec(name).architecture,
+            attention=get_spec(name).attention,
+            status="",
         )
         for name in names
     }

@@ -8,8 +8,10 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import uvicorn
 
+from model_store.demo.synthetic import CLASS_NAMES, encode, make_images
 from model_store.demo.tiny import save_tiny
 from model_store.torchserve.host import free_ports
 from model_store.torchserve.launcher import TorchServe
@@ -59,3 +61,30 @@ class GatewayThread:
 
 def gateway_settings(server: TorchServe, **overrides) -> GatewaySettings:
     return GatewaySettings(**(gateway_fields(server, list(STACK_MODELS)) | overrides))
+
+
+def serve_in_process(model: str, archive_dir: Path, batch_size: int) -> dict:
+    """Six synthetic photos classified one by one by a gateway serving ``model`` from its archive
+    in-process (the worker's own classifier, in this process: a plug-in registered here is
+    seen), each answered 200 with the right label for at least five; returns ``model``'s entry
+    in ``/v1/models``."""
+    settings = GatewaySettings(
+        backend="inprocess", models=[model], archive_dir=archive_dir, max_batch_size=batch_size
+    )
+    images, labels = make_images(6, seed=99)
+    with GatewayThread(settings) as gateway:
+        answers = [
+            httpx.post(
+                f"{gateway.url}/v1/models/{model}/classify",
+                content=encode(image, "JPEG", quality=92),
+                headers={"Content-Type": "image/jpeg"},
+                timeout=120,
+            )
+            for image in images
+        ]
+        models = httpx.get(f"{gateway.url}/v1/models", timeout=30).json()
+    assert [a.status_code for a in answers] == [200] * len(images)
+    top1 = [a.json()["results"][0]["predictions"][0]["label"] for a in answers]
+    assert sum(t == CLASS_NAMES[label] for t, label in zip(top1, labels, strict=True)) >= 5
+    [served] = [m for m in models["models"] if m["name"] == model]
+    return served

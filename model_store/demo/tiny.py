@@ -1,6 +1,6 @@
 """A tiny model of any registered kind, trained in seconds on synthetic shapes.
 
-Same code path as the full models (same ResNet, attention, preprocessing and checkpoint
+Same code path as the full models (same network, attention, preprocessing and checkpoint
 format), smaller depth, width and input: the proof, without downloaded weights, that the
 serving path gives real answers.
 """
@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..worker.transforms import images_to_batch
 from ..zoo.checkpoint import save_checkpoint
-from ..zoo.models import TINY_ARCH, create_model
-from ..zoo.resnet import ResNet
+from ..zoo.models import create_model, tiny_arch, tiny_steps
 from .synthetic import CLASS_NAMES, make_images
 
 log = logging.getLogger(__name__)
@@ -28,22 +28,26 @@ TINY_INPUT_SIZE = 64
 def train_tiny(
     name: str,
     *,
-    steps: int = 60,
+    steps: int | None = None,
     batch_size: int = 32,
     train_images: int = 512,
     seed: int = 0,
-    arch: dict[str, Any] = TINY_ARCH,
-) -> ResNet:
-    """Train ``name`` in its tiny configuration (or ``arch``: ``{}`` is the full ResNet-50) on
-    synthetic shapes at 64 px; returns it in eval mode."""
+    arch: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Train ``name`` in its backbone's tiny configuration (or ``arch``: ``{}`` is the full
+    network) on synthetic shapes at 64 px, for ``steps`` (its backbone's ``tiny_steps``);
+    returns it in eval mode."""
     torch.manual_seed(seed)
-    model = create_model(name, num_classes=len(CLASS_NAMES), **arch)
+    model = create_model(
+        name, num_classes=len(CLASS_NAMES), **(tiny_arch(name) if arch is None else arch)
+    )
     images, labels = make_images(train_images, seed=seed)
     inputs = images_to_batch(images, TINY_INPUT_SIZE)
     targets = torch.tensor(labels)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(seed)
     model.train()
+    steps = tiny_steps(name) if steps is None else steps
     for step in range(steps):
         index = torch.randint(len(targets), (batch_size,), generator=generator)
         loss = F.cross_entropy(model(inputs[index]), targets[index])
@@ -55,6 +59,6 @@ def train_tiny(
     return model.eval()
 
 
-def save_tiny(model: ResNet, path: str | Path) -> Path:
+def save_tiny(model: nn.Module, path: str | Path) -> Path:
     """Save with the labels and input size the handler needs to serve it."""
     return save_checkpoint(model, path, labels=list(CLASS_NAMES), input_size=TINY_INPUT_SIZE)

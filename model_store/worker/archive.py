@@ -42,6 +42,7 @@ from ..zoo.runtimes import (
     AUTO,
     DEFAULT_RUNTIME,
     RUNTIMES,
+    BuildJob,
     Prebuilt,
     RuntimeCheckFailed,
     fastest,
@@ -324,9 +325,8 @@ def build_candidate(
 ) -> Prebuilt:
     """One candidate's prebuilt models, written to ``directory`` and loaded from there."""
     calibration = images.calibration if images is not None else torch.empty(0)
-    get_runtime(runtime).build(
-        optimized, precision, calibration, buckets, size, directory, progress
-    )
+    job = BuildJob(optimized, precision, calibration, buckets, size, directory, progress)
+    get_runtime(runtime).build(job)
     return load_prebuilt(runtime, directory, buckets, size, precision)
 
 

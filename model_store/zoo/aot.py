@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .low_precision import lower
-from .runtimes import PrebuiltUnusable, Progress, Runner, Runtime
+from .runtimes import BuildJob, PrebuiltUnusable, Runner, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -108,19 +108,10 @@ class AotInductor(Runtime):
 
     reported_as = "aot"
 
-    def build(
-        self,
-        model: nn.Module,
-        precision: str,
-        calibration: torch.Tensor,
-        batch_sizes: Sequence[int],
-        input_size: int,
-        directory: Path,
-        progress: Progress,
-    ) -> None:
-        progress(f"  AOTInductor ({precision}), one package per bucket")
-        lowered = lower(model, precision, calibration, batch_sizes[-1])
-        compile_packages(lowered, batch_sizes, input_size, directory, progress)
+    def build(self, job: BuildJob) -> None:
+        job.progress(f"  AOTInductor ({job.precision}), one package per bucket")
+        lowered = lower(job.model, job.precision, job.calibration, job.batch_sizes[-1])
+        compile_packages(lowered, job.batch_sizes, job.input_size, job.directory, job.progress)
 
     def load(
         self, directory: Path, batch_sizes: Sequence[int], input_size: int, precision: str

@@ -14,7 +14,7 @@ Handled as saved, with no conversion step by the user:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,9 +115,10 @@ def _attention_weights(
     return blocks
 
 
-def _kind_of(blocks: Mapping[tuple[int, int], Mapping[str, torch.Tensor]]) -> str:
-    """The attention kind the blocks' weights hold: the kinds whose marker they have."""
-    inner = {name for weights in blocks.values() for name in weights}
+def attention_kind(blocks: Iterable[Mapping[str, torch.Tensor]]) -> str:
+    """The attention kind blocks' weights hold (each block's by name inside its attention
+    module): the kind whose marker they have, whatever the backbone."""
+    inner = {name for weights in blocks for name in weights}
     found = {
         kind
         for kind, layer in attention_layers().items()
@@ -130,9 +131,10 @@ def _kind_of(blocks: Mapping[tuple[int, int], Mapping[str, torch.Tensor]]) -> st
 
 def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """ResNet constructor arguments implied by a converted state_dict: the attention kind, the
-    tensor shapes, and the per-stage settings the kind reads from its weights."""
+    tensor shapes, and the per-stage settings the kind reads from its weights
+    (``ResNet.arch_from_weights``)."""
     attention = _attention_weights(state_dict)
-    arch: dict[str, Any] = {"attn_layer": _kind_of(attention)}
+    arch: dict[str, Any] = {"attn_layer": attention_kind(attention.values())}
     if "fc.weight" in state_dict:
         arch["num_classes"] = state_dict["fc.weight"].shape[0]
     if "conv1.weight" in state_dict:

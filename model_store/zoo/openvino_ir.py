@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .precision import BF16, FP32, INT8
-from .runtimes import PrebuiltUnusable, Progress, Runner, Runtime
+from .runtimes import BuildJob, PrebuiltUnusable, Runner, Runtime
 
 IR_FILE = "model.xml"  # and model.bin beside it
 CPU_PROPERTIES = {"PERFORMANCE_HINT": "LATENCY"}
@@ -122,21 +122,12 @@ class OpenVino(Runtime):
 
     reported_as = "openvino"
 
-    def build(
-        self,
-        model: nn.Module,
-        precision: str,
-        calibration: torch.Tensor,
-        batch_sizes: Sequence[int],
-        input_size: int,
-        directory: Path,
-        progress: Progress,
-    ) -> None:
-        progress(f"  OpenVINO IR ({precision})")
-        export_ir(model, input_size, directory)
-        if precision == INT8:
-            progress("  quantizing the IR to int8 (NNCF)")
-            quantize_ir(directory, calibration, batch_sizes[-1])
+    def build(self, job: BuildJob) -> None:
+        job.progress(f"  OpenVINO IR ({job.precision})")
+        export_ir(job.model, job.input_size, job.directory)
+        if job.precision == INT8:
+            job.progress("  quantizing the IR to int8 (NNCF)")
+            quantize_ir(job.directory, job.calibration, job.batch_sizes[-1])
 
     def load(
         self, directory: Path, batch_sizes: Sequence[int], input_size: int, precision: str

@@ -60,7 +60,7 @@ def enable_inner_squeeze(model: ResNet) -> int:
     returns how many blocks use it."""
     count = 0
     for block in model.blocks():
-        if block.attn is not None and block.attn.gate_from_mean:
+        if block.attn is not None and block.attn.gate_from_mean and hasattr(block, "squeeze_inner"):
             block.squeeze_inner = True
             count += 1
     return count

@@ -8,12 +8,13 @@ BN of each bottleneck and before the residual add, where the SE, ECA, CBAM and S
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import infer_architecture
 from .layers import Attention, create_attn
 
 RESNET50_LAYERS = (3, 4, 6, 3)
@@ -88,6 +89,13 @@ class ResNet(nn.Module):
     ``layers`` and ``base_width`` shrink the same network for tiny trainable configurations.
     """
 
+    tiny_arch: ClassVar[dict[str, Any]] = {"layers": (1, 1, 1, 1), "base_width": 32}
+    tiny_steps: ClassVar[int] = 60
+    """Training steps the tiny configuration needs on the synthetic shapes."""
+    inner_squeeze: ClassVar[bool] = True
+    """Its bottleneck can take a mean-gated attention's mean early (``Bottleneck._inner_gate``)."""
+    """Same code path, about 1/40 of the compute: what tests train in seconds on a CPU."""
+
     def __init__(
         self,
         layers: Sequence[int] = RESNET50_LAYERS,
@@ -154,3 +162,50 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.avgpool(self.forward_features(x)), 1))
+
+    @classmethod
+    def import_keys(cls, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Published ResNet layouts are brought to these names when read
+        (``checkpoint.convert_keys``)."""
+        return dict(state_dict)
+
+    @classmethod
+    def arch_from_weights(cls, state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        return infer_architecture(state_dict)
+
+    @classmethod
+    def create(
+        cls,
+        implied: Mapping[str, Any],
+        num_classes: int | None,
+        attn_layer: str,
+        *,
+        layers: Sequence[int] | None = None,
+        base_width: int | None = None,
+        stage_attn_kwargs: Sequence[Mapping[str, Any]] | None = None,
+        **attn_kwargs: Any,
+    ) -> ResNet:
+        """Explicit arguments over what a checkpoint implies (``arch_from_weights``): shapes,
+        and the attention's per-stage settings such as ECA's kernel sizes, each stage's
+        settings under the ones given for every block. E.g. the official ECA kernel sizes:
+        ``stage_attn_kwargs=[{"kernel_size": k} for k in (3, 5, 5, 7)]``."""
+        stages = [
+            {k: v for k, v in stage.items() if k not in attn_kwargs}
+            for stage in implied.get("stage_attn_kwargs", ())
+        ]
+        arch: dict[str, Any] = {
+            "layers": tuple(_first(layers, implied.get("layers"), RESNET50_LAYERS)),
+            "num_classes": _first(num_classes, implied.get("num_classes"), 1000),
+            "base_width": _first(base_width, implied.get("base_width"), 64),
+            "attn_layer": attn_layer,
+            "attn_kwargs": attn_kwargs,
+            "stage_attn_kwargs": _first(stage_attn_kwargs, stages or None),
+        }
+        model = cls(**arch)
+        model.arch = arch
+        return model
+
+
+def _first(*values: Any) -> Any:
+    """The first value that is not None (0 and () are real choices, not "unset")."""
+    return next((v for v in values if v is not None), None)

@@ -16,8 +16,6 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
-from importlib import import_module
 from pathlib import Path
 from typing import ClassVar
 
@@ -25,6 +23,7 @@ import torch
 from torch import nn
 
 from .precision import AUTO, FP32, PRECISIONS
+from .registry import plugin_class
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +47,22 @@ class PrebuiltUnusable(RuntimeError):
     worker warns and compiles just in time instead."""
 
 
+@dataclass(frozen=True)
+class BuildJob:
+    """What a runtime builds: ``model`` (optimised: BN folded, eval, channels_last, on CPU) in
+    ``precision``, for each of ``batch_sizes`` at ``input_size``, into ``directory``;
+    ``calibration``: preprocessed images for a low precision's activation ranges (empty for
+    fp32)."""
+
+    model: nn.Module
+    precision: str
+    calibration: torch.Tensor
+    batch_sizes: Sequence[int]
+    input_size: int
+    directory: Path
+    progress: Progress
+
+
 class Runtime(ABC):
     """What an archive builds ahead for the optimised model (BN folded, eval, channels_last,
     on CPU) and how a worker loads it: one runner per batch bucket, checked against the eager
@@ -59,18 +74,8 @@ class Runtime(ABC):
     """The precisions it can build (``model_store.zoo.precision``)."""
 
     @abstractmethod
-    def build(
-        self,
-        model: nn.Module,
-        precision: str,
-        calibration: torch.Tensor,
-        batch_sizes: Sequence[int],
-        input_size: int,
-        directory: Path,
-        progress: Progress,
-    ) -> None:
-        """Write what serves ``model`` in ``precision`` to ``directory`` (``calibration``:
-        preprocessed images for a low precision's activation ranges; empty for fp32)."""
+    def build(self, job: BuildJob) -> None:
+        """Write what serves ``job.model`` in ``job.precision`` to ``job.directory``."""
 
     @abstractmethod
     def load(
@@ -79,19 +84,10 @@ class Runtime(ABC):
         """One runner per batch size from ``directory``; ``PrebuiltUnusable`` says why not."""
 
 
-@cache
-def _import(path: str) -> type[Runtime]:
-    module, _, name = path.partition(":")
-    runtime = getattr(import_module(module), name)
-    if not (isinstance(runtime, type) and issubclass(runtime, Runtime)):
-        raise TypeError(f"{path} is not a Runtime subclass")
-    return runtime
-
-
 def get_runtime(name: str) -> Runtime:
     """The runtime registered as ``name``."""
     try:
-        return _import(RUNTIMES[name])()
+        return plugin_class(RUNTIMES[name], Runtime)()
     except KeyError:
         raise ValueError(
             f"unknown runtime {name!r}; choose one of: {', '.join(RUNTIMES)}"

@@ -6,20 +6,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 
-from model_store import TINY_ARCH, CheckpointError, count_parameters, create_model
-from model_store.demo.synthetic import CLASS_NAMES, encode, make_images
+from model_store import CheckpointError, count_parameters, create_model, tiny_arch
+from model_store.demo.synthetic import CLASS_NAMES
 from model_store.demo.tiny import save_tiny, train_tiny
 from model_store.worker.archive import ArchiveSpec, build_archive
 from model_store.zoo.checkpoint import read_checkpoint, save_checkpoint
 from model_store.zoo.optimize import enable_inner_squeeze, fold_batchnorm, optimize_for_inference
 from model_store.zoo.registry import MODELS, register_attention, unregister_attention
-from service.settings import GatewaySettings
 
-from ..servers import GatewayThread
+from ..servers import serve_in_process
 from .toy_attention import ToyGate
 
 KIND = "toy"
@@ -35,7 +33,7 @@ def toy() -> str:
 
 
 def random_toy(name: str) -> torch.nn.Module:
-    model = create_model(name, num_classes=len(CLASS_NAMES), **TINY_ARCH).eval()
+    model = create_model(name, num_classes=len(CLASS_NAMES), **tiny_arch(name)).eval()
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.1 * torch.randn_like(parameter))
@@ -43,7 +41,7 @@ def random_toy(name: str) -> torch.nn.Module:
 
 
 def test_it_builds_with_the_attention_in_every_block(toy):
-    model = create_model(toy, **TINY_ARCH)
+    model = create_model(toy, **tiny_arch(toy))
     assert toy == "toy_resnet50" and MODELS[toy].attention == KIND
     assert all(isinstance(block.attn, ToyGate) for block in model.blocks())
     _, attention = count_parameters(model)
@@ -91,23 +89,5 @@ def test_it_serves_through_the_gateway(toy, tmp_path: Path):
     checkpoint = save_tiny(train_tiny(toy), tmp_path / "toy.pt")
     spec = ArchiveSpec(toy, checkpoint=checkpoint, batch_buckets=(1, 2))
     build_archive(spec, tmp_path / "archives", progress=lambda _: None)
-    settings = GatewaySettings(
-        backend="inprocess", models=[toy], archive_dir=tmp_path / "archives", max_batch_size=2
-    )
-    images, labels = make_images(6, seed=99)
-    with GatewayThread(settings) as gateway:
-        answers = [
-            httpx.post(
-                f"{gateway.url}/v1/models/{toy}/classify",
-                content=encode(image, "JPEG", quality=92),
-                headers={"Content-Type": "image/jpeg"},
-                timeout=120,
-            )
-            for image in images
-        ]
-        models = httpx.get(f"{gateway.url}/v1/models", timeout=30).json()
-    assert [a.status_code for a in answers] == [200] * len(images)
-    top1 = [a.json()["results"][0]["predictions"][0]["label"] for a in answers]
-    assert sum(t == CLASS_NAMES[label] for t, label in zip(top1, labels, strict=True)) >= 5
-    [served] = [m for m in models["models"] if m["name"] == toy]
+    served = serve_in_process(toy, tmp_path / "archives", batch_size=2)
     assert served["attention"] == KIND and served["runtime"] == "aot"

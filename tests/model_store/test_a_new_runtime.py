@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import pytest
 
-from model_store.demo.synthetic import CLASS_NAMES, encode, make_images
 from model_store.demo.tiny import save_tiny
 from model_store.worker.archive import ArchiveSpec, build_archive, read_runtime_report
 from model_store.zoo.runtimes import (
@@ -18,9 +16,8 @@ from model_store.zoo.runtimes import (
     register_runtime,
     unregister_runtime,
 )
-from service.settings import GatewaySettings
 
-from ..servers import GatewayThread
+from ..servers import serve_in_process
 
 NAME = "exported"
 MODEL = "eca_resnet50"
@@ -51,23 +48,5 @@ def test_it_is_built_checked_and_served_through_the_gateway(exported, tiny_train
     archive = build_archive(spec, tmp_path / "archives", progress=lambda _: None)
     report = read_runtime_report(archive)
     assert report["serving"] == NAME and report["max_abs_logit_error"][NAME] <= MAX_LOGIT_ERROR
-    settings = GatewaySettings(
-        backend="inprocess", models=[MODEL], archive_dir=tmp_path / "archives", max_batch_size=2
-    )
-    images, labels = make_images(6, seed=99)
-    with GatewayThread(settings) as gateway:
-        answers = [
-            httpx.post(
-                f"{gateway.url}/v1/models/{MODEL}/classify",
-                content=encode(image, "JPEG", quality=92),
-                headers={"Content-Type": "image/jpeg"},
-                timeout=120,
-            )
-            for image in images
-        ]
-        models = httpx.get(f"{gateway.url}/v1/models", timeout=30).json()
-    assert [a.status_code for a in answers] == [200] * len(images)
-    top1 = [a.json()["results"][0]["predictions"][0]["label"] for a in answers]
-    assert sum(t == CLASS_NAMES[label] for t, label in zip(top1, labels, strict=True)) >= 5
-    [served] = [m for m in models["models"] if m["name"] == MODEL]
+    served = serve_in_process(MODEL, tmp_path / "archives", batch_size=2)
     assert served["runtime"] == "exported" and served["precision"] == "fp32"

@@ -7,10 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from model_store.zoo.precision import FP32
-from model_store.zoo.runtimes import PrebuiltUnusable, Progress, Runner, Runtime
+from model_store.zoo.runtimes import BuildJob, PrebuiltUnusable, Runner, Runtime
 
 
 def _program(directory: Path, batch_size: int) -> Path:
@@ -21,24 +20,14 @@ class ExportedGraph(Runtime):
     reported_as = "exported"
     precisions = (FP32,)
 
-    def build(
-        self,
-        model: nn.Module,
-        precision: str,
-        calibration: torch.Tensor,
-        batch_sizes: Sequence[int],
-        input_size: int,
-        directory: Path,
-        progress: Progress,
-    ) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        for batch_size in batch_sizes:
-            progress(f"  exporting batch {batch_size}")
-            example = torch.zeros(batch_size, 3, input_size, input_size)
+    def build(self, job: BuildJob) -> None:
+        job.directory.mkdir(parents=True, exist_ok=True)
+        for batch_size in job.batch_sizes:
+            job.progress(f"  exporting batch {batch_size}")
+            example = torch.zeros(batch_size, 3, job.input_size, job.input_size)
             with torch.no_grad():
-                torch.export.save(
-                    torch.export.export(model, (example,)), _program(directory, batch_size)
-                )
+                exported = torch.export.export(job.model, (example,))
+            torch.export.save(exported, _program(job.directory, batch_size))
 
     def load(
         self, directory: Path, batch_sizes: Sequence[int], input_size: int, precision: str

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-from functools import cache
-from importlib import import_module
 from typing import Any
 
-from ..registry import ATTENTION_LAYERS, NO_ATTENTION
+from ..registry import ATTENTION_LAYERS, NO_ATTENTION, plugin_class
 from .base import Attention
-
-
-@cache
-def _import(path: str) -> type[Attention]:
-    module, _, name = path.partition(":")
-    layer = getattr(import_module(module), name)
-    if not (isinstance(layer, type) and issubclass(layer, Attention)):
-        raise TypeError(f"{path} is not an Attention subclass")
-    return layer
 
 
 def attention_layer(name: str) -> type[Attention]:
     """The layer class registered as ``name`` (``model_store.zoo.registry.ATTENTION_LAYERS``)."""
     try:
-        return _import(ATTENTION_LAYERS[name])
+        return plugin_class(ATTENTION_LAYERS[name], Attention)
     except KeyError:
         known = ", ".join([NO_ATTENTION, *ATTENTION_LAYERS])
         raise ValueError(f"unknown attention {name!r}; choose one of: {known}") from None

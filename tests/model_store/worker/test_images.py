@@ -33,7 +33,7 @@ from model_store.worker.config import ClassifierConfig
 from model_store.worker.images import load_upright_rgb, to_rgb
 from model_store.worker.inputs import tensor_input
 from model_store.worker.transforms import images_to_batch
-from model_store.zoo.models import TINY_ARCH, create_model
+from model_store.zoo.models import create_model, tiny_arch
 
 from ...checks import INTERNALS
 
@@ -73,7 +73,7 @@ def photo(size: tuple[int, int], seed: int = 0) -> Image.Image:
 def tiny_weights(directory: Path) -> Path:
     """An untrained tiny model: these tests compare pixels and scores, not accuracy."""
     torch.manual_seed(0)
-    model = create_model("eca_resnet50", num_classes=len(CLASS_NAMES), **TINY_ARCH)
+    model = create_model("eca_resnet50", num_classes=len(CLASS_NAMES), **tiny_arch("eca_resnet50"))
     return save_tiny(model.eval(), directory / "eca.pt")
 
 

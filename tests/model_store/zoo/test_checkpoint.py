@@ -13,18 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_store import CheckpointError, create_model, save_checkpoint
+from model_store import CheckpointError, create_model, save_checkpoint, tiny_arch
 from model_store.zoo.resnet import ResNet
 
 from .test_models import ECA_K3557
 
-TINY = {"layers": (1, 1, 1, 1), "base_width": 32}
 StateDict = dict[str, torch.Tensor]
 
 
 def randomized(name: str, **kwargs) -> ResNet:
     """A tiny model with random BN statistics too, so every tensor affects the logits."""
-    model = create_model(name, num_classes=10, **TINY, **kwargs)
+    model = create_model(name, num_classes=10, **(tiny_arch(name) | kwargs))
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.1, 0.1)
@@ -89,6 +88,14 @@ def official_sa(sd: StateDict) -> dict:
     }
 
 
+def official_eca_mobilenet(sd: StateDict) -> dict:
+    """BangguWu/ECANet's ECA-MobileNetV2: the 1-D conv is the last module of ``features.N.conv``
+    (index 3 after a block without expansion, else 4), saved from DataParallel."""
+    last = {n: 3 if n == 1 else 4 for n in range(1, 18)}
+    rules = [(rf"^features\.{n}\.attn\.", f"features.{n}.conv.{k}.") for n, k in last.items()]
+    return {"state_dict": {f"module.{k}": v for k, v in renamed(sd, rules).items()}}
+
+
 LAYOUTS: list[tuple[str, str, dict, Callable[[StateDict], object]]] = [
     ("torchvision resnet50", "resnet50", {}, lambda sd: sd),
     ("official ECANet k=3,5,5,7", "eca_resnet50", {"stage_attn_kwargs": ECA_K3557}, official_eca),
@@ -98,6 +105,8 @@ LAYOUTS: list[tuple[str, str, dict, Callable[[StateDict], object]]] = [
     ("Sequential SE without bias", "se_resnet50", {"bias": False}, sequential_se),
     ("official CBAM", "cbam_resnet50", {}, official_cbam),
     ("official SA-Net", "sa_resnet50", {}, official_sa),
+    ("torchvision mobilenet_v2", "mobilenet_v2", {}, lambda sd: sd),
+    ("official ECA-MobileNetV2", "eca_mobilenet_v2", {}, official_eca_mobilenet),
 ]
 
 
@@ -115,7 +124,7 @@ def test_published_layouts_load_as_saved(tmp_path: Path, layout, name, kwargs, c
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), source(x), rtol=0, atol=0)
     assert loaded.arch["num_classes"] == 10
-    assert loaded.arch["layers"] == TINY["layers"]
+    assert {k: loaded.arch[k] for k in tiny_arch(name)} == tiny_arch(name)
 
 
 def test_eca_kernel_sizes_come_from_checkpoint(tmp_path: Path):

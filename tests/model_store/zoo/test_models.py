@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_store import MODELS, count_parameters, create_model
+from model_store import MODELS, count_parameters, create_model, tiny_arch
 from model_store.zoo.resnet import ResNet
 
 PUBLISHED_PARAMS = {
@@ -14,6 +14,8 @@ PUBLISHED_PARAMS = {
     "eca_resnet50": (25_557_118, 86),  # adaptive k = 5, 5, 5, 7
     "cbam_resnet50": (28_089_624, 2_532_592),  # SE's MLP + 16 x (7x7x2 conv + BN affine)
     "sa_resnet50": (25_557_740, 708),
+    "mobilenet_v2": (3_504_872, 0),  # torchvision's
+    "eca_mobilenet_v2": (3_504_897, 25),  # the official code: k = 1 up to 96 channels, 3 above
 }
 """The published counts of the served models (papers, timm); a new kind adds its own."""
 ECA_K3557 = [{"kernel_size": k} for k in (3, 5, 5, 7)]
@@ -27,6 +29,34 @@ def test_the_published_models_are_registered():
 @pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
 def test_parameter_counts_match_published_architectures(name):
     assert count_parameters(create_model(name)) == PUBLISHED_PARAMS[name]
+
+
+def official_mobilenet_v2_parameters(eca: bool) -> int:
+    """The count the official ECA-MobileNetV2 code's architecture gives, written out: stem,
+    each inverted residual (expand, depthwise, project, each with BN; ECA's 1-D conv of k = 1
+    up to 96 channels, else 3), the last 1x1 conv, the classifier."""
+    table = [(1, 16, 1), (6, 24, 2), (6, 32, 3), (6, 64, 4), (6, 96, 3), (6, 160, 3), (6, 320, 1)]
+    total, inp = 3 * 32 * 9 + 2 * 32, 32
+    for t, c, n in table:
+        for _ in range(n):
+            hidden = inp * t
+            expand = inp * hidden + 2 * hidden if t != 1 else 0
+            total += expand + hidden * 9 + 2 * hidden + hidden * c + 2 * c
+            total += (1 if c <= 96 else 3) if eca else 0
+            inp = c
+    return total + inp * 1280 + 2 * 1280 + 1280 * 1000 + 1000
+
+
+def test_eca_mobilenet_v2_has_the_official_codes_parameter_count():
+    """3,504,897: the paper's "3.34M" is the same count in units of 2**20."""
+    assert count_parameters(create_model("mobilenet_v2"))[0] == official_mobilenet_v2_parameters(
+        eca=False
+    )
+    total, attention = count_parameters(create_model("eca_mobilenet_v2"))
+    assert total == official_mobilenet_v2_parameters(eca=True)
+    assert round(total / 2**20, 2) == 3.34
+    kernels = [block.attn.kernel_size for block in create_model("eca_mobilenet_v2").blocks()]
+    assert kernels == [1] * 13 + [3] * 4 and attention == sum(kernels)
 
 
 def test_eca_official_kernel_sizes_give_80_attention_params():
@@ -48,7 +78,7 @@ def test_torchvision_parameter_names():
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_forward_shape_and_attention_placement(name):
-    model = create_model(name, num_classes=7, layers=(1, 1, 1, 1), base_width=32).eval()
+    model = create_model(name, num_classes=7, **tiny_arch(name)).eval()
     with torch.no_grad():
         assert model(torch.randn(2, 3, 64, 64)).shape == (2, 7)
     expected = None if MODELS[name].attention == "none" else MODELS[name].attention
