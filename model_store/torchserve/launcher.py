@@ -6,7 +6,6 @@ TorchServe is a Java server: without Java 17+ this fails fast, saying what to in
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -26,10 +25,9 @@ from contract.keys import (
     KEY_FILE_NAME,
     KeyRing,
     bearer,
-    key_refused,
     token_expiration_min,
 )
-from contract.protocol import DEFAULT_RUN_DIR, model_ready
+from contract.protocol import DEFAULT_RUN_DIR
 
 from ..worker.archive import DEFAULT_ARCHIVE_DIR, read_model_config
 from .config import CONFIG_TEMPLATE, render
@@ -42,6 +40,7 @@ from .host import (
     group_alive,
     threads_per_worker,
 )
+from .readiness import describe, wait_ready
 
 log = logging.getLogger(__name__)
 
@@ -239,65 +238,19 @@ class TorchServe:
         )
 
     def wait_ready(self, timeout: float = 900.0, progress: Any = None) -> dict[str, Any]:
-        """Block until every model is ready (``protocol.model_ready``); returns the management
-        API's descriptions.
-
-        If that fails (exit, timeout, Ctrl-C) the whole process group is stopped first, so no
-        caller leaves a half-started TorchServe behind.
-        """
+        """Block until every model is ready (``readiness.wait_ready``); returns the management
+        API's descriptions. If that fails (exit, timeout, Ctrl-C) the whole process group is
+        stopped first, so no caller leaves a half-started TorchServe behind."""
         try:
-            return self._wait_ready(timeout, progress)
+            return wait_ready(self, timeout, progress)
         except BaseException:
             self.stop()
             raise
 
-    def _wait_ready(self, timeout: float, progress: Any) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        ready: dict[str, Any] = {}
-        last_report = 0.0
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                raise TorchServeError(
-                    f"TorchServe exited during start-up; log tail:\n{self.log_tail()}"
-                )
-            for model in self.models:
-                description = None if model in ready else self._describe(model)
-                if description and model_ready(description[0]):
-                    ready[model] = description[0]
-            if len(ready) == len(self.models):
-                return ready
-            if progress and time.monotonic() - last_report > 15:
-                waiting = [m for m in self.models if m not in ready]
-                progress(f"waiting for TorchServe models to load and warm up: {', '.join(waiting)}")
-                last_report = time.monotonic()
-            time.sleep(0.5)
-        raise TorchServeError(
-            f"models not ready after {timeout:.0f} s; log tail:\n{self.log_tail()}"
-        )
-
     def workers(self, model: str) -> list[dict[str, Any]]:
         """``model``'s workers as the management API lists them (``pid``, ``status``...)."""
-        description = self._describe(model)
+        description = describe(self, model)
         return description[0].get("workers", []) if description else []
-
-    def _describe(self, model: str) -> list[dict[str, Any]] | None:
-        """The management API's description of ``model``; None while it cannot answer. A
-        refused key is renewed and the question asked once more."""
-        for attempt in range(2):
-            sent = self.token("management")
-            request = urllib.request.Request(
-                f"{self.management_url}/models/{model}", headers=bearer(sent)
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=5) as response:
-                    return json.loads(response.read())
-            except urllib.error.HTTPError as exc:
-                if attempt or not key_refused(exc.code, exc.read()):
-                    return None
-                self.recover("management", sent)
-            except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
-                return None
-        return None
 
     def log_tail(self, lines: int = 40) -> str:
         if not self.log_file.exists():

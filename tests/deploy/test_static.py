@@ -317,6 +317,7 @@ def test_worker_image_stops_through_the_draining_launcher():
 
 def test_timeouts_and_grace_periods_fit_together(manifests):
     from contract.protocol import WORKER_RESPONSE_TIMEOUT_S
+    from model_store.torchserve.config import CONFIG_TEMPLATE
     from model_store.worker.archive import ArchiveSpec
     from service.settings import GatewaySettings
 
@@ -324,7 +325,7 @@ def test_timeouts_and_grace_periods_fit_together(manifests):
     assert ArchiveSpec("eca_resnet50").model_config()["responseTimeout"] <= (
         defaults.backend_timeout_s
     )
-    properties = (ROOT / "model_store" / "worker" / "config.properties").read_text()
+    properties = CONFIG_TEMPLATE.read_text()
     assert f"default_response_timeout={WORKER_RESPONSE_TIMEOUT_S}\n" in properties
     configmap = by_kind(manifests, "ConfigMap", "gateway-settings")["data"]
     settings = effective_settings(configmap)

@@ -1,0 +1,64 @@
+"""Asking a local TorchServe's management API whether its models are ready, as the launcher
+does while it starts one (the gateway asks the same question asynchronously, and both read
+the answer with ``contract.protocol.model_ready``)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import TYPE_CHECKING, Any
+
+from contract.keys import bearer, key_refused
+from contract.protocol import model_ready
+
+from .host import TorchServeError
+
+if TYPE_CHECKING:
+    from .launcher import TorchServe
+
+
+def describe(server: TorchServe, model: str) -> list[dict[str, Any]] | None:
+    """The management API's description of ``model``; None while it cannot answer. A refused
+    key is renewed and the question asked once more."""
+    for attempt in range(2):
+        sent = server.token("management")
+        request = urllib.request.Request(
+            f"{server.management_url}/models/{model}", headers=bearer(sent)
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            if attempt or not key_refused(exc.code, exc.read()):
+                return None
+            server.recover("management", sent)
+        except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
+            return None
+    return None
+
+
+def wait_ready(server: TorchServe, timeout: float, progress: Any) -> dict[str, Any]:
+    """Every model's description once each is ready; ``TorchServeError`` when the server
+    exits first or ``timeout`` passes (with its log's tail)."""
+    deadline = time.monotonic() + timeout
+    ready: dict[str, Any] = {}
+    last_report = 0.0
+    while time.monotonic() < deadline:
+        if server.process is None or server.process.poll() is not None:
+            raise TorchServeError(
+                f"TorchServe exited during start-up; log tail:\n{server.log_tail()}"
+            )
+        for model in server.models:
+            description = None if model in ready else describe(server, model)
+            if description and model_ready(description[0]):
+                ready[model] = description[0]
+        if len(ready) == len(server.models):
+            return ready
+        if progress and time.monotonic() - last_report > 15:
+            waiting = [m for m in server.models if m not in ready]
+            progress(f"waiting for TorchServe models to load and warm up: {', '.join(waiting)}")
+            last_report = time.monotonic()
+        time.sleep(0.5)
+    raise TorchServeError(f"models not ready after {timeout:.0f} s; log tail:\n{server.log_tail()}")
