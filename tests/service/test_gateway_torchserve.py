@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import re
 import signal
 import time
+from collections.abc import Awaitable
 
 import httpx
 import numpy as np
@@ -116,26 +118,25 @@ def test_preprocessed_pixels_the_eval_pipeline_never_makes_fail_alone_at_the_wor
     bad[0, 0, 0] = value
     good = images_to_batch(make_images(1, seed=5, size=(80, 64))[0], side).numpy()[0]
 
+    def infer(client: httpx.AsyncClient, pixels: np.ndarray) -> Awaitable[httpx.Response]:
+        """As binary tensor data: JSON has no NaN or infinity."""
+        raw = pixels.astype("<f4").tobytes()
+        tensor = {"name": "pixel_values", "shape": [1, 3, side, side], "datatype": "FP32"}
+        header = json.dumps(
+            {"inputs": [tensor | {"parameters": {"binary_data_size": len(raw)}}]}
+        ).encode()
+        return client.post(
+            "/v2/models/se_resnet50/infer",
+            content=header + raw,
+            headers={
+                "Inference-Header-Content-Length": str(len(header)),
+                "Content-Type": "application/octet-stream",
+            },
+        )
+
     async def both() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as client:
-            return await asyncio.gather(
-                *(
-                    client.post(
-                        "/v2/models/se_resnet50/infer",
-                        json={
-                            "inputs": [
-                                {
-                                    "name": "pixel_values",
-                                    "shape": [1, 3, side, side],
-                                    "datatype": "FP32",
-                                    "data": pixels.ravel().tolist(),
-                                }
-                            ]
-                        },
-                    )
-                    for pixels in (bad, good)
-                )
-            )
+            return await asyncio.gather(infer(client, bad), infer(client, good))
 
     refused, answered = asyncio.run(both())
     assert refused.status_code == 400, (why, refused.text)
