@@ -84,10 +84,15 @@ class Fleet:
 
 
 async def classify_many(backend: TorchServeBackend, count: int) -> list[object]:
+    """Each batch's answers as the worker wrote them, or the exception it raised."""
     batch = [Upload(b"img", 1)]
-    return await asyncio.gather(
+    answers = await asyncio.gather(
         *(backend.classify(MODEL, batch, 5) for _ in range(count)), return_exceptions=True
     )
+    return [
+        a if isinstance(a, BaseException) else [r.model_dump(exclude_none=True) for r in a]
+        for a in answers
+    ]
 
 
 def test_a_static_list_pairs_inference_and_management_urls_in_order():
