@@ -16,7 +16,8 @@ from typing import Any
 from contract.lists import comma_separated
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = Path(__file__).parent / "results"
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+"""Where every benchmark writes its JSON (and PNGs): ``bench/results/``."""
 
 
 def comma_list(cast: Callable[[str], Any] = str) -> Callable[[str], list[Any]]:

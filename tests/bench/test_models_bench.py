@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench import models as bench_models
-from perf.common import command_line, markdown_table, percentile
+from perf.common import RESULTS_DIR, command_line, markdown_table, percentile
 
 
 def test_percentile_nearest_rank():
@@ -17,6 +17,11 @@ def test_percentile_nearest_rank():
     assert percentile(samples, 50) == 3.0
     assert percentile(samples, 90) == 5.0
     assert percentile(samples, 0) == 1.0
+
+
+def test_every_benchmark_writes_under_bench_results_wherever_the_harness_lives():
+    assert Path(__file__).resolve().parents[2] / "bench" / "results" == RESULTS_DIR
+    assert RESULTS_DIR.is_dir()
 
 
 def test_the_recorded_command_names_paths_relative_to_the_repository(monkeypatch):
