@@ -5,6 +5,10 @@ MODELS ?= se_resnet50,eca_resnet50
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# What `make serve` needs (the gateway and a worker), installed alone when .venv is new: half
+# the time of everything (`make setup`), which the tests and benchmarks add to the same .venv.
+SERVE_STAMP := $(VENV)/.installed-serve
+PIP_INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check
 
 .PHONY: setup system-deps test lint bench bench-all archives serve loadtest mutate clean \
 	wheelhouse base-image images
@@ -14,10 +18,17 @@ setup: $(STAMP)
 # torch comes first, by exact version, so pip takes the CPU build from local disk
 # instead of resolving a multi-GB CUDA build for a range.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
-	touch $(STAMP)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) -e ".[dev]"
+	touch $(SERVE_STAMP) $(STAMP)
+
+$(SERVE_STAMP): pyproject.toml
+	@echo "installing what make serve needs (.[gateway,worker]; make setup adds the rest)"
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) -e ".[gateway,worker]"
+	touch $(SERVE_STAMP)
 
 # What the tests run besides Python: Java 17+ for TorchServe's frontend, Debian's prometheus
 # package (promtool and a real Prometheus server), and a Docker engine with docker-compose and
@@ -38,8 +49,9 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# One .mar per model; a no-op when the inputs have not changed.
-archives: setup
+# One .mar per model, built side by side (a process each); a no-op when the inputs have not
+# changed.
+archives: $(SERVE_STAMP)
 	$(PY) -m model_store build --models $(MODELS)
 
 # Gateway on 127.0.0.1:8000 in front of TorchServe on 8080/8081/8082, foreground; Ctrl-C stops

@@ -37,6 +37,21 @@ class Failure(TypedDict):
 Result = Predictions | Failure
 
 
+class WorkerTiming(TypedDict):
+    """Where one worker request's time went inside the worker, in milliseconds: what the
+    gateway reports per request (``Server-Timing``, the ``timing`` of ``/v1`` answers) and
+    ``bench.e2e`` adds up."""
+
+    wait_ms: float
+    """Waiting for the machine's CPUs while another model's batch computed (``cpu_slots``)."""
+    decode_ms: float
+    """Headers checked, images decoded upright, resized, cropped and normalised."""
+    model_ms: float
+    """The model on the batch (padded to its bucket), softmax and top-k."""
+    total_ms: float
+    """The handler's whole call, from TorchServe's hand-off to the answer it returns."""
+
+
 class WorkerAnswer(TypedDict):
     model: str
     runtime: str
@@ -44,3 +59,4 @@ class WorkerAnswer(TypedDict):
     """Graphs compiled in the worker's process so far: a load test's proof that nothing
     compiled while it measured."""
     results: list[Result]
+    timing: NotRequired[WorkerTiming]

@@ -51,6 +51,8 @@ def input_field(kind: str, index: int) -> str:
 # A worker answer: one JSON object per request.
 RESULTS_FIELD = "results"
 """One result per input, in order: ``{"predictions": [...]}`` or ``{"error": {...}}``."""
+TIMING_FIELD = "timing"
+"""In every worker answer: where its time went in the worker (``answers.WorkerTiming``)."""
 COMPILED_GRAPHS_FIELD = "compiled_graphs"
 """In every worker answer: graphs compiled in its process so far (a load test's proof that
 nothing compiled while it measured)."""

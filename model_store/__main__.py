@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from contract.lists import comma_separated
@@ -21,12 +24,14 @@ from .torchserve.config import CONFIG_TEMPLATE
 from .torchserve.host import TorchServeError, free_ports, is_loopback
 from .torchserve.launcher import TorchServe
 from .torchserve.management_gate import ManagementGate
+from .torchserve.readiness import FRONTEND_WARMUP_REQUESTS
 from .worker.archive import DEFAULT_ARCHIVE_DIR, ArchiveSpec, build_archive
+from .worker.cpus import available_cpus
 from .zoo.fidelity import FidelityFailed, FidelityGate
 from .zoo.optimize import COMPILE_MODES
 from .zoo.precision import PRECISION_CHOICES
 from .zoo.registry import MODELS, parse_model_names
-from .zoo.runtimes import DEFAULT_RUNTIME, RUNTIME_CHOICES, RuntimeCheckFailed
+from .zoo.runtimes import DEFAULT_RUNTIME, RUNTIME_CHOICES, PrebuiltUnusable, RuntimeCheckFailed
 
 
 def int_list(value: str) -> tuple[int, ...]:
@@ -58,9 +63,25 @@ def checkpoints_by_model(values: list[str], models: list[str]) -> dict[str, Path
     return result
 
 
+def _say(prefix: str, message: str) -> None:
+    print(f"{prefix} {message}", flush=True)
+
+
+def _build_one(spec: ArchiveSpec, out: Path, prefix: str) -> None:
+    """One archive, its progress prefixed (a process of its own when several build at once)."""
+    try:
+        build_archive(spec, out, progress=partial(_say, prefix))
+    except (FidelityFailed, RuntimeCheckFailed, PrebuiltUnusable) as exc:  # none that lies
+        raise SystemExit(f"error: {exc}") from None
+
+
 def build(args: argparse.Namespace) -> None:
+    """Each model's archive; with ``--jobs`` above 1, several at once in processes of their
+    own (compiling is mostly one core's work) unless a build measures candidates against each
+    other (``auto``), which needs the machine to itself."""
     checkpoints = checkpoints_by_model(args.checkpoint, args.models)
-    for index, model in enumerate(args.models, 1):
+    specs = []
+    for model in args.models:
         try:
             spec = ArchiveSpec(
                 model=model,
@@ -82,14 +103,16 @@ def build(args: argparse.Namespace) -> None:
             )
         except ValueError as exc:  # settings the worker would refuse at load
             raise SystemExit(f"error: {model}: {exc}") from None
-        try:
-            build_archive(
-                spec,
-                args.out,
-                progress=lambda msg, i=index: print(f"[{i}/{len(args.models)}] {msg}", flush=True),
-            )
-        except (FidelityFailed, RuntimeCheckFailed) as exc:  # no archive that answers wrongly
-            raise SystemExit(f"error: {exc}") from None
+        specs.append(spec)
+    work = [(spec, args.out, f"[{i}/{len(specs)}]") for i, spec in enumerate(specs, 1)]
+    jobs = min(args.jobs, len(specs))
+    if jobs <= 1 or any(len(spec.candidates) > 1 for spec in specs):
+        for job in work:
+            _build_one(*job)
+        return
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for done in [pool.submit(_build_one, *job) for job in work]:
+            done.result()
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -107,6 +130,7 @@ def serve(args: argparse.Namespace) -> None:
         metrics_port=args.metrics_port,
         grpc_ports=args.grpc_ports,
         config_template=args.config,
+        frontend_warmup=FRONTEND_WARMUP_REQUESTS,
     )
     unwind_on_sigterm()
     serving = False
@@ -250,6 +274,14 @@ def main(argv: list[str] | None = None) -> None:
         help="TorchServe maxBatchDelay",
     )
     p.add_argument("--workers", type=int, default=ArchiveSpec.workers, help="workers per model")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=available_cpus(),
+        help="archives built at once, each in a process of its own (default: the CPUs this "
+        "process may use; builds that measure candidates, --runtime/--precision auto, run one "
+        "at a time)",
+    )
     p.add_argument(
         "--fast-decode",
         action="store_true",

@@ -45,13 +45,34 @@ def summarize_latencies(seconds: Sequence[float]) -> dict[str, float]:
     }
 
 
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it, with its family and model numbers (a VM
+    may say only "AMD EPYC": family 25 model 1 is Zen 3, model 17 Zen 4). Every recorded
+    number names it: these machines alternate between classes."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name", platform.processor() or "unknown")
+    return f"{name} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+
+
 def environment(device: str) -> dict[str, Any]:
     import torch
+
+    from model_store.zoo.aot import machine_key
 
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "machine": platform.machine(),
+        "cpu_model": cpu_model(),
+        "cpu_instruction_sets": machine_key()["instruction_sets"],
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device,
@@ -84,15 +105,15 @@ def write_results(name: str, payload: dict[str, Any], out: Path | None = None) -
     if out is None:
         out = RESULTS_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
+    out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return out
 
 
 def report(
-    name: str, args: Any, rows: list[dict[str, Any]], columns: Sequence[tuple[str, str]]
+    name: str, args: Any, rows: list[dict[str, Any]], table: str | Sequence[tuple[str, str]]
 ) -> dict[str, Any]:
-    """Write the JSON result (config, environment, rows) and print the table: a serving
-    benchmark's last step."""
+    """Write the JSON result (config, environment, rows) and print the table (a markdown
+    table, or the ``(header, key)`` columns to make it of): a benchmark's last step."""
     config = {k: v for k, v in vars(args).items() if k != "out"}
     payload = {
         "benchmark": name,
@@ -101,7 +122,7 @@ def report(
         "results": rows,
     }
     path = write_results(name, payload, args.out)
-    print(columns_table(columns, rows))
+    print(table if isinstance(table, str) else columns_table(table, rows))
     print(f"\nJSON: {path}")
     return payload
 

@@ -15,6 +15,8 @@ MIXED_UPLOADS = ((320, 240), (640, 480), (500, 500), (1024, 768), (224, 224), (8
 """The load tests' mix, thumbnails to 0.8 megapixels."""
 CAMERA_UPLOADS = ((640, 480), (1024, 768), (1280, 960), (1600, 1200), (2048, 1536))
 """Real-sized uploads: 0.3 to 3 megapixels."""
+PHOTO_UPLOADS = ((2592, 1944), (3264, 2448), (4000, 3000))
+"""Phone cameras' own sizes: 5, 8 and 12 megapixels (2.4 to 5.3 MB at quality 90)."""
 
 
 @cache

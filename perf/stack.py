@@ -79,11 +79,25 @@ def build(
 
 
 def start_torchserve(
-    models: Sequence[str], archives: Path, run_dir: Path, key_minutes: float | None = None
+    models: Sequence[str],
+    archives: Path,
+    run_dir: Path,
+    key_minutes: float | None = None,
+    worker_env: Mapping[str, str] | None = None,
+    frontend_warmup: int = 0,
 ) -> TorchServe:
-    """TorchServe serving ``models`` from ``archives``, once every one is ready; its keys live
-    ``key_minutes`` (None: as ``TorchServe.key_minutes`` says)."""
-    server = TorchServe.on_free_ports(list(models), archives, run_dir, key_minutes=key_minutes)
+    """TorchServe serving ``models`` from ``archives``, once every one is ready (and its
+    frontend warm, with ``frontend_warmup`` requests: what ``make serve`` does); its keys live
+    ``key_minutes`` (None: as ``TorchServe.key_minutes`` says), its workers get ``worker_env``
+    over the defaults."""
+    server = TorchServe.on_free_ports(
+        list(models),
+        archives,
+        run_dir,
+        key_minutes=key_minutes,
+        worker_env=dict(worker_env or {}),
+        frontend_warmup=frontend_warmup,
+    )
     server.start()
     server.wait_ready(timeout=READY_TIMEOUT_S, progress=progress)
     return server

@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.start_torchserve and settings.backend == "torchserve":
         from model_store.torchserve.host import TorchServeError, check_java
         from model_store.torchserve.launcher import TorchServe
+        from model_store.torchserve.readiness import FRONTEND_WARMUP_REQUESTS
         from model_store.torchserve.supervisor import Supervisor
 
         try:
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
                 inference_port=urlsplit(settings.torchserve_inference_url).port or 8080,
                 management_port=urlsplit(settings.torchserve_management_url).port or 8081,
                 metrics_port=args.torchserve_metrics_port,
+                frontend_warmup=FRONTEND_WARMUP_REQUESTS,
             )
             settings = settings.model_copy(update={"torchserve_key_file": torchserve.key_file})
     try:

@@ -3,14 +3,16 @@
 After Ray Serve's ``@serve.batch`` and LitServe: independent of HTTP and of the model. Knobs:
 ``max_batch_size``, ``max_wait_s`` (the longest the first item of a batch waits for company) and,
 optionally, a ``cost`` per item with ``max_batch_cost`` (an item that would push a batch past it
-starts the next batch instead). At most ``max_concurrent_batches`` batches are in flight (a
-number, or a function read before each batch: the ready endpoints found so far); while they
-are, new items wait in a bounded queue (so batches grow under load), and when that queue
-cannot take a submission ``submit_many`` refuses all of it at once with ``QueueFull``, never
-part of it. A batch's exception reaches every future of that batch and no other; an item whose
-caller went away (cancelled) before dispatch is dropped, and after dispatch its answer is
-discarded without disturbing the rest of the batch. ``on_dequeue`` sees the queue wait of every
-item taken off the queue, answered or abandoned.
+starts the next batch instead), and ``sizes``, the batch sizes the runner computes without
+padding (a formed batch is cut to the largest it holds, the rest start the next batch: a
+runner that pads 5 items to 8 does the work of 8). At most ``max_concurrent_batches`` batches
+are in flight (a number, or a function read before each batch: the ready endpoints found so
+far); while they are, new items wait in a bounded queue (so batches grow under load), and when
+that queue cannot take a submission ``submit_many`` refuses all of it at once with
+``QueueFull``, never part of it. A batch's exception reaches every future of that batch and no
+other; an item whose caller went away (cancelled) before dispatch is dropped, and after dispatch
+its answer is discarded without disturbing the rest of the batch. ``on_dequeue`` sees the queue
+wait of every item taken off the queue, answered or abandoned.
 
 Two policies decide how long a batch waits for company:
 
@@ -32,6 +34,7 @@ import heapq
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
@@ -95,6 +98,7 @@ class Batcher(Generic[T, R]):
         on_dequeue: Callable[[float], None] = lambda _: None,
         policy: Policy = "deadline",
         estimate: Callable[[int], float | None] = lambda _: None,
+        sizes: Callable[[], Sequence[int]] = tuple,
         name: str = "batcher",
     ) -> None:
         if max_batch_size < 1:
@@ -120,6 +124,7 @@ class Batcher(Generic[T, R]):
         self.on_dequeue = on_dequeue
         self.policy = policy
         self.estimate = estimate
+        self.sizes = sizes
         self._concurrency = (
             max_concurrent_batches
             if callable(max_concurrent_batches)
@@ -127,7 +132,7 @@ class Batcher(Generic[T, R]):
         )
         self.name = name
         self._queue: asyncio.Queue[_Pending[T, R]] = asyncio.Queue()
-        self._next: _Pending[T, R] | None = None  # taken off the queue, opens the next batch
+        self._carried: deque[_Pending[T, R]] = deque()  # taken off the queue: the next batch's
         self._worker: asyncio.Task[None] | None = None
         self._running: dict[asyncio.Task[None], tuple[float, int]] = {}  # -> (started, size)
         self._slot_freed = asyncio.Event()
@@ -140,7 +145,7 @@ class Batcher(Generic[T, R]):
     @property
     def depth(self) -> int:
         """Items waiting to be batched."""
-        return self._queue.qsize() + (self._next is not None)
+        return self._queue.qsize() + len(self._carried)
 
     def start(self) -> None:
         if self._worker is None:
@@ -159,9 +164,8 @@ class Batcher(Generic[T, R]):
                 running.cancel()
             await asyncio.gather(self._worker, *self._running, return_exceptions=True)
             self._worker = None
-        if self._next is not None:
-            self._next.future.cancel()
-            self._next = None
+        while self._carried:
+            self._carried.popleft().future.cancel()
         while not self._queue.empty():
             self._queue.get_nowait().future.cancel()
 
@@ -245,9 +249,8 @@ class Batcher(Generic[T, R]):
 
     async def _take(self, timeout_s: float | None) -> _Pending[T, R]:
         """The next item (``timeout_s`` 0: only one already waiting); reports its queue wait."""
-        if self._next is not None:
-            pending, self._next = self._next, None
-            return pending
+        if self._carried:
+            return self._carried.popleft()
         if timeout_s is None:
             pending = await self._queue.get()
         elif timeout_s <= 0:
@@ -272,15 +275,25 @@ class Batcher(Generic[T, R]):
                     break
                 cost += self.cost(pending.item)
                 if self.max_batch_cost is not None and cost > self.max_batch_cost:
-                    self._next = pending  # too costly to join: it opens the next batch
+                    self._carried.append(pending)  # too costly to join: it opens the next batch
                     break
                 batch.append(pending)
-            live = [p for p in batch if not p.future.done()]  # callers that gave up are dropped
+            live = self._fit([p for p in batch if not p.future.done()])  # gave up: dropped
             if not live:
                 continue
             task = asyncio.create_task(self._run(live))
             self._running[task] = (time.perf_counter(), len(live))
             task.add_done_callback(self._batch_done)
+
+    def _fit(self, batch: list[_Pending[T, R]]) -> list[_Pending[T, R]]:
+        """Cut to the largest of ``sizes`` (what the runner computes without padding) the batch
+        holds; the rest open the next batch, in order. A runner that pads 5 images to 8
+        computes 8: 4 now and 1 with the next arrivals cost 5."""
+        fitting = [size for size in self.sizes() if size <= len(batch)]
+        if not fitting or (keep := max(fitting)) == len(batch):
+            return batch
+        self._carried.extendleft(reversed(batch[keep:]))
+        return batch[:keep]
 
     async def _free_slot(self) -> None:
         """Until fewer batches run than allowed; the allowance is read again when a batch ends

@@ -36,6 +36,7 @@ def own_answer(result: BatchResult, job: ImageJob) -> BatchResult:
     return WorkerResult(
         predictions=result.predictions[: job.top_k],
         probabilities=result.probabilities if job.probabilities else None,
+        timing=result.timing,
     )
 
 
@@ -61,10 +62,17 @@ class Dispatcher:
                 on_dequeue=metrics.queue_wait.labels(model).observe,
                 policy=settings.batching,
                 estimate=self.costs[model].bound,
+                sizes=partial(self._buckets, model),
                 name=model,
             )
             self.batchers[model] = batcher
             metrics.queue_depth.labels(model).set_function(lambda b=batcher: b.depth)
+
+    def _buckets(self, model: str) -> list[int]:
+        """The batch sizes ``model``'s worker computes without padding (its warmed buckets, as
+        it reported them; none known yet: batches are not cut)."""
+        facts = self.backend.worker_facts().get(model)
+        return facts.batch_buckets if facts is not None else []
 
     def _concurrency(self, model: str) -> int:
         """Batches of ``model`` in flight at once: ``max_concurrent_batches`` per ready worker

@@ -77,9 +77,14 @@ async def infer(
             )
         results.append(result)
     gateway.metrics.images.labels(model, protocol).inc(len(uploads))
+    parts = timing.parts_ms(request)
+    slowest = max(answers, key=lambda answer: answer[1].run_s)[0]
     spent = Timing(
+        read_ms=parts.get("read", 0.0),
+        validate_ms=parts.get("validate", 0.0),
         queue_ms=max(info.queue_wait_s for _, info in answers) * 1000,
         backend_ms=max(info.run_s for _, info in answers) * 1000,
+        worker=slowest.timing if isinstance(slowest, WorkerResult) else None,
         total_ms=(time.perf_counter() - arrived) * 1000,
         batch_sizes=[info.size for _, info in answers],
     )

@@ -136,9 +136,11 @@ class GatewayMetrics:
             self.request_duration.labels(model, protocol).observe(time.perf_counter() - started)
 
     def watch_workers(self, facts: Callable[[], dict[str, WorkerFacts]]) -> None:
-        """What each model's worker reports: ``gateway_model_runtime{model,runtime,precision} 1``
-        (``aot`` or ``openvino``, built with the archive; ``jit`` after those could not load
-        here; ``eager``; in ``fp32``, ``bf16`` or ``int8``) and
+        """What each model's worker reports:
+        ``gateway_model_runtime{model,runtime,precision,weight_packing} 1`` (``aot`` or
+        ``openvino``, built with the archive; ``jit`` after those could not load here;
+        ``eager``; in ``fp32``, ``bf16`` or ``int8``; weights packed ``at_load`` by the serving
+        process, ``at_build`` by the archive's builder, or ``none``) and
         ``gateway_worker_compiled_graphs{model}`` (graphs compiled in its process as of its last
         answer: a rise under load is a request that paid for compiling)."""
         self.registry.register(_WorkerCollector(facts))
@@ -199,9 +201,9 @@ class _WorkerCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         runtime = GaugeMetricFamily(
             "gateway_model_runtime",
-            "1 for the runtime (aot, jit, openvino or eager) and precision (fp32, bf16 or int8) "
-            "each model's worker reports",
-            labels=["model", "runtime", "precision"],
+            "1 for the runtime (aot, jit, openvino or eager), precision (fp32, bf16 or int8) "
+            "and weight packing (at_load, at_build or none) each model's worker reports",
+            labels=["model", "runtime", "precision", "weight_packing"],
         )
         compiled = GaugeMetricFamily(
             "gateway_worker_compiled_graphs",
@@ -209,7 +211,8 @@ class _WorkerCollector(Collector):
             labels=["model"],
         )
         for model, facts in sorted(self.facts().items()):
-            runtime.add_metric([model, facts.runtime, facts.precision], 1)
+            packing = facts.weight_packing or "unknown"
+            runtime.add_metric([model, facts.runtime, facts.precision, packing], 1)
             if facts.compiled_graphs is not None:
                 compiled.add_metric([model], facts.compiled_graphs)
         yield runtime

@@ -18,9 +18,23 @@ class ImageResult(BaseModel):
     predictions: list[Prediction]
 
 
+class WorkerTiming(BaseModel):
+    """Where a batch's time went in its worker (``contract.answers.WorkerTiming``)."""
+
+    wait_ms: float = Field(ge=0, description="waiting for the CPUs while another model computed")
+    decode_ms: float = Field(ge=0, description="headers checked, images decoded and preprocessed")
+    model_ms: float = Field(ge=0, description="the model on the batch, softmax and top-k")
+    total_ms: float = Field(ge=0, description="the worker's whole call")
+
+
 class Timing(BaseModel):
+    read_ms: float = Field(0.0, description="reading the request body")
+    validate_ms: float = Field(0.0, description="parsing it and checking each image's header")
     queue_ms: float = Field(description="longest wait of this request's images in the batcher")
     backend_ms: float = Field(description="longest backend call among this request's batches")
+    worker: WorkerTiming | None = Field(
+        None, description="where that backend call's time went in its worker, as it reported"
+    )
     total_ms: float
     batch_sizes: list[int] = Field(description="size of the batch each image travelled in")
 
@@ -51,6 +65,20 @@ class ModelInfo(BaseModel):
         default=None,
         description="what it computes in: fp32 (the model's own answers), bf16 or int8 "
         "(approximate: the archive's fidelity gate bounds how far); null until reported",
+    )
+    weight_packing: str | None = Field(
+        default=None,
+        description="when its weights were packed for the CPU's kernels: at_load (by the "
+        "serving process, for its CPU and threads), at_build (by the archive's builder: slower "
+        "where the two differ) or none (eager); null until reported",
+    )
+    threads: int | None = Field(
+        default=None, description="intra-op threads each batch runs on; null until reported"
+    )
+    cpu_slots: int | None = Field(
+        default=None,
+        description="batches that may compute at once on the CPUs its worker shares with the "
+        "other models' workers; null when not shared or not reported",
     )
     endpoints: int = Field(0, description="ready endpoints (TorchServes) serving it")
 

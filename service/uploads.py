@@ -11,22 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from fastapi import Request
-from starlette.datastructures import FormData, UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from contract.errors import INPUT_ERROR_STATUS
 from contract.images import FORMATS, ImageError, ImageLimits, validate
 
+from . import timing
 from .errors import CLIENT_CLOSED, ApiError, unavailable
+from .form_data import MalformedForm, TooManyParts, parse_form
 from .settings import GatewaySettings
 
 IMAGE_CONTENT_TYPES = set(FORMATS.values())
+MULTIPART = "multipart/form-data"
 PART_CONTENT_TYPES = IMAGE_CONTENT_TYPES | {"application/octet-stream", ""}
 EXTRA_FORM_FIELDS = 16
 """Non-file form fields tolerated besides the images."""
@@ -126,56 +127,47 @@ def _too_slow(settings: GatewaySettings, rate: bool) -> ApiError:
 async def read_images(
     request: Request, settings: GatewaySettings, slow_down: Callable[[], bool]
 ) -> list[Upload]:
-    """The uploaded images, in order: multipart ``file`` fields, or one raw image body,
-    validated off the event loop (a structure walk may take milliseconds)."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type not in IMAGE_CONTENT_TYPES and content_type != "multipart/form-data":
+    """The uploaded images, in order: multipart ``file`` fields, or one raw image body, parsed
+    and validated off the event loop (a structure walk may take milliseconds)."""
+    content_type = request.headers.get("content-type", "")
+    kind = content_type.split(";")[0].strip().lower()
+    if kind not in IMAGE_CONTENT_TYPES and kind != MULTIPART:
         raise ApiError(
             415,
             "unsupported_media_type",
             "send multipart/form-data with 'file' fields or a raw body of type "
-            f"{', '.join(sorted(IMAGE_CONTENT_TYPES))}; got {content_type or 'none'!r}",
+            f"{', '.join(sorted(IMAGE_CONTENT_TYPES))}; got {kind or 'none'!r}",
         )
-    body = await read_body(request, settings, slow_down)
-    if content_type != "multipart/form-data":
-        images = [body]
+    with timing.part(request, "read"):
+        body = await read_body(request, settings, slow_down)
+    with timing.part(request, "validate"):
+        return await asyncio.to_thread(uploads_in, body, content_type, settings)
+
+
+def uploads_in(body: bytes, content_type: str, settings: GatewaySettings) -> list[Upload]:
+    """The images of a body read whole: its ``file`` parts (multipart) or itself, each
+    validated from its header."""
+    if content_type.split(";")[0].strip().lower() == MULTIPART:
+        images = form_images(body, content_type, settings.max_images_per_request)
     else:
-        images = await _multipart_files(request, body, settings.max_images_per_request)
-    del body  # held once: as the images
-    return await asyncio.to_thread(validate_images, images, settings.limits)
+        images = [body]
+    return validate_images(images, settings.limits)
 
 
 def too_many_images(count: int, limit: int) -> ApiError:
     return ApiError(413, "too_many_images", f"{count} images in one request, limit {limit}")
 
 
-async def _multipart_files(request: Request, body: bytes, max_images: int) -> list[bytes]:
-    boundary = request.headers.get("content-type", "").partition("boundary=")[2].strip('"; ')
-    parts = body.count(b"--" + boundary.encode("latin-1")) - 1 if boundary else 0
-    if parts > max_images + EXTRA_FORM_FIELDS:  # counted before the parser would refuse it
-        raise too_many_images(parts, max_images)
-    parser = MultiPartParser(  # over the body already read within the limits
-        request.headers,
-        _stream(body),
-        max_files=max_images + EXTRA_FORM_FIELDS,
-        max_fields=max_images + EXTRA_FORM_FIELDS,
-    )
+def form_images(body: bytes, content_type: str, max_images: int) -> list[bytes]:
+    """The ``file`` parts of a multipart body, in order (other fields are ignored, up to
+    ``EXTRA_FORM_FIELDS`` of them)."""
     try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise ApiError(400, "malformed_multipart", exc.message) from None
-    try:
-        return await _image_parts(form, max_images)
-    finally:
-        await form.close()
-
-
-async def _stream(body: bytes) -> AsyncGenerator[bytes, None]:
-    yield body
-
-
-async def _image_parts(form: FormData, max_images: int) -> list[bytes]:
-    files = form.getlist("file")
+        parts = parse_form(body, content_type, max_images + EXTRA_FORM_FIELDS)
+    except TooManyParts as exc:
+        raise too_many_images(exc.count, max_images) from None
+    except MalformedForm as exc:
+        raise ApiError(400, "malformed_multipart", str(exc)) from None
+    files = [part for part in parts if part.name == "file"]
     if not files:
         raise ApiError(
             422,
@@ -184,21 +176,18 @@ async def _image_parts(form: FormData, max_images: int) -> list[bytes]:
         )
     if len(files) > max_images:
         raise too_many_images(len(files), max_images)
-    images = []
     for index, part in enumerate(files):
-        if not isinstance(part, UploadFile):
+        if part.filename is None:
             raise ApiError(
                 422, "invalid_parameters", f"'file' field {index} is text, not a file upload"
             )
-        declared = (part.content_type or "").split(";")[0].strip().lower()
-        if declared not in PART_CONTENT_TYPES:
+        if part.content_type not in PART_CONTENT_TYPES:
             raise ApiError(
                 415,
                 "unsupported_media_type",
-                f"image {index}: content type {declared!r} is not an image type",
+                f"image {index}: content type {part.content_type!r} is not an image type",
             )
-        images.append(await part.read())
-    return images
+    return [part.data for part in files]
 
 
 def validate_images(images: list[bytes], limits: ImageLimits) -> list[Upload]:

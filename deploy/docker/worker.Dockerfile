@@ -17,7 +17,9 @@ ARG RUNTIME
 ARG PRECISION
 ARG CHECKPOINTS=""
 # A C++ compiler for the archives' ahead-of-time compilation (AOTInductor), in this stage only:
-# the served image loads the compiled packages and needs none.
+# the served image loads the compiled packages and needs none. What is compiled here is tied
+# neither to this host's thread count (the weights are packed for the pod's CPUs when a worker
+# loads them) nor, in float32, to its CPU (x86-64-v3 code: any AVX2 machine serves it).
 RUN apt-get update && apt-get install -y --no-install-recommends g++ \
  && rm -rf /var/lib/apt/lists/*
 COPY wheelhouse /wheels

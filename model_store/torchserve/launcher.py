@@ -29,18 +29,11 @@ from contract.keys import (
 )
 from contract.protocol import DEFAULT_RUN_DIR
 
-from ..worker.archive import DEFAULT_ARCHIVE_DIR, read_model_config
+from ..worker.archive import DEFAULT_ARCHIVE_DIR
+from ..worker.cpus import CpuSlots, available_cpus
 from .config import CONFIG_TEMPLATE, render
-from .host import (
-    LOOPBACK,
-    TorchServeError,
-    available_cpus,
-    check_java,
-    free_ports,
-    group_alive,
-    threads_per_worker,
-)
-from .readiness import describe, wait_ready
+from .host import LOOPBACK, TorchServeError, check_java, free_ports, group_alive
+from .readiness import describe, wait_ready, warm_frontend
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +55,16 @@ class TorchServe:
     """TorchServe's ``token_expiration_min``; None: ``$TORCHSERVE_TOKEN_EXPIRATION_MIN`` when set,
     else TorchServe's own (60)."""
     cpus: frozenset[int] | None = None
-    """CPUs the server and its workers are pinned to, threads sized to them (replicas side by
-    side on one machine, as pods with CPU limits); None: every CPU this process may use."""
+    """CPUs the server and its workers are pinned to, threads and CPU slots sized to them
+    (replicas side by side on one machine, as pods with CPU limits); None: every CPU this
+    process may use."""
+    frontend_warmup: int = 0
+    """Empty requests sent through the frontend once every model is ready, so its JVM has
+    compiled its hot paths before traffic (``readiness.FRONTEND_WARMUP_REQUESTS`` for a server
+    that will take traffic; 0 for the many short-lived ones of tests)."""
+    worker_env: dict[str, str] = field(default_factory=dict)
+    """Variables for TorchServe and its workers over the defaults and this process's own
+    (``OMP_NUM_THREADS``, ``WORKER_CPU_SLOTS``...: a benchmark's options)."""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _keyring: KeyRing | None = field(default=None, init=False, repr=False)
     _tmp_dir: Path = field(default=Path(), init=False, repr=False)
@@ -186,6 +187,7 @@ class TorchServe:
         env = (
             self._worker_defaults()
             | os.environ
+            | self.worker_env
             | {
                 "LOG_LOCATION": str(self.run_dir / "logs"),
                 "METRICS_LOCATION": str(self.run_dir / "logs"),
@@ -207,23 +209,26 @@ class TorchServe:
         return self
 
     def _worker_defaults(self) -> dict[str, str]:
-        """What the environment may override: threads that add up to the CPUs over every
-        worker of every archive, and an inductor cache that outlives this start (the JIT
-        fallback then compiles once per machine, not once per worker start)."""
-        workers = sum(
-            int(read_model_config(self.archive_dir / f"{m}.mar").get("minWorkers", 1))
-            for m in self.models
-        )
-        threads = threads_per_worker(workers, self.cpus)
+        """What the environment may override (``OMP_NUM_THREADS`` included): every worker's
+        batches run on all the CPUs, and the CPU slots let ``CPUs // threads`` of them compute
+        at once across the workers of every model (``model_store.worker.cpus``): a model alone
+        under traffic gets the whole machine, several share it without oversubscribing it.
+        And an inductor cache that outlives this start (the JIT fallback then compiles once
+        per machine, not once per worker start)."""
+        cpus = available_cpus(self.cpus)
+        asked = self.worker_env.get("OMP_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+        threads = int(asked or cpus)
+        slots = CpuSlots(self.run_dir / "cpu-slots", max(1, cpus // max(1, threads)))
         log.info(
-            "%d workers on %d CPUs: %d intra-op threads each",
-            workers,
-            available_cpus(self.cpus),
+            "workers on %d CPUs: %d intra-op threads per batch, %d batch(es) computing at once",
+            cpus,
             threads,
+            slots.count,
         )
         return {
             "OMP_NUM_THREADS": str(threads),
             "TORCHINDUCTOR_CACHE_DIR": str(self.run_dir / "inductor-cache"),
+            **slots.environment(),
         }
 
     def config_text(self) -> str:
@@ -238,11 +243,19 @@ class TorchServe:
         )
 
     def wait_ready(self, timeout: float = 900.0, progress: Any = None) -> dict[str, Any]:
-        """Block until every model is ready (``readiness.wait_ready``); returns the management
-        API's descriptions. If that fails (exit, timeout, Ctrl-C) the whole process group is
-        stopped first, so no caller leaves a half-started TorchServe behind."""
+        """Block until every model is ready (``readiness.wait_ready``) and the frontend is warm
+        (``frontend_warmup``); returns the management API's descriptions. If that fails (exit,
+        timeout, Ctrl-C) the whole process group is stopped first, so no caller leaves a
+        half-started TorchServe behind."""
         try:
-            return wait_ready(self, timeout, progress)
+            ready = wait_ready(self, timeout, progress)
+            if self.frontend_warmup:
+                seconds = warm_frontend(self, self.frontend_warmup)
+                (progress or log.info)(
+                    f"TorchServe's frontend warmed up: {self.frontend_warmup} requests, "
+                    f"{seconds:.1f} s"
+                )
+            return ready
         except BaseException:
             self.stop()
             raise

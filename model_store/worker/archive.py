@@ -32,7 +32,7 @@ from contract.protocol import (
     WORKER_RESPONSE_TIMEOUT_S,
 )
 
-from ..zoo.aot import machine_key
+from ..zoo.aot import cpu_target, machine_key
 from ..zoo.checkpoint import read_checkpoint, save_checkpoint
 from ..zoo.fidelity import FidelityFailed, FidelityGate, logits_of, measure
 from ..zoo.models import create_model
@@ -44,6 +44,7 @@ from ..zoo.runtimes import (
     RUNTIMES,
     BuildJob,
     Prebuilt,
+    PrebuiltUnusable,
     RuntimeCheckFailed,
     fastest,
     get_runtime,
@@ -178,8 +179,12 @@ def _source_files() -> list[Path]:
 
 
 def fingerprint(spec: ArchiveSpec) -> str:
+    """The archive's inputs: its spec, the code and weights it holds, and the machines its
+    candidates are compiled for (x86-64-v3 for float32: one archive serves both CPU classes
+    these machines alternate between, and survives the switch)."""
     digest = hashlib.sha256(json.dumps(asdict(spec), default=str, sort_keys=True).encode())
-    digest.update(json.dumps(machine_key(), sort_keys=True).encode())
+    targets = [machine_key(cpu_target(precision)) for _, precision in spec.candidates]
+    digest.update(json.dumps(targets, sort_keys=True).encode())
     files = _source_files() + ([spec.checkpoint] if spec.checkpoint else [])
     if spec.calibration is not None:
         files += sorted(p for p in spec.calibration.rglob("*") if p.is_file())
@@ -271,19 +276,19 @@ def build_runtimes(
     for runtime, precision in spec.candidates:
         name = candidate_name(runtime, precision)
         directory = code / "candidates" / name
-        prebuilt = build_candidate(
-            runtime, precision, optimized, images, size, buckets, directory, progress
-        )
         try:
+            prebuilt = build_candidate(
+                runtime, precision, optimized, images, size, buckets, directory, progress
+            )
             if precision == FP32:
                 errors[name] = max_logit_error(prebuilt, eager, size)
                 progress(f"{spec.model}: {name} max abs logit error {errors[name]:.1e}")
             if images is not None and reference is not None:
                 fidelity[name] = _fidelity(spec, name, prebuilt, images, reference, progress)
-        except (RuntimeCheckFailed, FidelityFailed) as exc:
+        except (RuntimeCheckFailed, FidelityFailed, PrebuiltUnusable) as exc:
             if len(spec.candidates) == 1:
                 raise
-            rejected[name] = str(exc)
+            rejected[name] = str(exc)  # and a precision this CPU does not compute in
             continue
         candidates[name] = prebuilt
     if not candidates:
@@ -309,6 +314,7 @@ def build_runtimes(
         "rejected": rejected,
         "img_per_s": measured,
         "threads": torch.get_num_threads(),
+        "weight_packing": get_runtime(runtime).weight_packing(code / PREBUILT_DIR),
         "machine": machine_key(),
     }
 
@@ -327,7 +333,7 @@ def build_candidate(
     calibration = images.calibration if images is not None else torch.empty(0)
     job = BuildJob(optimized, precision, calibration, buckets, size, directory, progress)
     get_runtime(runtime).build(job)
-    return load_prebuilt(runtime, directory, buckets, size, precision)
+    return load_prebuilt(runtime, directory, buckets, size, optimized, precision)
 
 
 def _fidelity(

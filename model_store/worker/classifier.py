@@ -38,6 +38,7 @@ from .config import ClassifierConfig
 from .images import load_upright_rgb
 from .inputs import checked_tensor
 from .pixel_budgets import BatchPixelBudget, PixelPool
+from .timing import Stopwatch
 from .transforms import crop_to_array, normalize, resize_side
 
 log = logging.getLogger(__name__)
@@ -48,18 +49,25 @@ def _graphs_made() -> int:
 
 
 def _load_prebuilt(
-    config: ClassifierConfig, device: torch.device, input_size: int
+    config: ClassifierConfig, runner: InferenceModel, input_size: int
 ) -> tuple[Prebuilt | None, str | None]:
-    """What the archive built for its runtime, or none and why: then ``compile`` decides, just
-    in time or eager."""
+    """What the archive built for its runtime, made to run beside the optimised model, or none
+    and why: then ``compile`` decides, just in time or eager."""
     directory = config.prebuilt_dir
     if directory is None or not config.compile:
         return None, None
     try:
-        if device.type != "cpu":
-            raise PrebuiltUnusable(f"the prebuilt models are for CPU, the model runs on {device}")
+        if runner.device.type != "cpu":
+            raise PrebuiltUnusable(
+                f"the prebuilt models are for CPU, the model runs on {runner.device}"
+            )
         prebuilt = load_prebuilt(
-            config.runtime, directory, config.batch_buckets, input_size, config.precision
+            config.runtime,
+            directory,
+            config.batch_buckets,
+            input_size,
+            runner.model,
+            config.precision,
         )
         return prebuilt, None
     except PrebuiltUnusable as exc:
@@ -109,14 +117,11 @@ class ImageClassifier:
         if len(labels) != model.num_classes:
             raise ValueError(f"{len(labels)} labels for {model.num_classes} classes")
         size = checkpoint.input_size
-        prebuilt, fallback = _load_prebuilt(config, torch.device(device), size)
         runner = optimize_for_inference(
-            model,
-            device=device,
-            compile=config.compile,
-            mode=config.compile_mode,
-            prebuilt=prebuilt,
+            model, device=device, compile=config.compile, mode=config.compile_mode
         )
+        prebuilt, fallback = _load_prebuilt(config, runner, size)
+        runner.prebuilt = prebuilt
         total, attention = count_parameters(model)
         classifier = cls(
             config,
@@ -142,6 +147,8 @@ class ImageClassifier:
         classifier.info |= {
             "runtime": runner.runtime,  # known once every bucket has run (jit may fall back)
             "precision": runner.precision,
+            "weight_packing": runner.weight_packing,
+            "threads": torch.get_num_threads(),
             "compiled": runner.compiled,
             "compile_error": runner.compile_error,
             "load_seconds": round(time.perf_counter() - started, 2),
@@ -177,6 +184,7 @@ class ImageClassifier:
         inputs: Sequence[bytes | np.ndarray],
         top_k: int | Sequence[int] | None = None,
         probabilities: bool | Sequence[bool] = False,
+        stopwatch: Stopwatch | None = None,
     ) -> list[Result]:
         """One entry per input, in order: ``{"predictions": [...]}`` (and ``"probabilities"``,
         the full softmax, for each input that asks: one flag, or one per input) or
@@ -189,7 +197,9 @@ class ImageClassifier:
         the model does not run meanwhile), each reduced to its crop as soon as it is decoded.
         Images being decoded at once hold at most ``max_pixels`` between them (a lone larger
         one waits for the others), so memory holds no more than one largest allowed image, as
-        when they were decoded one after the other."""
+        when they were decoded one after the other. ``stopwatch`` (when given) gets the time of
+        the ``decode`` part (headers to normalised pixels) and the ``model`` part."""
+        stopwatch = stopwatch or Stopwatch()
         if top_k is None:
             top_k = self.config.top_k
         ks = list(top_k) if isinstance(top_k, Sequence) else [top_k] * len(inputs)
@@ -199,6 +209,19 @@ class ImageClassifier:
             else [probabilities] * len(inputs)
         )
         results: dict[int, Result] = {}  # by position: every input gets exactly one
+        with stopwatch.part("decode"):
+            batch, positions = self._decoded(inputs, ks, results)
+        with stopwatch.part("model"):
+            rows = self.predict(torch.cat(batch)) if batch else torch.empty(0)
+            for row, position in zip(rows, positions, strict=True):
+                results[position] = answer(row, ks[position], wants[position], self.labels)
+        return [results[position] for position in range(len(inputs))]
+
+    def _decoded(
+        self, inputs: Sequence[bytes | np.ndarray], ks: list[int], results: dict[int, Result]
+    ) -> tuple[list[torch.Tensor], list[int]]:
+        """The inputs that pass their checks and decode, as normalised batches (images, then
+        tensors) with their positions; a failure for each other one, in ``results``."""
         tensors, tensor_positions, headers, header_positions = [], [], [], []
         budget = BatchPixelBudget(self.limits.max_batch_pixels)
         for position, (item, k) in enumerate(zip(inputs, ks, strict=True)):
@@ -226,10 +249,7 @@ class ImageClassifier:
         batch = ([normalize(np.stack(crops))] if crops else []) + (
             [torch.from_numpy(np.stack(tensors))] if tensors else []
         )
-        rows = self.predict(torch.cat(batch)) if batch else torch.empty(0)
-        for row, position in zip(rows, crop_positions + tensor_positions, strict=True):
-            results[position] = answer(row, ks[position], wants[position], self.labels)
-        return [results[position] for position in range(len(inputs))]
+        return batch, crop_positions + tensor_positions
 
     def _crop(self, image: Image.Image) -> np.ndarray | ImageError:
         """A validated image decoded and cropped, or the ``ImageError`` that says why not

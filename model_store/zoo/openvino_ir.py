@@ -28,7 +28,13 @@ IR_FILE = "model.xml"  # and model.bin beside it
 CPU_PROPERTIES = {"PERFORMANCE_HINT": "LATENCY"}
 INFERENCE_PRECISION = {FP32: "f32", BF16: "bf16", INT8: "f32"}
 """The CPU plugin's ``INFERENCE_PRECISION_HINT`` per served precision. Unset, OpenVINO runs
-float32 models in bfloat16 on CPUs that have it: the precision must be the archive's choice."""
+float32 models in bfloat16 on CPUs that have it: the precision must be the archive's choice.
+On a CPU without bf16 instructions (AVX2 only) the plugin quietly compiles f32 instead: the
+compiled model says which it took, and a bf16 archive that would run f32 does not load."""
+
+
+class PrecisionUnavailable(PrebuiltUnusable):
+    """This CPU would compute the IR in another precision than the archive's."""
 
 
 class OpenVinoUnavailable(PrebuiltUnusable):
@@ -99,7 +105,14 @@ def load_ir(
     runners = {}
     for batch_size in batch_sizes:
         model.reshape([batch_size, 3, input_size, input_size])
-        runners[batch_size] = _runner(core.compile_model(model, "CPU", properties))
+        compiled = core.compile_model(model, "CPU", properties)
+        took = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        if took != INFERENCE_PRECISION[precision]:
+            raise PrecisionUnavailable(
+                f"this CPU runs the {precision} IR in {took} (OpenVINO's inference precision): "
+                "it has no instructions for it; build the archive for fp32"
+            )
+        runners[batch_size] = _runner(compiled)
     return runners
 
 
@@ -130,6 +143,11 @@ class OpenVino(Runtime):
             quantize_ir(job.directory, job.calibration, job.batch_sizes[-1])
 
     def load(
-        self, directory: Path, batch_sizes: Sequence[int], input_size: int, precision: str
+        self,
+        directory: Path,
+        batch_sizes: Sequence[int],
+        input_size: int,
+        precision: str,
+        model: nn.Module,
     ) -> dict[int, Runner]:
         return load_ir(directory, batch_sizes, input_size, precision)

@@ -16,7 +16,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .precision import FP32
 from .resnet import ResNet
-from .runtimes import Prebuilt
+from .runtimes import NOT_PACKED, PACKED_AT_LOAD, Prebuilt
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -118,6 +118,14 @@ class InferenceModel:
     @property
     def compiled(self) -> bool:
         return self.runtime != "eager"
+
+    @property
+    def weight_packing(self) -> str:
+        """When the weights were packed for the CPU's kernels (``runtimes.PACKED_AT_LOAD``...):
+        a prebuilt runtime says; ``torch.compile``'s freezing packs them in this process."""
+        if self.prebuilt is not None:
+            return self.prebuilt.weight_packing
+        return PACKED_AT_LOAD if self._compiled is not None else NOT_PACKED
 
     @property
     def precision(self) -> str:

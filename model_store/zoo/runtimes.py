@@ -41,6 +41,12 @@ MAX_LOGIT_ERROR = 1e-3
 Runner = Callable[[torch.Tensor], torch.Tensor]
 Progress = Callable[[str], None]
 
+PACKED_AT_LOAD, PACKED_AT_BUILD, NOT_PACKED = "at_load", "at_build", "none"
+"""When the weights were packed into the layouts the CPU's kernels read (oneDNN's blocked
+layouts): by the serving process, for its CPU and thread count (``at_load``); when the archive
+was built, for the builder's (``at_build``: slower where those differ); or not at all (eager).
+What a worker reports as its ``weight_packing``."""
+
 
 class PrebuiltUnusable(RuntimeError):
     """Prebuilt models that cannot serve here (another machine class, a missing package): the
@@ -77,11 +83,23 @@ class Runtime(ABC):
     def build(self, job: BuildJob) -> None:
         """Write what serves ``job.model`` in ``job.precision`` to ``job.directory``."""
 
+    def weight_packing(self, directory: Path) -> str:
+        """When what ``load`` makes from ``directory`` had its weights packed: by default at
+        load (a runtime that compiles at load packs for the serving process)."""
+        return PACKED_AT_LOAD
+
     @abstractmethod
     def load(
-        self, directory: Path, batch_sizes: Sequence[int], input_size: int, precision: str
+        self,
+        directory: Path,
+        batch_sizes: Sequence[int],
+        input_size: int,
+        precision: str,
+        model: nn.Module,
     ) -> dict[int, Runner]:
-        """One runner per batch size from ``directory``; ``PrebuiltUnusable`` says why not."""
+        """One runner per batch size from ``directory``; ``PrebuiltUnusable`` says why not.
+        ``model`` is the optimised float32 model the worker loaded: a runtime may make what it
+        runs on from its weights instead of storing them again."""
 
 
 def get_runtime(name: str) -> Runtime:
@@ -108,20 +126,28 @@ def unregister_runtime(name: str) -> None:
 @dataclass(frozen=True)
 class Prebuilt:
     """Runners made when the archive was built, one per batch size, the name the worker
-    reports for them (``Runtime.reported_as``) and their precision."""
+    reports for them (``Runtime.reported_as``), their precision and when their weights were
+    packed (``PACKED_AT_LOAD``...)."""
 
     runtime: str
     runners: Mapping[int, Runner]
     precision: str = FP32
+    weight_packing: str = PACKED_AT_LOAD
 
 
 def load_prebuilt(
-    name: str, directory: Path, batch_sizes: Sequence[int], input_size: int, precision: str = FP32
+    name: str,
+    directory: Path,
+    batch_sizes: Sequence[int],
+    input_size: int,
+    model: nn.Module,
+    precision: str = FP32,
 ) -> Prebuilt:
-    """What an archive built for runtime ``name`` in ``precision``, loaded."""
+    """What an archive built for runtime ``name`` in ``precision``, loaded beside the
+    optimised float32 ``model``."""
     runtime = get_runtime(name)
-    runners = runtime.load(directory, batch_sizes, input_size, precision)
-    return Prebuilt(runtime.reported_as, runners, precision)
+    runners = runtime.load(directory, batch_sizes, input_size, precision, model)
+    return Prebuilt(runtime.reported_as, runners, precision, runtime.weight_packing(directory))
 
 
 class RuntimeCheckFailed(RuntimeError):

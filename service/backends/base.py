@@ -10,7 +10,7 @@ from pydantic import BaseModel, Discriminator, Field, Tag, TypeAdapter, Validati
 from contract.errors import INPUT_ERROR_STATUS
 from model_store.zoo.precision import DEFAULT_PRECISION
 
-from ..schemas import READY, EndpointStatus, ImageResult
+from ..schemas import READY, EndpointStatus, ImageResult, WorkerTiming
 from ..uploads import Upload
 
 
@@ -55,9 +55,24 @@ class BadBackendResponse(BackendError):
 
 
 class WorkerResult(ImageResult):
-    """One input's answer from a worker: the top-k, and the full softmax when asked for."""
+    """One input's answer from a worker: the top-k, and the full softmax when asked for;
+    ``timing``: where its batch's time went in the worker, when the worker said."""
 
     probabilities: list[Annotated[float, Field(ge=0, le=1)]] | None = None
+    timing: WorkerTiming | None = None
+
+
+def with_timing(results: list[BatchResult], timing: object) -> list[BatchResult]:
+    """``results`` each carrying the worker's ``timing`` of their batch (a malformed or
+    missing timing is left out: it reports, it does not decide)."""
+    try:
+        checked = WorkerTiming.model_validate(timing)
+    except ValidationError:
+        return results
+    for result in results:
+        if isinstance(result, WorkerResult):
+            result.timing = checked
+    return results
 
 
 class InputError(BaseModel):
@@ -113,6 +128,13 @@ class WorkerFacts(BaseModel):
 
     runtime: str = Field(description="aot, jit, openvino or eager: what actually runs the model")
     precision: str = Field(DEFAULT_PRECISION, description="fp32, bf16 or int8: what it computes in")
+    weight_packing: str | None = Field(
+        None, description="at_load, at_build or none: when its weights were packed for the CPU"
+    )
+    threads: int | None = Field(None, description="intra-op threads of a batch")
+    cpu_slots: int | None = Field(
+        None, description="batches computing at once on the CPUs its worker shares"
+    )
     batch_buckets: list[int] = Field(min_length=1)
     batch_size: int = Field(1, description="TorchServe batchSize: 1 when the gateway batches")
     parameters: int | None = Field(None, description="the loaded model's parameter count")

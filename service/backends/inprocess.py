@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from model_store.worker.archive import load_archive
 from model_store.worker.classifier import ImageClassifier
 from model_store.worker.inputs import tensor_input
+from model_store.worker.timing import Stopwatch
 
 from ..schemas import READY, EndpointStatus
 from ..uploads import Upload
@@ -24,6 +26,7 @@ from .base import (
     check_results,
     one_endpoint,
     serving_mismatch,
+    with_timing,
 )
 
 
@@ -73,16 +76,18 @@ class InProcessBackend:
         lock = self._locks[model]
         await lock.acquire()
         payloads = [tensor_input(i.data) if i.kind == "tensor" else i.data for i in inputs]
-        work = asyncio.ensure_future(
-            asyncio.to_thread(self._classifiers[model].classify, payloads, top_k, probabilities)
-        )
+        stopwatch = Stopwatch()
+        classify = partial(self._classifiers[model].classify, stopwatch=stopwatch)
+        work = asyncio.ensure_future(asyncio.to_thread(classify, payloads, top_k, probabilities))
         work.add_done_callback(lambda _: lock.release())
         try:
             async with asyncio.timeout(self.timeout_s):
                 results = await asyncio.shield(work)
         except TimeoutError:
             raise BackendTimeout(f"the model did not answer within {self.timeout_s:g} s") from None
-        checked = check_results(results, len(inputs), probabilities)
+        checked = with_timing(
+            check_results(results, len(inputs), probabilities), stopwatch.timing()
+        )
         if model in self._facts:
             self._facts[model] = self._facts[model].model_copy(
                 update={"compiled_graphs": self._classifiers[model].compiled_graphs}

@@ -1,4 +1,4 @@
-"""The product path: batches go to TorchServe as one multipart request each.
+"""The product path: batches go to TorchServe as one request each (``contract.batch``).
 
 Every TorchServe found (``endpoints.py``: a list of URLs, or every address of a DNS name) gets
 batches, each batch the ready one with the least outstanding work; a batch that reached none of them
@@ -22,13 +22,12 @@ from typing import Any
 
 import httpx
 
+from contract import batch
 from contract.keys import RENEWABLE_KINDS, KeyRing, bearer, key_refused
 from contract.protocol import (
     COMPILED_GRAPHS_FIELD,
-    PROBABILITIES_FIELD,
     RESULTS_FIELD,
-    TOP_K_FIELD,
-    input_field,
+    TIMING_FIELD,
     model_ready,
     ready_workers,
 )
@@ -44,10 +43,10 @@ from .base import (
     WorkerFacts,
     check_results,
     serving_mismatch,
+    with_timing,
 )
 from .circuit import CircuitBreaker
 from .endpoints import Discovery, Endpoint, EndpointSet, Outcome
-from .multipart import encode_form
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +252,7 @@ class TorchServeBackend:
         try:
             answer = _answer(response)
             results = check_results(answer.get(RESULTS_FIELD), count, probabilities)
+            results = with_timing(results, answer.get(TIMING_FIELD))
         except BadBackendResponse:
             breaker.record_failure()
             log.warning("malformed TorchServe answer for %s: %.300s", model, response.text)
@@ -273,15 +273,12 @@ class TorchServeBackend:
         top_k: int,
         probabilities: bool,
     ) -> httpx.Response:
-        fields = {TOP_K_FIELD: str(top_k)} | ({PROBABILITIES_FIELD: "1"} if probabilities else {})
-        body, content_type = encode_form(
-            fields, [(input_field(item.kind, i), item.data) for i, item in enumerate(inputs)]
-        )
+        body = batch.encode([(item.kind, item.data) for item in inputs], top_k, probabilities)
         url = f"{endpoint.address.inference_url}/predictions/{model}"
         return await self._with_key(
             "inference",
             endpoint,
-            lambda headers: self._send(url, body, headers | {"Content-Type": content_type}),
+            lambda headers: self._send(url, body, headers | {"Content-Type": batch.CONTENT_TYPE}),
         )
 
     async def _with_key(self, kind: str, endpoint: Endpoint, send: Send) -> httpx.Response:

@@ -10,7 +10,15 @@ from ..deps import ApiKeyDep, GatewayDep
 from ..schemas import ModelList
 
 router = APIRouter(tags=["models"])
-REPORTED = {"runtime", "precision", "parameters", "attention_parameters"}
+REPORTED = {
+    "runtime",
+    "precision",
+    "weight_packing",
+    "threads",
+    "cpu_slots",
+    "parameters",
+    "attention_parameters",
+}
 """What ``/v1/models`` shows from each worker's own report."""
 
 

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from contract.protocol import TENSOR_CHANNELS
 from model_store.zoo.precision import DEFAULT_PRECISION
 
+from .. import timing
 from ..backends.base import WorkerFacts
 from ..deps import (
     ApiKeyDep,
@@ -222,7 +223,8 @@ async def read_inference_request(
     request waits for its batch, only its inputs are. The input size is what the worker last
     reported to the readiness checks (until it has, an FP32 tensor is a 503: not ready)."""
     settings = gateway.settings
-    body = await read_body(request, settings, slot.slow_down)
+    with timing.part(request, "read"):
+        body = await read_body(request, settings, slot.slow_down)
     facts = gateway.backend.worker_facts().get(model)  # cached: never a management call here
 
     def decode() -> DecodedRequest:
@@ -237,7 +239,8 @@ async def read_inference_request(
             facts.input_size if facts else None,
         )
 
-    return await asyncio.to_thread(decode)
+    with timing.part(request, "validate"):
+        return await asyncio.to_thread(decode)
 
 
 router.include_router(model_router, prefix=MODEL)

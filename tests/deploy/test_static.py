@@ -149,6 +149,8 @@ def test_probes_hit_real_endpoints_and_resources_are_set(manifests):
     assert worker["readinessProbe"]["httpGet"]["path"] == "/ping"
     for container in (gateway, worker):
         assert {"requests", "limits"} <= set(container["resources"])
+    # a worker's threads are its CPU limit: it is given them all (Guaranteed CPU)
+    assert worker["resources"]["requests"]["cpu"] == worker["resources"]["limits"]["cpu"]
     secret_refs = [
         e["valueFrom"]["secretKeyRef"]["name"] for e in gateway["env"] if "valueFrom" in e
     ]

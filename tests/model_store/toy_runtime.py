@@ -30,7 +30,12 @@ class ExportedGraph(Runtime):
             torch.export.save(exported, _program(job.directory, batch_size))
 
     def load(
-        self, directory: Path, batch_sizes: Sequence[int], input_size: int, precision: str
+        self,
+        directory: Path,
+        batch_sizes: Sequence[int],
+        input_size: int,
+        precision: str,
+        model: torch.nn.Module,
     ) -> dict[int, Runner]:
         if missing := [b for b in batch_sizes if not _program(directory, b).exists()]:
             raise PrebuiltUnusable(f"no exported graph for batch sizes {missing}")

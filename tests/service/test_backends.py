@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections.abc import Callable
 
@@ -16,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from contract import batch
 from contract.keys import KeyRing
 from model_store.demo.synthetic import encode
 from service.app import create_app
@@ -79,7 +79,8 @@ def test_an_error_code_the_contract_does_not_declare_is_a_bad_answer():
 
 
 def test_preprocessed_inputs_and_probabilities_travel_as_the_worker_expects():
-    """Field names and order are the worker's contract (``contract.protocol``)."""
+    """One batch body (``contract.batch``): each input's kind and bytes in order, top_k and
+    the probabilities asked for."""
     sent: list[httpx.Request] = []
     answer = {**GOOD, "probabilities": [0.25, 0.75]}
 
@@ -91,9 +92,13 @@ def test_preprocessed_inputs_and_probabilities_travel_as_the_worker_expects():
     backend = backend_answering(record)
     answers = asyncio.run(backend.classify(MODELS[0], inputs, 3, probabilities=True))
     assert [a.model_dump(exclude_none=True) for a in answers] == [answer] * 2
-    names = re.findall(rb'; name="([^"]+)"', sent[0].read())
-    assert sorted(names) == [b"image_0000", b"probabilities", b"tensor_0001", b"top_k"]
-    assert names.index(b"image_0000") < names.index(b"tensor_0001")
+    assert sent[0].headers["content-type"] == batch.CONTENT_TYPE
+    body = batch.decode(sent[0].read())
+    assert (body.top_k, body.probabilities) == (3, True)
+    assert [(kind, bytes(data)) for kind, data in body.inputs] == [
+        ("image", b"jpeg"),
+        ("tensor", b"\x00" * 8),
+    ]
 
 
 def test_probabilities_asked_for_and_missing_are_a_bad_answer():
@@ -292,7 +297,9 @@ def test_a_worker_whose_batching_disagrees_with_the_gateways_is_not_ready(
 
 
 class SlowClassifier:
-    def classify(self, images: list[bytes], top_k: int, probabilities: bool) -> list[dict]:
+    def classify(
+        self, images: list[bytes], top_k: int, probabilities: bool, stopwatch: object = None
+    ) -> list[dict]:
         time.sleep(0.4)
         return [GOOD for _ in images]
 
@@ -308,7 +315,9 @@ def test_inprocess_backend_honours_its_timeout_and_keeps_the_model_locked():
         backend.timeout_s = 5
         return await backend.classify("se_resnet50", [Upload(b"x", 1), Upload(b"y", 1)], 5)
 
-    assert [a.model_dump(exclude_none=True) for a in asyncio.run(scenario())] == [GOOD, GOOD]
+    answers = asyncio.run(scenario())
+    assert [a.model_dump(exclude_none=True, exclude={"timing"}) for a in answers] == [GOOD, GOOD]
+    assert all(a.timing is not None and a.timing.total_ms >= 400 for a in answers)
 
 
 def test_check_results_accepts_errors_and_predictions():

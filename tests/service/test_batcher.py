@@ -532,3 +532,58 @@ def test_nothing_is_refused_without_a_deadline_policy_or_a_known_cost(knobs):
 def test_unknown_policy_is_refused_at_construction():
     with pytest.raises(ValueError, match="policy"):
         make(FakeBackend(), policy="lifo")
+
+
+def test_batches_are_cut_to_the_sizes_the_runner_computes_without_padding():
+    """Five items ready for a runner of buckets 1, 2, 4, 8: it would pad five to eight and do
+    the work of eight. Four go now; the fifth opens the next batch, first, with what came."""
+
+    async def scenario():
+        backend = TimedBackend(per_item=0.05)
+        batcher = make(backend, max_batch_size=8, max_wait_s=1.0, sizes=lambda: [1, 2, 4, 8])
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.01)  # batch [0] runs; five more queue behind it
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 6)]
+        answers = await asyncio.gather(first, *rest)
+        await batcher.stop()
+        return backend.batches, answers
+
+    batches, answers = run(scenario())
+    assert batches == [[0], [1, 2, 3, 4], [5]]
+    assert [value for value, _ in answers] == [0, 10, 20, 30, 40, 50]
+    assert [info.size for _, info in answers] == [1, 4, 4, 4, 4, 1]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "expected"),
+    [
+        ((), [[0], [1, 2, 3, 4, 5]]),  # not known yet: nothing is cut
+        ((2, 4, 8), [[0], [1, 2, 3, 4], [5]]),  # below the smallest bucket a batch pads anyway
+        ((1, 2, 3, 4, 5, 6, 7, 8), [[0], [1, 2, 3, 4, 5]]),
+    ],
+)
+def test_what_is_cut_follows_the_sizes(sizes, expected):
+    async def scenario():
+        backend = TimedBackend(per_item=0.05)
+        batcher = make(backend, max_batch_size=8, max_wait_s=1.0, sizes=lambda: sizes)
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.01)
+        await asyncio.gather(first, *(batcher.submit(i) for i in range(1, 6)))
+        await batcher.stop()
+        return backend.batches
+
+    assert run(scenario()) == expected
+
+
+def test_items_cut_from_a_batch_are_cancelled_by_stop():
+    async def scenario():
+        backend = FakeBackend(delay=NEVER)
+        batcher = make(backend, max_batch_size=8, max_wait_s=0, sizes=lambda: [1, 4])
+        futures = batcher.submit_many(list(range(6)))
+        await asyncio.sleep(0.05)  # [0, 1, 2, 3] runs; 4 and 5 were cut and wait
+        depth = batcher.depth
+        await batcher.stop()
+        return depth, [f.cancelled() for f in futures]
+
+    depth, cancelled = run(scenario())
+    assert depth == 2 and cancelled == [True] * 6

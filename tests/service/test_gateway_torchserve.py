@@ -101,7 +101,16 @@ def test_multi_image_request_through_torchserve(gateway):
     assert response.status_code == 200, response.text
     assert [r["predictions"][0]["label"] for r in response.json()["results"]] == labels
     assert {len(r["predictions"]) for r in response.json()["results"]} == {2}
-    assert "queue;dur=" in response.headers["server-timing"]
+    # where the time went, the worker's own parts as it reported them
+    header = response.headers["server-timing"]
+    names = [part.split(";")[0] for part in header.split(", ")]
+    assert names == ["read", "validate", "queue", "backend", "wait", "decode", "model", "worker",
+                     "total"]  # fmt: skip
+    timing = response.json()["timing"]
+    worker = timing["worker"]
+    assert worker["decode_ms"] > 0 and worker["model_ms"] > 0
+    assert worker["wait_ms"] + worker["decode_ms"] + worker["model_ms"] <= worker["total_ms"]
+    assert worker["total_ms"] <= timing["backend_ms"] <= timing["total_ms"]
 
 
 @pytest.mark.parametrize(
@@ -322,7 +331,12 @@ def test_inprocess_backend_serves_the_same_archives(tiny_archives, gateway):
 def test_the_gateway_exports_the_runtime_each_worker_reports(gateway, tiny_trained):
     assert httpx.get(f"{gateway.url}/readyz", timeout=30).status_code == 200
     for model, runtime in (("eca_resnet50", "aot"), ("se_resnet50", "openvino")):
-        exported_runtime = {"model": model, "runtime": runtime, "precision": "fp32"}
+        exported_runtime = {
+            "model": model,
+            "runtime": runtime,
+            "precision": "fp32",
+            "weight_packing": "at_load",  # by the serving worker, for its CPU and threads
+        }
         assert metric(gateway.url, "gateway_model_runtime", **exported_runtime) == 1
         # prebuilt models: the worker process never compiled a graph, before or after answers
         asyncio.run(send_all(gateway.url, model, labelled_images(3, seed=5)[0], concurrency=3))
@@ -332,6 +346,10 @@ def test_the_gateway_exports_the_runtime_each_worker_reports(gateway, tiny_train
     assert {m["name"]: m["runtime"] for m in listed} == {
         "eca_resnet50": "aot",
         "se_resnet50": "openvino",
+    }
+    cpus = len(os.sched_getaffinity(0))  # each batch on every CPU, one batch at a time
+    assert {(m["weight_packing"], m["threads"], m["cpu_slots"]) for m in listed} == {
+        ("at_load", cpus, 1)
     }
     # sizes as the workers counted them (the gateway has no torch to count them itself)
     for m in listed:

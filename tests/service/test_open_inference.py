@@ -498,7 +498,8 @@ def test_the_api_key_guards_v2_inference_and_metadata_not_health():
         assert c.get("/v2/health/ready").status_code == 200
     # one writer of Server-Timing for both protocols: an inference's parts, others' total
     assert re.fullmatch(
-        r"queue;dur=[\d.]+, backend;dur=[\d.]+, total;dur=[\d.]+",
+        r"read;dur=[\d.]+, validate;dur=[\d.]+, queue;dur=[\d.]+, backend;dur=[\d.]+, "
+        r"total;dur=[\d.]+",
         answered.headers["server-timing"],
     )
 

@@ -4,15 +4,17 @@ TorchServe's own batching, token authorization and its Prometheus metrics."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
+from contract import batch
 from contract.protocol import input_field
 from model_store.demo.synthetic import CLASS_NAMES, encode, make_images
-from model_store.torchserve.host import threads_per_worker
+from model_store.torchserve.readiness import warm_frontend
 from model_store.worker.classifier import ImageClassifier
 from model_store.worker.config import ClassifierConfig
 
@@ -174,8 +176,10 @@ def test_metrics_endpoint_counts_inference_requests(torchserve, held_out):
     assert inference_count(torchserve, "se_resnet50") - before == 3
 
 
-def test_workers_describe_their_runtime_and_threads_that_add_up(torchserve):
-    """Two workers on this machine (one per model): each gets its share of the CPUs."""
+def test_workers_describe_their_runtime_and_share_every_cpu(torchserve):
+    """Two workers on this machine (one per model): each batch runs on all the CPUs, and one
+    CPU slot lets one batch compute at a time (no cgroup quota here: the affinity mask is what
+    this process may use)."""
     response = httpx.get(
         f"{torchserve.management_url}/models/eca_resnet50",
         params={"customized": "true"},
@@ -186,7 +190,8 @@ def test_workers_describe_their_runtime_and_threads_that_add_up(torchserve):
     facts = description["customizedMetadata"]
     facts = json.loads(facts) if isinstance(facts, str) else facts
     assert facts["runtime"] == "aot" and facts["batch_buckets"] == [1, 2, 4, 8]
-    assert facts["threads"] == threads_per_worker(workers=2)
+    assert facts["threads"] == len(os.sched_getaffinity(0)) and facts["cpu_slots"] == 1
+    assert facts["weight_packing"] == "at_load"
 
 
 def test_the_handler_module_defines_one_class():
@@ -202,3 +207,56 @@ def test_the_handler_module_defines_one_class():
         if member.__module__ == handler.__name__
     ]
     assert defined == ["AttentionClassifierHandler"]
+
+
+def test_the_frontend_warm_up_sends_empty_requests_the_workers_answer(torchserve):
+    """What the launcher sends once the models are ready (``FRONTEND_WARMUP_REQUESTS``): an
+    inference request with no input, answered at once with no result, spread over the models."""
+    before = {m: inference_count(torchserve, m) for m in torchserve.models}
+    warm_frontend(torchserve, 2 * len(torchserve.models))
+    after = {m: inference_count(torchserve, m) for m in torchserve.models}
+    assert {m: after[m] - before[m] for m in torchserve.models} == dict.fromkeys(
+        torchserve.models, 2
+    )
+    empty = predict(torchserve, "eca_resnet50", files={"top_k": (None, "1")})
+    assert empty.status_code == 200 and empty.json()["results"] == []
+
+
+def test_two_models_workers_take_turns_on_the_cpus(torchserve, held_out):
+    """One CPU slot on this machine: of two batches sent to the two models at once, one waits
+    while the other computes, and its answer says how long (``timing.wait_ms``)."""
+    images = held_out[0][:8]
+
+    def batch(model: str) -> dict:
+        response = predict(torchserve, model, files=multipart(images))
+        assert response.status_code == 200, response.text
+        return response.json()["timing"]
+
+    waits = []
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(10):
+            timings = list(pool.map(batch, ["eca_resnet50", "se_resnet50"]))
+            waits.append(max(t["wait_ms"] for t in timings))
+            if waits[-1] > 1:
+                break
+    assert waits[-1] > 1, waits
+    assert all(t["decode_ms"] > 0 and t["model_ms"] > 0 for t in timings)
+
+
+def test_a_gateway_batch_body_is_answered_input_by_input(torchserve, held_out):
+    """What the gateway sends (``contract.batch``): one raw body, no multipart for TorchServe's
+    frontend to decode. A body that starts as a batch but does not add up is one bad input."""
+    images, labels = held_out
+    body = batch.encode([("image", data) for data in images[:3]], top_k=2, probabilities=False)
+    response = predict(
+        torchserve, "eca_resnet50", content=body, headers={"Content-Type": batch.CONTENT_TYPE}
+    )
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [top1(r) for r in results] == [CLASS_NAMES[label] for label in labels[:3]]
+    assert {len(r["predictions"]) for r in results} == {2}
+    broken = predict(
+        torchserve, "eca_resnet50", content=body[:-1], headers={"Content-Type": batch.CONTENT_TYPE}
+    )
+    [failure] = broken.json()["results"]
+    assert failure["error"]["code"] == "undecodable_image"

@@ -26,6 +26,8 @@ from model_store.worker.archive import (
 )
 from model_store.worker.classifier import ImageClassifier
 from model_store.worker.config import ClassifierConfig
+from model_store.zoo.openvino_ir import PrecisionUnavailable, export_ir, load_ir
+from model_store.zoo.precision import BF16, FP32
 from model_store.zoo.runtimes import (
     MAX_LOGIT_ERROR,
     Prebuilt,
@@ -173,3 +175,43 @@ def test_a_worker_without_openvino_says_so_and_compiles_just_in_time(tiny_archiv
     assert runtime == "jit"
     assert "pip install 'attention-serving[openvino]'" in reason
     assert "openvino models built ahead not used, compiling just in time" in warned
+
+
+def _conv_ir(directory: Path) -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()
+    export_ir(model, 32, directory)
+
+
+def test_an_openvino_bf16_archive_loads_only_where_this_cpu_computes_bf16(tmp_path):
+    """OpenVINO's CPU plugin quietly runs a bf16 hint in f32 on a CPU without bf16 instructions
+    (AVX2 only): the compiled model says which it took, and a bf16 archive that would compute
+    f32 refuses to load (the worker then serves fp32 just in time, and says fp32)."""
+    import openvino
+
+    _conv_ir(tmp_path)
+    capabilities = openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if "BF16" in capabilities:
+        [run] = load_ir(tmp_path, (1,), 32, BF16).values()
+        assert run(torch.zeros(1, 3, 32, 32)).shape == (1, 8, 30, 30)
+    else:
+        with pytest.raises(PrecisionUnavailable, match="in f32"):
+            load_ir(tmp_path, (1,), 32, BF16)
+    assert load_ir(tmp_path, (1,), 32, FP32)  # float32 runs everywhere
+
+
+def test_a_precision_the_plugin_did_not_take_is_refused(tmp_path, monkeypatch):
+    """The refusal above, on a CPU that has bf16: the compiled model reports f32."""
+    import openvino
+
+    _conv_ir(tmp_path)
+    compile_model = openvino.Core.compile_model
+
+    def compiled_in_f32(core, model, device, properties):
+        compiled = compile_model(
+            core, model, device, properties | {"INFERENCE_PRECISION_HINT": "f32"}
+        )
+        return compiled
+
+    monkeypatch.setattr(openvino.Core, "compile_model", compiled_in_f32)
+    with pytest.raises(PrecisionUnavailable, match="runs the bf16 IR in f32"):
+        load_ir(tmp_path, (1,), 32, BF16)
