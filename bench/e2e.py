@@ -100,10 +100,14 @@ def breakdown(client_ms: float, timing: dict[str, Any]) -> dict[str, float]:
 
 
 def summarize_parts(samples: Sequence[dict[str, float]]) -> dict[str, float]:
-    """Median of every part (and the client's p99)."""
+    """Median of every part, the client's p99, and where the slowest 1% of requests spent their
+    time (the mean of each part over them: what makes the tail)."""
     keys = [key for key in samples[0] if key != "batch"]
     summary = {f"{k}_ms": statistics.median(s[k] for s in samples) for k in keys}
+    tail = sorted(samples, key=lambda s: s["client"])[-max(1, len(samples) // 100) :]
+    summary |= {f"tail_{k}_ms": statistics.fmean(s[k] for s in tail) for k in keys}
     summary["batch_mean"] = statistics.fmean(s["batch"] for s in samples)
+    summary["tail_batch_mean"] = statistics.fmean(s["batch"] for s in tail)
     summary["client_p99_ms"] = percentile([s["client"] for s in samples], 99)
     summary["requests"] = len(samples)
     return summary
