@@ -10,28 +10,26 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
-from functools import partial
 from pathlib import Path
 
 from contract.lists import comma_separated
 from contract.protocol import DEFAULT_RUN_DIR
 
+from .build_jobs import build_all
 from .signals import unwind_on_sigterm
 from .torchserve.config import CONFIG_TEMPLATE
 from .torchserve.host import TorchServeError, free_ports, is_loopback
 from .torchserve.launcher import TorchServe
 from .torchserve.management_gate import ManagementGate
 from .torchserve.readiness import FRONTEND_WARMUP_REQUESTS
-from .worker.archive import DEFAULT_ARCHIVE_DIR, ArchiveSpec, build_archive
+from .worker.archive import DEFAULT_ARCHIVE_DIR, ArchiveSpec
 from .worker.cpus import available_cpus
-from .zoo.fidelity import FidelityFailed, FidelityGate
+from .zoo.fidelity import FidelityGate
 from .zoo.optimize import COMPILE_MODES
 from .zoo.precision import PRECISION_CHOICES
 from .zoo.registry import MODELS, parse_model_names
-from .zoo.runtimes import DEFAULT_RUNTIME, RUNTIME_CHOICES, PrebuiltUnusable, RuntimeCheckFailed
+from .zoo.runtimes import DEFAULT_RUNTIME, RUNTIME_CHOICES
 
 
 def int_list(value: str) -> tuple[int, ...]:
@@ -63,22 +61,8 @@ def checkpoints_by_model(values: list[str], models: list[str]) -> dict[str, Path
     return result
 
 
-def _say(prefix: str, message: str) -> None:
-    print(f"{prefix} {message}", flush=True)
-
-
-def _build_one(spec: ArchiveSpec, out: Path, prefix: str) -> None:
-    """One archive, its progress prefixed (a process of its own when several build at once)."""
-    try:
-        build_archive(spec, out, progress=partial(_say, prefix))
-    except (FidelityFailed, RuntimeCheckFailed, PrebuiltUnusable) as exc:  # none that lies
-        raise SystemExit(f"error: {exc}") from None
-
-
 def build(args: argparse.Namespace) -> None:
-    """Each model's archive; with ``--jobs`` above 1, several at once in processes of their
-    own (compiling is mostly one core's work) unless a build measures candidates against each
-    other (``auto``), which needs the machine to itself."""
+    """Each model's archive, ``--jobs`` of them at once (see ``build_jobs``)."""
     checkpoints = checkpoints_by_model(args.checkpoint, args.models)
     specs = []
     for model in args.models:
@@ -104,15 +88,7 @@ def build(args: argparse.Namespace) -> None:
         except ValueError as exc:  # settings the worker would refuse at load
             raise SystemExit(f"error: {model}: {exc}") from None
         specs.append(spec)
-    work = [(spec, args.out, f"[{i}/{len(specs)}]") for i, spec in enumerate(specs, 1)]
-    jobs = min(args.jobs, len(specs))
-    if jobs <= 1 or any(len(spec.candidates) > 1 for spec in specs):
-        for job in work:
-            _build_one(*job)
-        return
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for done in [pool.submit(_build_one, *job) for job in work]:
-            done.result()
+    build_all(specs, args.out, args.jobs)
 
 
 def serve(args: argparse.Namespace) -> None:

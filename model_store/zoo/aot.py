@@ -303,7 +303,8 @@ def load_packages(
     with torch.no_grad():
         for batch_size, package in packages.items():
             constants = aot_constants.rebuild(recipes[str(batch_size)], state, extras)
-            package.load_constants(constants, check_full_update=True, user_managed=True)
+            # by the package's own constant names: several constants may share an FQN
+            package.loader.update_constant_buffer(constants, False, True, True)
             runners[batch_size] = AotRunner(package, constants)
     return runners
 

@@ -63,7 +63,8 @@ def _op_name(target: Any) -> str | None:
 @dataclass
 class Recording:
     """What one compilation made: each prepack call (its arguments and result) and the
-    constants of the graph handed to the AOT compiler, by the names the package asks for."""
+    constants of the graph handed to the AOT compiler, by the package's own names for them
+    (not their FQNs, which several constants of a quantized graph share: ``x_scale``)."""
 
     calls: list[tuple[str, tuple[Any, ...], torch.Tensor]] = field(default_factory=list)
     constants: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -87,7 +88,7 @@ def recording() -> Iterator[Recording]:
 
     def compiling(cls: Any, graph: Any, *args: Any, **kwargs: Any) -> Any:
         for name, value in graph.constants.items():
-            record.constants[graph.allocated_constant_name.get(name, name)] = value
+            record.constants[name] = value
         return compile_graph(cls, graph, *args, **kwargs)
 
     with (

@@ -3,10 +3,17 @@ not later inside TorchServe (where a bad one builds fine and every worker dies a
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from model_store.__main__ import main
+from model_store.demo.tiny import save_tiny
 from model_store.worker.archive import ArchiveSpec
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize(
@@ -39,3 +46,20 @@ def test_the_build_command_says_what_is_wrong_before_building(tmp_path):
     with pytest.raises(SystemExit, match="error: eca_resnet50: workers must be at least 1"):
         main(["build", "--models", "eca_resnet50", "--workers", "0", "--out", str(tmp_path)])
     assert not list(tmp_path.iterdir())
+
+
+def test_the_build_command_builds_several_archives_at_once(tiny_trained, tmp_path):
+    """``--jobs 2`` spawns a process per archive from ``python -m model_store`` (whose
+    ``__main__`` a spawned process cannot import), as the worker image's build does."""
+    models = ("eca_resnet50", "se_resnet50")
+    args = []
+    for model in models:
+        args += ["--checkpoint", f"{model}={save_tiny(tiny_trained(model), tmp_path / model)}"]
+    done = subprocess.run(
+        [sys.executable, "-m", "model_store", "build", "--models", ",".join(models),
+         "--no-compile", "--jobs", "2", "--out", str(tmp_path / "out"), *args],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.mar")) == [f"{m}.mar" for m in models]
+    assert "[1/2]" in done.stdout and "[2/2]" in done.stdout

@@ -28,6 +28,7 @@ from model_store.worker.archive import (
 from model_store.worker.calibration import HELD_OUT_EVERY, calibration_set
 from model_store.worker.classifier import ImageClassifier
 from model_store.zoo.fidelity import FidelityFailed, FidelityGate, measure
+from model_store.zoo.runtimes import PACKED_AT_LOAD
 from service.settings import GatewaySettings
 
 from ...servers import GatewayThread
@@ -208,7 +209,12 @@ def test_the_gateway_reports_the_precision_its_worker_serves(checkpoint, tmp_pat
     with GatewayThread(settings) as gateway:
         [listed] = httpx.get(f"{gateway.url}/v1/models", timeout=60).json()["models"]
         metadata = httpx.get(f"{gateway.url}/v2/models/eca_resnet50", timeout=60).json()
-        labels = {"model": "eca_resnet50", "runtime": "openvino", "precision": "bf16"}
+        labels = {
+            "model": "eca_resnet50",
+            "runtime": "openvino",
+            "precision": "bf16",
+            "weight_packing": PACKED_AT_LOAD,
+        }  # OpenVINO compiles at load
         exported = metric(gateway.url, "gateway_model_runtime", **labels)
     assert (listed["runtime"], listed["precision"]) == ("openvino", "bf16")
     assert metadata["platform"] == "pytorch_openvino_bf16"
