@@ -109,7 +109,6 @@ def serve(args: argparse.Namespace) -> None:
         frontend_warmup=FRONTEND_WARMUP_REQUESTS,
     )
     unwind_on_sigterm()
-    serving = False
     gate = None
     try:
         if gated:
@@ -126,7 +125,6 @@ def serve(args: argparse.Namespace) -> None:
             flush=True,
         )
         print("Ctrl-C stops it.", flush=True)
-        serving = True
         server.process.wait()
         raise TorchServeError(
             f"TorchServe exited with code {server.process.returncode}; "
@@ -137,7 +135,7 @@ def serve(args: argparse.Namespace) -> None:
     except TorchServeError as exc:
         raise SystemExit(f"error: {exc}") from None
     finally:
-        if serving and server.process.poll() is None:
+        if server.models_ready and server.process.poll() is None:  # traffic may be running
             drain(args.drain_seconds)
         server.stop()
         if gate is not None:

@@ -99,7 +99,11 @@ def start_torchserve(
         frontend_warmup=frontend_warmup,
     )
     server.start()
-    server.wait_ready(timeout=READY_TIMEOUT_S, progress=progress)
+    try:
+        server.wait_ready(timeout=READY_TIMEOUT_S, progress=progress)
+    except BaseException:  # the warm-up's failure leaves it running for its caller to stop
+        server.stop()
+        raise
     return server
 
 

@@ -66,6 +66,8 @@ class TorchServe:
     """Variables for TorchServe and its workers over the defaults and this process's own
     (``OMP_NUM_THREADS``, ``WORKER_CPU_SLOTS``...: a benchmark's options)."""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    models_ready: bool = field(default=False, init=False)
+    """Every model answered ready once: TorchServe takes traffic (the warm-up may still run)."""
     _keyring: KeyRing | None = field(default=None, init=False, repr=False)
     _tmp_dir: Path = field(default=Path(), init=False, repr=False)
 
@@ -244,21 +246,22 @@ class TorchServe:
 
     def wait_ready(self, timeout: float = 900.0, progress: Any = None) -> dict[str, Any]:
         """Block until every model is ready (``readiness.wait_ready``) and the frontend is warm
-        (``frontend_warmup``); returns the management API's descriptions. If that fails (exit,
-        timeout, Ctrl-C) the whole process group is stopped first, so no caller leaves a
-        half-started TorchServe behind."""
+        (``frontend_warmup``); returns the management API's descriptions. If the models do not
+        get ready (exit, timeout, Ctrl-C) the whole process group is stopped first, so no caller
+        leaves a half-started TorchServe behind. Once they are, TorchServe may take traffic: a
+        signal during the warm-up is left to the caller, which drains before stopping it."""
         try:
             ready = wait_ready(self, timeout, progress)
-            if self.frontend_warmup:
-                seconds = warm_frontend(self, self.frontend_warmup)
-                (progress or log.info)(
-                    f"TorchServe's frontend warmed up: {self.frontend_warmup} requests, "
-                    f"{seconds:.1f} s"
-                )
-            return ready
         except BaseException:
             self.stop()
             raise
+        self.models_ready = True
+        if self.frontend_warmup:
+            sent, seconds = warm_frontend(self, self.frontend_warmup)
+            (progress or log.info)(
+                f"TorchServe's frontend warmed up: {sent} requests, {seconds:.1f} s"
+            )
+        return ready
 
     def workers(self, model: str) -> list[dict[str, Any]]:
         """``model``'s workers as the management API lists them (``pid``, ``status``...)."""

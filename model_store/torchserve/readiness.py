@@ -71,18 +71,27 @@ FRONTEND_WARMUP_REQUESTS = 1500
 Zen 4 machines, a request that costs the worker 0.3 ms took 8 ms round trip for the first 100,
 6.4 ms by the 300th and 2.3 ms after 1,500, as the JVM compiled its hot paths
 (``bench/README.md``)."""
+FRONTEND_WARMUP_SECONDS = 15.0
+"""The most the warm-up may take (4-8 s idle): a server restarted behind a gateway takes
+traffic at once, its warm-up requests queue behind real batches, and real traffic warms the
+frontend anyway."""
 
 
-def warm_frontend(server: TorchServe, requests: int = FRONTEND_WARMUP_REQUESTS) -> float:
-    """Send ``requests`` empty inference requests (no input: the worker answers
+def warm_frontend(
+    server: TorchServe,
+    requests: int = FRONTEND_WARMUP_REQUESTS,
+    max_seconds: float = FRONTEND_WARMUP_SECONDS,
+) -> tuple[int, float]:
+    """Send up to ``requests`` empty inference requests (no input: the worker answers
     ``{"results": []}`` at once) through the frontend, spread over the models, on one kept-alive
-    connection; returns the seconds it took."""
+    connection, for at most ``max_seconds``; returns how many were sent and the seconds taken."""
     started = time.perf_counter()
     body = f'--w\r\nContent-Disposition: form-data; name="{TOP_K_FIELD}"\r\n\r\n1\r\n--w--\r\n'
     connection = http.client.HTTPConnection(server.host, server.inference_port, timeout=30)
+    sent = 0
     try:
-        for index in range(requests):
-            model = server.models[index % len(server.models)]
+        while sent < requests and time.perf_counter() - started < max_seconds:
+            model = server.models[sent % len(server.models)]
             headers = {"Content-Type": "multipart/form-data; boundary=w"}
             connection.request(
                 "POST", f"/predictions/{model}", body.encode(), headers | server.headers()
@@ -91,6 +100,7 @@ def warm_frontend(server: TorchServe, requests: int = FRONTEND_WARMUP_REQUESTS) 
             response.read()
             if response.status != 200:
                 raise TorchServeError(f"warming the frontend up: HTTP {response.status}")
+            sent += 1
     finally:
         connection.close()
-    return time.perf_counter() - started
+    return sent, time.perf_counter() - started

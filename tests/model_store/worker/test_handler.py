@@ -213,13 +213,17 @@ def test_the_frontend_warm_up_sends_empty_requests_the_workers_answer(torchserve
     """What the launcher sends once the models are ready (``FRONTEND_WARMUP_REQUESTS``): an
     inference request with no input, answered at once with no result, spread over the models."""
     before = {m: inference_count(torchserve, m) for m in torchserve.models}
-    warm_frontend(torchserve, 2 * len(torchserve.models))
+    sent, _ = warm_frontend(torchserve, 2 * len(torchserve.models))
     after = {m: inference_count(torchserve, m) for m in torchserve.models}
     assert {m: after[m] - before[m] for m in torchserve.models} == dict.fromkeys(
         torchserve.models, 2
     )
+    assert sent == 2 * len(torchserve.models)
     empty = predict(torchserve, "eca_resnet50", files={"top_k": (None, "1")})
     assert empty.status_code == 200 and empty.json()["results"] == []
+    # bounded in time: a restarted server takes traffic at once, its warm-up queues behind it
+    sent, _ = warm_frontend(torchserve, 10**9, max_seconds=0.5)
+    assert 0 < sent < 10**9
 
 
 def test_two_models_workers_take_turns_on_the_cpus(torchserve, held_out):
