@@ -4,14 +4,18 @@ soak mixes bursts of them into honest traffic to show they cost nobody else an a
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
 import os
+import re
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 from PIL import Image
 
 from model_store.demo.synthetic import encode, make_images
@@ -55,6 +59,31 @@ def gif() -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="GIF")
     return buffer.getvalue()
+
+
+def scan_bomb(side: int = 6000, repeats: int = 20_000) -> bytes:
+    """A progressive JPEG whose smallest scan is repeated ``repeats`` times before its end: each
+    scan costs libjpeg a pass over all ``side`` x ``side`` pixels (6000 and 20,000: 1.3-2.5 MB
+    that Pillow decodes for minutes)."""
+    image = Image.fromarray(
+        np.random.default_rng(0).integers(0, 256, (side // 50, side // 50, 3), dtype=np.uint8)
+    ).resize((side, side))
+    data = encode(image, "JPEG", progressive=True, quality=80)
+    starts = [found.start() for found in re.finditer(b"\xff\xda", data)]
+    end = len(data) - 2  # its EOI
+    scans = [data[a:b] for a, b in zip(starts, [*starts[1:], end], strict=True)]
+    return data[:end] + min(scans, key=len) * repeats + data[end:]
+
+
+def png_text_bomb(chunks: int = 63) -> bytes:
+    """A small PNG carrying ``chunks`` zTXt chunks of 1 KB, each inflating to 1 MiB when the
+    file is opened (66 KB: 64 MB and 0.2 s per image, before a pixel is decoded)."""
+    text = b"Comment\x00\x00" + zlib.compress(bytes(2**20), 9)
+    chunk = len(text).to_bytes(4, "big") + b"zTXt" + text
+    chunk += zlib.crc32(chunk[4:]).to_bytes(4, "big")
+    data = encode(Image.new("RGB", (64, 64)), "PNG")
+    header_end = 8 + 25  # signature, IHDR
+    return data[:header_end] + chunk * chunks + data[header_end:]
 
 
 @cache

@@ -9,10 +9,11 @@ there) and a message written for the client: never an exception's repr or an obj
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from .errors import IMAGE_TOO_LARGE, UNDECODABLE_IMAGE, UNSUPPORTED_IMAGE_TYPE
 
@@ -38,10 +39,27 @@ MULTI_PICTURE_JPEG = "MPO"
 """Pillow's name for a JPEG carrying more pictures after the first (MPF: Ultra HDR gain maps of
 current phones, stereo cameras): its first picture is the primary one, and the one served."""
 MAX_JPEG_SEGMENTS = 512
-"""Marker segments before a JPEG's first scan: a photo has tens (APPn, ICC chunks, tables); a file
-of millions of empty ones would keep the walk busy for seconds."""
+"""Marker segments of a JPEG's first picture: a photo has tens (APPn, ICC chunks, tables, and a
+progressive one two per scan); a file of millions of empty ones would keep the walk busy for
+seconds."""
+MAX_JPEG_SCANS = 100
+"""Scans of a JPEG. libjpeg decodes every scan of a progressive JPEG over the whole picture, so
+decoding costs scans x pixels: a 1.3 MB 36-megapixel file whose last scan is repeated 20,000
+times decodes for minutes. Encoders write 1 (baseline), 3 (one per component) or about 10
+(progressive); libjpeg-turbo's own tools refuse past a limit of this kind for this attack."""
 MAX_PNG_CHUNKS = 8192
 """A PNG's chunks: a 10 MiB image written in 8 KiB IDAT chunks (libpng's size) has about 1,300."""
+MAX_PNG_METADATA_CHUNKS = {b"tEXt": 16, b"zTXt": 16, b"iTXt": 16, b"iCCP": 1}
+"""Metadata chunks of a PNG, per kind. Pillow inflates the compressed ones while opening the
+file, up to 1 MiB each (a 66 KB file of 63 of them cost 0.21 s and 64 MB to open): editors write
+a few texts (XMP, comments, software), and the PNG spec allows one ICC profile."""
+MAX_PNG_TEXT_BYTES = 4 * 2**20
+"""What a PNG's text may inflate to in all (Pillow's ``MAX_TEXT_MEMORY``, 64 MiB by default):
+set for both tiers, which both import this module before opening any image."""
+PngImagePlugin.MAX_TEXT_MEMORY = MAX_PNG_TEXT_BYTES
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+"""The next marker after entropy-coded data: 0xFF there is always stuffed (FF 00) or a restart
+marker (FF D0-D7), and fill bytes (FF FF) may precede a marker."""
 _ISO_BMFF_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"avif": "AVIF"}
 
 
@@ -129,56 +147,76 @@ class TooManyParts(Exception):
     """A structure walk met more segments or chunks than any real image has."""
 
 
+class TooManyScans(Exception):
+    """A JPEG with more scans than ``MAX_JPEG_SCANS``: each costs a pass over every pixel."""
+
+
 def check_complete(image_format: str, data: bytes) -> None:
     """Refuse files cut short, from their structure, without decoding. Bytes after the end of
     the image (a phone's "motion photo" video after a JPEG's EOI, data after a PNG's IEND) are
     allowed: the image itself is whole. The walk is bounded (``MAX_JPEG_SEGMENTS``,
-    ``MAX_PNG_CHUNKS``)."""
+    ``MAX_PNG_CHUNKS``), and so is the decoding work it lets through (``MAX_JPEG_SCANS``,
+    ``MAX_PNG_METADATA_CHUNKS``)."""
     try:
         complete = _COMPLETE[image_format](data)
     except TooManyParts as exc:
         raise ImageError(UNDECODABLE_IMAGE, f"not a served {image_format}: {exc}") from None
+    except TooManyScans as exc:
+        raise ImageError(
+            IMAGE_TOO_LARGE, f"{exc}: decoding costs a pass over the picture per scan"
+        ) from None
     if not complete:
         raise ImageError(UNDECODABLE_IMAGE, f"truncated {image_format} file ({len(data):,} bytes)")
 
 
 def _jpeg_complete(data: bytes) -> bool:
-    """Walk the marker segments to the first scan, then look for EOI: inside entropy-coded data
-    0xFF is always stuffed, so FF D9 there is the real end (an EXIF thumbnail's EOI sits inside a
-    segment we skipped)."""
-    position, segments = 2, 0
-    while position + 4 <= len(data):
+    """Walk the marker segments to EOI, counting scans. Inside entropy-coded data 0xFF is always
+    stuffed, so the next marker found there is real (an EXIF thumbnail's EOI sits inside a
+    segment that is skipped whole)."""
+    position, segments, scans = 2, 0, 0
+    while position + 2 <= len(data):
         if data[position] != 0xFF:
             return False
-        segments += 1
-        if segments > MAX_JPEG_SEGMENTS:
-            raise TooManyParts(f"more than {MAX_JPEG_SEGMENTS} segments before its first scan")
         marker = data[position + 1]
         if marker == 0xFF:  # fill byte
             position += 1
             continue
         if marker == 0xD9:
             return True
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise TooManyParts(f"more than {MAX_JPEG_SEGMENTS} marker segments")
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
             position += 2
             continue
         length = int.from_bytes(data[position + 2 : position + 4], "big")
-        if marker == 0xDA:
-            return data.find(b"\xff\xd9", position + 2 + length) != -1
         position += 2 + length
+        if marker == 0xDA:
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                raise TooManyScans(f"a JPEG of more than {MAX_JPEG_SCANS} scans is not served")
+            if (found := _JPEG_MARKER.search(data, position)) is None:
+                return False
+            position = found.start()
     return False
 
 
 def _png_complete(data: bytes) -> bool:
     """Walk the chunks (length, type, data, CRC) until IEND."""
     position, chunks = 8, 0
+    metadata = dict.fromkeys(MAX_PNG_METADATA_CHUNKS, 0)
     while position + 12 <= len(data):
         chunks += 1
         if chunks > MAX_PNG_CHUNKS:
             raise TooManyParts(f"more than {MAX_PNG_CHUNKS} chunks")
         length = int.from_bytes(data[position : position + 4], "big")
-        if data[position + 4 : position + 8] == b"IEND":
+        kind = data[position + 4 : position + 8]
+        if kind == b"IEND":
             return True
+        if kind in metadata:
+            metadata[kind] += 1
+            if metadata[kind] > (limit := MAX_PNG_METADATA_CHUNKS[kind]):
+                raise TooManyParts(f"more than {limit} {kind.decode()} chunk(s)")
         position += 12 + length
     return False
 

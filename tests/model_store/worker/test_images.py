@@ -17,9 +17,12 @@ import torch
 from PIL import Image, ImageOps
 
 import model_store.worker.classifier as classifier_module
+from bench.hostile import png_text_bomb, scan_bomb
 from contract.images import (
+    MAX_JPEG_SCANS,
     MAX_JPEG_SEGMENTS,
     MAX_PNG_CHUNKS,
+    MAX_PNG_METADATA_CHUNKS,
     ImageError,
     ImageLimits,
     check_complete,
@@ -261,6 +264,53 @@ def test_the_structure_walk_is_bounded(fmt, padded, limit):
     with pytest.raises(ImageError) as refused:
         validate(padded(clean, 100 * limit), LIMITS)
     assert refused.value.code == "undecodable_image" and f"more than {limit}" in str(refused.value)
+
+
+def test_a_progressive_jpeg_of_too_many_scans_is_refused_and_fails_alone(classifier):
+    """Every scan costs libjpeg a pass over the whole picture: a 36 MP file of 20,000 repeated
+    scans decoded for minutes and held its batch past the worker's timeout. The walk counts
+    scans to EOI; an ordinary progressive photo (10 scans) and one of 90 are served."""
+    progressive = scan_bomb(side=480, repeats=0)
+    many = scan_bomb(side=480, repeats=MAX_JPEG_SCANS - 10)
+    bomb = scan_bomb(side=480, repeats=MAX_JPEG_SCANS)
+    for served in (progressive, many):
+        validate(served, LIMITS)
+    with pytest.raises(ImageError) as refused:
+        validate(bomb, LIMITS)
+    assert refused.value.code == "image_too_large"
+    assert f"more than {MAX_JPEG_SCANS} scans" in str(refused.value)
+    good, refused_bomb, served_many = classifier.classify([progressive, bomb, many])
+    assert "predictions" in good and "predictions" in served_many
+    assert refused_bomb["error"]["code"] == "image_too_large"
+
+
+def with_icc_profiles(count: int) -> bytes:
+    """A PNG with ``count`` iCCP chunks (the spec allows one)."""
+    data = encode(Image.new("RGB", (32, 32)), "PNG", icc_profile=bytes(4096))
+    start = data.index(b"iCCP") - 4
+    end = start + 12 + int.from_bytes(data[start : start + 4], "big")
+    return data[:end] + data[start:end] * (count - 1) + data[end:]
+
+
+def test_png_metadata_that_inflates_is_bounded_in_both_tiers(classifier):
+    """zTXt, iTXt and iCCP chunks are inflated by ``Image.open`` (1 MiB each, 64 MiB in all by
+    Pillow's defaults): 63 chunks of 1 KB cost 64 MB and 0.2 s per image, checked once by the
+    gateway and again by the worker. Past a few per kind the walk refuses; what the chunks
+    allowed may inflate to is bounded (``MAX_PNG_TEXT_BYTES``) wherever ``contract.images`` is
+    imported."""
+    limit = MAX_PNG_METADATA_CHUNKS[b"zTXt"]
+    validate(png_text_bomb(chunks=3), LIMITS)
+    validate(with_icc_profiles(1), LIMITS)
+    for bomb, reason in [
+        (png_text_bomb(chunks=63), f"more than {limit} zTXt"),
+        (with_icc_profiles(2), "more than 1 iCCP"),
+        (png_text_bomb(chunks=limit), "not a valid PNG file"),  # 16 MiB of text, 4 allowed
+    ]:
+        with pytest.raises(ImageError) as refused:
+            validate(bomb, LIMITS)
+        assert refused.value.code == "undecodable_image" and reason in str(refused.value)
+    served, refused_bomb = classifier.classify([png_text_bomb(chunks=3), png_text_bomb()])
+    assert "predictions" in served and refused_bomb["error"]["code"] == "undecodable_image"
 
 
 def animated(fmt: str) -> bytes:
