@@ -20,6 +20,9 @@ from PIL import Image
 
 from model_store.demo.synthetic import encode, make_images
 
+V1_CLASSIFY = "/v1/models/{model}/classify"
+V2_INFER = "/v2/models/{model}/infer"
+
 
 @dataclass(frozen=True)
 class Trickle:
@@ -38,6 +41,8 @@ class Hostile:
     expected_status: int
     body: Callable[[], bytes]
     trickle: Trickle | None = None
+    headers: tuple[tuple[str, str], ...] = (("Content-Type", "image/jpeg"),)
+    route: str = V1_CLASSIFY
 
 
 @cache
@@ -61,6 +66,7 @@ def gif() -> bytes:
     return buffer.getvalue()
 
 
+@cache
 def scan_bomb(side: int = 6000, repeats: int = 20_000) -> bytes:
     """A progressive JPEG whose smallest scan is repeated ``repeats`` times before its end: each
     scan costs libjpeg a pass over all ``side`` x ``side`` pixels (6000 and 20,000: 1.3-2.5 MB
@@ -75,6 +81,7 @@ def scan_bomb(side: int = 6000, repeats: int = 20_000) -> bytes:
     return data[:end] + min(scans, key=len) * repeats + data[end:]
 
 
+@cache
 def png_text_bomb(chunks: int = 63) -> bytes:
     """A small PNG carrying ``chunks`` zTXt chunks of 1 KB, each inflating to 1 MiB when the
     file is opened (66 KB: 64 MB and 0.2 s per image, before a pixel is decoded)."""
@@ -84,6 +91,30 @@ def png_text_bomb(chunks: int = 63) -> bytes:
     data = encode(Image.new("RGB", (64, 64)), "PNG")
     header_end = 8 + 25  # signature, IHDR
     return data[:header_end] + chunk * chunks + data[header_end:]
+
+
+LOOK_ALIKE_BOUNDARY = "a"
+
+
+@cache
+def delimiter_look_alikes() -> bytes:
+    """10 MiB of one image part made of lines that begin like its delimiter (the part's
+    boundary ``a``, sent as ``boundary=a; x=1``): python-multipart stepped through them for
+    seconds while holding the GIL."""
+    return (
+        b'--a\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n\r\n'
+        + b"\r\n--a\r" * (10 * 2**20 // 6 - 100)
+        + b"\r\n--a--\r\n"
+    )
+
+
+@cache
+def json_bomb() -> bytes:
+    """25 KB of gzip that inflates to 10 MiB of ``outputs`` entries: parsed, ~430 MB of
+    objects."""
+    entries = b",".join([b'{"name":"a"}'] * (10 * 2**20 // 13 - 8))
+    request = b'{"inputs":[{"name":"images","shape":[1],"datatype":"BYTES","data":[""]}],'
+    return gzip.compress(request + b'"outputs":[' + entries + b"]}")
 
 
 @cache
@@ -99,18 +130,33 @@ HOSTILE = (
     Hostile("oversized_body", 413, oversized_body, Trickle(64 * 1024, 0.0)),
     # 512 bytes/s: never arrives within the gateway's upload time, nor at its minimum rate
     Hostile("slow_upload", 408, lambda: bytes(64 * 1024), Trickle(256, 0.5)),
+    Hostile("scan_bomb", 413, scan_bomb),
+    Hostile("png_text_bomb", 400, png_text_bomb, headers=(("Content-Type", "image/png"),)),
+    Hostile(
+        "delimiter_look_alikes",
+        400,
+        delimiter_look_alikes,
+        headers=(("Content-Type", f"multipart/form-data; boundary={LOOK_ALIKE_BOUNDARY}; x=1"),),
+    ),
+    Hostile(
+        "json_bomb",
+        413,
+        json_bomb,
+        headers=(("Content-Type", "application/json"), ("Content-Encoding", "gzip")),
+        route=V2_INFER,
+    ),
 )
 HOSTILE_KINDS = {h.kind: h for h in HOSTILE}
 
 
 async def send_hostile(client: httpx.AsyncClient, url: str, model: str, hostile: Hostile) -> int:
     """The status the gateway answered ``hostile`` with; 0 when none came back."""
-    path = f"/v1/models/{model}/classify"
+    path = hostile.route.format(model=model)
     if hostile.trickle is not None:
         return await raw_upload(url, path, hostile.body(), hostile.trickle, timeout_s=120)
     try:
         response = await client.post(
-            f"{url}{path}", content=hostile.body(), headers={"Content-Type": "image/jpeg"}
+            f"{url}{path}", content=hostile.body(), headers=dict(hostile.headers)
         )
     except httpx.HTTPError:
         return 0

@@ -20,6 +20,21 @@ from model_store.zoo.registry import DEFAULT_MODELS, MODELS
 
 from .batcher import Policy
 
+CGROUP_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")
+UPLOAD_COPIES = 3
+"""Copies of a body the gateway may hold at once: its chunks and their join while reading, then
+the images sliced from it while they are validated (afterwards only the images are kept)."""
+
+
+def cgroup_memory_limit() -> int | None:
+    """This container's memory limit (cgroup v2: a pod's ``limits.memory``, compose's
+    ``mem_limit``); None when it has none."""
+    try:
+        value = CGROUP_MEMORY_MAX.read_text().strip()
+    except OSError:
+        return None
+    return int(value) if value.isdigit() else None
+
 
 def split_urls(urls: str) -> list[str]:
     """A comma-separated list of URLs, each without its trailing slash."""
@@ -76,6 +91,12 @@ class GatewaySettings(BaseSettings):
     max_images_per_request: int = Field(16, ge=1)
     # uploads being read at once (each holds up to max_upload_bytes); more get 503 at once
     max_concurrent_uploads: int = Field(64, ge=1)
+    # the gateway's memory (unset: its cgroup's limit, memory.max, if any): uploads may reserve
+    # upload_memory_share of it, at 3 bytes per byte of body (service/deps.py: UploadSlots)
+    memory_limit_bytes: int | None = Field(None, ge=64 * 2**20)
+    upload_memory_share: float = Field(0.5, gt=0, le=0.9)
+    # bodies parsed at once (a /v2 JSON body's numbers may take 8 times its bytes as objects)
+    max_concurrent_decodes: int = Field(2, ge=1, le=64)
     # a request body must arrive within this, and after its first second at least this fast
     # (bytes/s on average): a stalled or trickling upload cannot hold a slot (408)
     upload_timeout_s: float = Field(30.0, gt=0)
@@ -128,6 +149,14 @@ class GatewaySettings(BaseSettings):
         if bad := {m: ms for m, ms in value.items() if m not in MODELS or ms <= 0}:
             raise ValueError(f"deadlines need a known model and a positive time, got {bad}")
         return value
+
+    def upload_memory_bytes(self) -> int | None:
+        """What upload bodies may reserve in all (never less than one largest upload); None
+        without a memory limit."""
+        limit = self.memory_limit_bytes or cgroup_memory_limit()
+        if limit is None:
+            return None
+        return max(int(limit * self.upload_memory_share), UPLOAD_COPIES * self.max_upload_bytes)
 
     @property
     def limits(self) -> ImageLimits:

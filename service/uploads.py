@@ -125,10 +125,14 @@ def _too_slow(settings: GatewaySettings, rate: bool) -> ApiError:
 
 
 async def read_images(
-    request: Request, settings: GatewaySettings, slow_down: Callable[[], bool]
+    request: Request,
+    settings: GatewaySettings,
+    slow_down: Callable[[], bool],
+    decoding: asyncio.Semaphore,
 ) -> list[Upload]:
     """The uploaded images, in order: multipart ``file`` fields, or one raw image body, parsed
-    and validated off the event loop (a structure walk may take milliseconds)."""
+    and validated off the event loop (a structure walk may take milliseconds), ``decoding``
+    bounding the bodies parsed at once."""
     content_type = request.headers.get("content-type", "")
     kind = content_type.split(";")[0].strip().lower()
     if kind not in IMAGE_CONTENT_TYPES and kind != MULTIPART:
@@ -141,7 +145,8 @@ async def read_images(
     with timing.part(request, "read"):
         body = await read_body(request, settings, slow_down)
     with timing.part(request, "validate"):
-        return await asyncio.to_thread(uploads_in, body, content_type, settings)
+        async with decoding:
+            return await asyncio.to_thread(uploads_in, body, content_type, settings)
 
 
 def uploads_in(body: bytes, content_type: str, settings: GatewaySettings) -> list[Upload]:

@@ -68,7 +68,7 @@ async def classify(
     ] = DEFAULT_TOP_K,
     x_request_timeout_ms: RequestTimeoutMs = None,
 ) -> ClassifyResponse:
-    uploads = await read_images(request, gateway.settings, slot.slow_down)
+    uploads = await read_images(request, gateway.settings, slot.slow_down, slot.slots.decoding)
     results, timing = await infer(
         request,
         gateway,

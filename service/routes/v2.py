@@ -240,7 +240,8 @@ async def read_inference_request(
         )
 
     with timing.part(request, "validate"):
-        return await asyncio.to_thread(decode)
+        async with slot.slots.decoding:
+            return await asyncio.to_thread(decode)
 
 
 router.include_router(model_router, prefix=MODEL)

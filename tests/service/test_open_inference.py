@@ -24,10 +24,13 @@ from kserve.protocol.infer_type import RequestedOutput
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from bench.hostile import json_bomb
 from model_store.demo.synthetic import encode, make_images
 from service.app import create_app
 from service.backends.base import check_results
-from service.settings import GatewaySettings
+from service.errors import ApiError
+from service.open_inference.body import check_json_shape
+from service.settings import UPLOAD_COPIES, GatewaySettings
 
 from ..servers import GatewayThread
 from .fakes import FAKE_INPUT_SIZE, FakeBackend
@@ -423,7 +426,12 @@ IMAGES_BINARY = request_json(
             413,
             "17 images in one request, limit 16",
         ),
-        (gzip.compress(b"x" * 20_000_000), {"Content-Encoding": "gzip"}, 413, "inflated body"),
+        (
+            gzip.compress(np.random.default_rng(0).integers(0, 4, 12 * 2**20, np.uint8), 1),
+            {"Content-Encoding": "gzip"},
+            413,
+            "inflated body",
+        ),
         (b"{}", {"Content-Encoding": "br"}, 415, "Content-Encoding 'br'"),
         (b"not gzip", {"Content-Encoding": "gzip"}, 400, "not valid gzip data"),
     ],
@@ -433,6 +441,64 @@ def test_malformed_requests_are_4xx_saying_why(app_client, content, headers, sta
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"error"} and message in body["error"], body
+
+
+def entries(entry: bytes, size: int) -> bytes:
+    return b",".join([entry] * (size // (len(entry) + 1)))
+
+
+GOOD_BASE64 = base64.b64encode(GOOD_IMAGE).decode()
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "message"),
+    [
+        (json_bomb(), {"Content-Encoding": "gzip"}, "inflates more than 100 times"),
+        (
+            b'{"inputs":[{"name":"images","shape":[1],"datatype":"BYTES","data":[""]}],'
+            b'"outputs":[' + entries(b'{"name":"a"}', 2**19) + b"]}",
+            {},
+            "members, limit 1,024",
+        ),
+        (
+            b'{"parameters":{"x":[' + entries(b"[]", 2**20) + b']},"inputs":[]}',
+            {},
+            "objects and arrays, limit 65,536",
+        ),
+        (
+            b'{"inputs":[{"name":"images","shape":[1],"datatype":"BYTES","data":['
+            + entries(b'"a"', 2**20)
+            + b"]}]}",
+            {},
+            "strings, limit 2,048",
+        ),
+        (
+            *binary_body(IMAGES_BINARY | {"id": "x" * 70_000}, with_length_prefixes(GOOD_IMAGE)),
+            "JSON object before binary data is 70,",
+        ),
+    ],
+    ids=["gzip-outputs", "outputs", "arrays", "strings", "binary-header"],
+)
+def test_bodies_that_grow_in_memory_are_refused_before_parsing(
+    app_client, content, headers, message
+):
+    """Parsing builds every object before anything is checked: 25 KB of gzip became 10 MiB of
+    ``outputs`` and ~430 MB of objects (three such requests passed the pod's 1 GiB). What a
+    request needs is counted from its bytes first, within the body limit and an inflate ratio."""
+    response = app_client.post("/v2/models/se_resnet50/infer", content=content, headers=headers)
+    assert response.status_code == 413, response.text
+    assert message in response.json()["error"]
+
+
+def test_strings_holding_json_syntax_are_not_counted_as_json():
+    """The counts are made in the bytes, strings and all; past a bound, strings are taken out
+    and counted again: an id of 100,000 braces and colons is an ordinary request."""
+    request = request_json("images", [1], "BYTES", data=[GOOD_BASE64])
+    check_json_shape(json.dumps(request | {"id": "{[:" * 100_000}).encode())
+    with pytest.raises(ApiError, match="members"):
+        check_json_shape(
+            json.dumps(request | {"parameters": {f"p{i}": 1 for i in range(2000)}}).encode()
+        )
 
 
 @pytest.mark.parametrize(
@@ -600,3 +666,56 @@ def test_a_request_waiting_for_its_batch_holds_its_inputs_once():
     held = asyncio.run(scenario())
     print(f"{held / 2**20:.1f} MiB held for {requests} requests of {len(body) / 2**20:.1f} MiB")
     assert held < 1.25 * requests * image_bytes
+
+
+def test_the_bytes_admitted_at_once_follow_the_memory_limit():
+    """Every slot held at the largest body: with a 200 MiB limit, uploads reserve half of it at
+    three bytes per byte of body, so three 9 MiB requests are held and the rest are 503
+    ``too_many_uploads`` at once; what the gateway allocated at its peak stays within the
+    reservation (64 slots of 10 MiB were ~1.9 GiB against a 1 GiB pod)."""
+    limit, requests, body_bytes = 200 * 2**20, 12, 9 * 2**20
+    image = encode(Image.new("RGB", (32, 32), (200, 0, 0)), "PNG")
+    padded = image + bytes(body_bytes - 4096)
+    header = request_json("images", [1], "BYTES", parameters={"binary_data_size": 4 + len(padded)})
+    body, headers = binary_body(header, with_length_prefixes(padded))
+    backend = HeldBackend(["se_resnet50"])
+    settings = GatewaySettings(
+        models=["se_resnet50"],
+        max_batch_size=1,
+        max_concurrent_batches=requests,
+        memory_limit_bytes=limit,
+    )
+    app = create_app(settings, backend)
+    budget = settings.upload_memory_bytes()
+    admitted = budget // (UPLOAD_COPIES * len(body))
+
+    async def scenario() -> tuple[list[int], int]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+                tracemalloc.start()
+                sent = [
+                    asyncio.create_task(
+                        http.post("/v2/models/se_resnet50/infer", content=body, headers=headers)
+                    )
+                    for _ in range(requests)
+                ]
+                async with asyncio.timeout(60):
+                    while (
+                        backend.held < admitted or sum(t.done() for t in sent) < requests - admitted
+                    ):
+                        await asyncio.sleep(0.05)
+                await asyncio.sleep(0.2)
+                peak = tracemalloc.get_traced_memory()[1]
+                tracemalloc.stop()
+                backend.release.set()
+                return [r.status_code for r in await asyncio.gather(*sent)], peak
+
+    statuses, peak = asyncio.run(scenario())
+    print(
+        f"peak {peak / 2**20:.1f} MiB for {admitted} held of {len(body) / 2**20:.1f} MiB; "
+        f"reservation {budget / 2**20:.0f} MiB"
+    )
+    assert admitted == 3 and backend.held == admitted
+    assert sorted(statuses) == [200] * admitted + [503] * (requests - admitted)
+    assert peak <= budget
