@@ -17,11 +17,14 @@ can answer in time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import itertools
+import logging
 import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -31,6 +34,7 @@ from ..settings import split_urls
 from .base import WorkerFacts
 from .circuit import CircuitBreaker
 
+log = logging.getLogger(__name__)
 UNCHECKED = "not checked yet"
 LEARNING_RATE = 0.3
 """Weight of a batch's time per image in an endpoint's running average: a few batches follow a
@@ -48,10 +52,23 @@ Resolver = Callable[[str], Awaitable[list[str]]]
 """A host name -> its addresses (IPv4 or IPv6 text)."""
 
 
+DNS_TIMEOUT_S = 2.0
+"""A lookup that takes longer fails (the endpoints known are kept until the next one)."""
+_DNS_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dns")
+"""Lookups block a thread: their own, not the pool that validates uploads."""
+MAX_ENDPOINTS = 64
+"""Addresses taken from one answer (each is asked for its state every round, with the key)."""
+
+
 async def resolve(host: str) -> list[str]:
-    """Every address ``host`` has (A and AAAA), each once, in a stable order."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    return sorted({str(info[4][0]) for info in infos})
+    """Every address ``host`` has (A and AAAA), each once, in a stable order, within
+    ``DNS_TIMEOUT_S``. Link-local addresses with a scope (``fe80::1%eth0``) are left out: no
+    worker Service hands them out, and they do not fit in a URL as given."""
+    lookup = asyncio.get_running_loop().run_in_executor(
+        _DNS_THREADS, functools.partial(socket.getaddrinfo, host, None, type=socket.SOCK_STREAM)
+    )
+    infos = await asyncio.wait_for(lookup, DNS_TIMEOUT_S)
+    return sorted({str(info[4][0]) for info in infos if "%" not in str(info[4][0])})
 
 
 @dataclass(frozen=True)
@@ -189,7 +206,10 @@ class EndpointSet:
     def update(self, addresses: list[Address]) -> None:
         """Endpoints for new addresses are added (unchecked until their readiness is asked);
         those whose address is gone are dropped (a batch in flight on one still ends as its
-        TorchServe answers)."""
+        TorchServe answers). At most ``MAX_ENDPOINTS`` are kept."""
+        if len(addresses) > MAX_ENDPOINTS:
+            log.warning("%d TorchServe addresses; using %d", len(addresses), MAX_ENDPOINTS)
+            addresses = addresses[:MAX_ENDPOINTS]
         for address in addresses:
             if address not in self._endpoints:
                 self._endpoints[address] = Endpoint(address, self.models, self.breakers)
@@ -202,10 +222,13 @@ class EndpointSet:
     def candidates(self, model: str, images: int = 1) -> list[Endpoint]:
         """The ready endpoints, least outstanding work for a batch of ``images`` first (those
         within ``AS_GOOD`` of the least in turn; one not measured yet counts as the average of
-        those measured); all of them while none is known ready, so a worker that is not yet or
-        no longer checked is still tried, and its breaker judges it."""
+        those measured). While none is ready, those not checked yet (before the first round:
+        its breaker judges it), never one a check found not serving the model: an address
+        that answers DNS but is no worker of ours gets no user image."""
         endpoints = list(self)
-        ready = [endpoint for endpoint in endpoints if endpoint.ready(model)] or endpoints
+        ready = [e for e in endpoints if e.ready(model)] or [
+            e for e in endpoints if e.states[model] == UNCHECKED
+        ]
         if not ready:
             return []
         start = next(self._turn) % len(ready)

@@ -118,8 +118,10 @@ class TorchServeBackend:
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
         )
-        self._checking = asyncio.Lock()
-        self._checked_at: float | None = None
+        self._round: asyncio.Future[None] | None = None
+        self.rounds = 0
+        """Rounds of checks made (each finds the endpoints and asks every one)."""
+        self._checked = False
         self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -350,20 +352,24 @@ class TorchServeBackend:
 
     async def readiness(self) -> dict[str, str]:
         """Per model: ready when at least one endpoint has it ready (``protocol.model_ready``),
-        else the first endpoint's reason. The endpoints are found again and every model of
-        each asked at once, each within ``readiness_timeout_s``; cached for one second."""
-        if self._checked_at is None or time.monotonic() - self._checked_at >= 1.0:
+        else the first endpoint's reason, as of the last round of checks. Rounds run every
+        ``refresh_s`` in the background (``start``): a probe reads their result and never
+        waits on a worker (one hung worker made rounds outlast the probe's timeout, and every
+        gateway replica went NotReady at once)."""
+        if not self._checked:
             await self._check_all()
         return {model: self._state(model) for model in self.models}
 
     async def _check_all(self) -> None:
-        """Finds the endpoints again and asks each for every model's state (one check at a
-        time: probes and the refresh share it)."""
-        async with self._checking:
-            await self._find_and_check()
-            self._checked_at = time.monotonic()
+        """Finds the endpoints again and asks each for every model's state: one round at a
+        time, which every caller arriving meanwhile waits for instead of starting another
+        (a caller that gives up does not cancel it)."""
+        if self._round is None or self._round.done():
+            self._round = asyncio.ensure_future(self._find_and_check())
+        await asyncio.shield(self._round)
 
     async def _find_and_check(self) -> None:
+        self.rounds += 1
         try:
             self.found.update(await self.discovery.addresses())
         except OSError as exc:  # a DNS answer missed: keep serving the endpoints known
@@ -373,6 +379,7 @@ class TorchServeBackend:
         await asyncio.gather(
             *(self._check(endpoint, model) for endpoint in self.found for model in self.models)
         )
+        self._checked = True
 
     def _state(self, model: str) -> str:
         endpoints = list(self.found)

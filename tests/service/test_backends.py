@@ -213,12 +213,19 @@ def test_read_timeout_is_timeout():
 
 
 def test_malformed_worker_answer_is_a_json_502_at_the_gateway():
-    backend = backend_answering(lambda _: httpx.Response(200, text="Internal <b>error</b>"))
+    describe, _ = describing()
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/models/"):  # readiness: eca has a ready worker
+            return await describe(request)
+        return httpx.Response(200, text="Internal <b>error</b>")
+
+    backend = backend_answering(answer)
     settings = GatewaySettings(models=MODELS, max_batch_delay_ms=1)
 
     with TestClient(create_app(settings, backend)) as client:
         response = client.post(
-            "/v1/models/se_resnet50/classify",
+            "/v1/models/eca_resnet50/classify",
             content=encode(Image.new("RGB", (32, 32)), "PNG"),
             headers={"Content-Type": "image/png"},
         )
@@ -267,13 +274,50 @@ def test_readiness_asks_every_model_at_once_within_its_timeout():
     assert states == {"se_resnet50": "no ready worker (HTTP 200)", "eca_resnet50": "ready"}
 
 
+def test_probes_read_the_last_round_and_rounds_never_pile_up():
+    """A hung worker made every round last its timeouts, and every caller that found the cache
+    stale ran a round of its own after the one before: probes timed out on every replica at
+    once. Now one round runs at a time, callers arriving meanwhile share it, and readiness
+    answers from the last finished round at once."""
+    describe, asked = describing()
+    hung = asyncio.Event()
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if hung.is_set():
+            await asyncio.sleep(60)
+        return await describe(request)
+
+    backend = backend_answering(answer)  # type: ignore[arg-type]
+    backend.readiness_timeout_s = 30
+
+    async def scenario() -> tuple[list[dict[str, str]], int]:
+        first = await backend.readiness()
+        hung.set()
+        await asyncio.sleep(1.1)  # past any cache of the previous round
+        round_ = asyncio.create_task(backend._check_all())  # the refresher's, now hung
+        await asyncio.sleep(0.1)
+        asked_before = len(asked)
+        probes = await asyncio.wait_for(
+            asyncio.gather(*(backend.readiness() for _ in range(20))), timeout=1.0
+        )
+        joined = [asyncio.create_task(backend._check_all()) for _ in range(20)]
+        await asyncio.sleep(0.2)
+        new_requests = len(asked) - asked_before
+        for task in [round_, *joined]:
+            task.cancel()
+        assert all(p == first for p in probes)
+        return probes, new_requests
+
+    _, new_requests = asyncio.run(scenario())
+    assert new_requests == 0  # the 20 joined the hung round: no request of their own
+
+
 @pytest.mark.parametrize("metadata_as_text", [False, True])
 def test_a_ready_worker_is_described_once_and_its_runtime_exported(metadata_as_text):
     answer, asked = describing(metadata_as_text=metadata_as_text)
     backend = backend_answering(answer)  # type: ignore[arg-type]
     for _ in range(2):
-        backend._checked_at = None  # past the one-second cache
-        asyncio.run(backend.readiness())
+        asyncio.run(backend._check_all())  # two rounds (the refresher's)
     assert asked.count("/models/eca_resnet50?customized") == 1  # not on every probe
     assert "/models/se_resnet50?customized" not in asked  # no ready worker, nothing to ask
     assert {m: f.runtime for m, f in backend.worker_facts().items()} == {"eca_resnet50": "aot"}

@@ -5,16 +5,19 @@ transport the tests control (no network). The same against real TorchServes:
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from collections import Counter
 
 import httpx
 import pytest
 from pydantic import ValidationError
 
+import service.backends.endpoints as endpoints_module
 from contract.keys import KeyRing
 from service.backends.base import BackendUnavailable
 from service.backends.circuit import CircuitBreaker
-from service.backends.endpoints import Address, Discovery, EndpointSet
+from service.backends.endpoints import MAX_ENDPOINTS, Address, Discovery, EndpointSet, resolve
 from service.backends.torchserve_client import TorchServeBackend
 from service.metrics import GatewayMetrics
 from service.schemas import READY
@@ -122,7 +125,9 @@ def test_candidates_are_ready_endpoints_least_work_first_and_ties_take_turns():
     found.update([Address(f"http://{h}:8080", f"http://{h}:8081") for h in "abc"])
     a, b, c = found
     assert {found.candidates(MODEL)[0].name for _ in range(6)} == {a.name, b.name, c.name}
-    a.states[MODEL] = b.states[MODEL] = READY  # c not ready: never a candidate now
+    c.states[MODEL] = "worker not ready"  # checked: no image goes to it while others are unchecked
+    assert c not in found.candidates(MODEL)
+    a.states[MODEL] = b.states[MODEL] = READY
     a.sent(MODEL, 2)
     assert [e.name for e in found.candidates(MODEL)] == [b.name, a.name]
     a.ended(MODEL, 2, 0.4, "answered")  # a: 0.2 s per image
@@ -310,3 +315,23 @@ def test_a_key_file_with_several_endpoints_is_refused():
         torchserve_key_file="",
     )
     assert settings.torchserve_key_file is None
+
+
+def test_dns_answers_are_bounded_timed_and_scoped_addresses_left_out(monkeypatch):
+    """A lookup runs on its own threads within ``DNS_TIMEOUT_S`` (it ran on the upload pool
+    with no timeout); a scoped link-local address (it raised outside the handled errors) is
+    left out; at most ``MAX_ENDPOINTS`` addresses become endpoints."""
+    answers = [(socket.AF_INET6, 0, 0, "", ("fe80::1%eth0", 0, 0, 2))] + [
+        (socket.AF_INET, 0, 0, "", (f"10.0.{i // 250}.{i % 250}", 0)) for i in range(100)
+    ]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: answers)
+    addresses = asyncio.run(resolve("workers"))
+    assert len(addresses) == 100 and not any("%" in a for a in addresses)
+    found = EndpointSet([MODEL], lambda: CircuitBreaker(3, 30))
+    found.update([Address(f"http://{a}:8080", f"http://{a}:8081") for a in addresses])
+    assert len(found) == MAX_ENDPOINTS
+
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: time.sleep(1) or answers)
+    monkeypatch.setattr(endpoints_module, "DNS_TIMEOUT_S", 0.1)
+    with pytest.raises(OSError):  # TimeoutError: the endpoints known are kept
+        asyncio.run(resolve("workers"))
