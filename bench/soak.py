@@ -31,6 +31,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -257,16 +258,20 @@ async def sample(
         await asyncio.sleep(args.sample_s)
 
 
-def v1_requests(text: str) -> dict[str, int]:
-    """``gateway_requests_total`` of /v1 by ``model/code``."""
-    pattern = r'^gateway_requests_total\{code="(\d+)",model="([^"]+)",protocol="v1"\} (\S+)$'
-    return {f"{m[2]}/{m[1]}": int(float(m[3])) for m in re.finditer(pattern, text, flags=re.M)}
+def model_requests(text: str) -> dict[str, int]:
+    """``gateway_requests_total`` by ``model/code``, both protocols (a hostile kind goes to
+    ``/v2``) summed."""
+    pattern = r'^gateway_requests_total\{code="(\d+)",model="([^"]+)",protocol="[^"]+"\} (\S+)$'
+    counts: Counter[str] = Counter()
+    for m in re.finditer(pattern, text, flags=re.M):
+        counts[f"{m[2]}/{m[1]}"] += int(float(m[3]))
+    return dict(counts)
 
 
 async def prometheus_total(client: httpx.AsyncClient, prometheus: str) -> float | None:
     response = await client.get(
         f"{prometheus}/api/v1/query",
-        params={"query": 'sum(gateway_requests_total{job="gateway",protocol="v1"})'},
+        params={"query": 'sum(gateway_requests_total{job="gateway"})'},
     )
     result = response.json()["data"]["result"]
     return float(result[0]["value"][1]) if result else None
@@ -282,7 +287,7 @@ async def soak(url: str, server: TorchServe, gateway_pid: int, prometheus: str, 
             capacity = await measure_capacity(client, url, pools, args.capacity_s)
         rate = args.rate or args.load * capacity
         progress(f"soak: {rate:.1f} req/s for {args.duration_s / 60:g} min, faults {args.faults}")
-        baseline = v1_requests((await client.get(f"{url}/metrics")).text)
+        baseline = model_requests((await client.get(f"{url}/metrics")).text)
         run = SoakRun(time.monotonic(), rate, capacity)
         await asyncio.gather(
             generate(client, url, pools, run, args),
@@ -290,7 +295,7 @@ async def soak(url: str, server: TorchServe, gateway_pid: int, prometheus: str, 
             sample(client, url, server, gateway_pid, run, args),
         )
         run.elapsed_s = time.monotonic() - run.t0
-        final = v1_requests((await client.get(f"{url}/metrics")).text)
+        final = model_requests((await client.get(f"{url}/metrics")).text)
         run.gateway_counts = {k: v - baseline.get(k, 0) for k, v in final.items()}
         run.gateway_counts = {k: v for k, v in run.gateway_counts.items() if v}
         await asyncio.sleep(2 * SCRAPE_INTERVAL_S + 1)  # Prometheus's last scrape

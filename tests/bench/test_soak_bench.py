@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from bench.hostile import HOSTILE
 from bench.soak import main
 from bench.soak_report import Fault, Outcome, Sample, SoakRun, account, growth_per_hour
 from bench.soak_report import measure_recovery as recover
@@ -80,7 +81,7 @@ def test_a_short_soak_accounts_for_every_request(tiny_archives, tmp_path):
     assert accounting["generator_dropped"] == 0
     assert accounting["counters_equal"], (accounting["client_counts"], accounting["gateway_counts"])
     assert accounting["prometheus_equal"], accounting["prometheus_total"]
-    assert accounting["hostile"] == accounting["hostile_as_expected"] == 5
+    assert accounting["hostile"] == accounting["hostile_as_expected"] == len(HOSTILE)
     kinds = [fault["kind"] for fault in record["faults"]]
     assert kinds[:3] == ["worker_kill", "frontend_kill", "hostile_burst"]
     assert all(f["recovered_s"] is not None for f in record["faults"] if f["models"])

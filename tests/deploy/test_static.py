@@ -164,8 +164,13 @@ def test_autoscaling_disruption_budgets_and_network_policy(manifests):
     policy = by_kind(manifests, "NetworkPolicy", "worker-ingress")["spec"]
     allowed = policy["ingress"][0]
     assert allowed["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "gateway"}
+    egress = by_kind(manifests, "NetworkPolicy", "gateway-egress")["spec"]["egress"]
+    assert egress[0]["to"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "worker"}
+    assert {p["port"] for rule in egress for p in rule["ports"]} == {8080, 8081, 53}
     configmap = by_kind(manifests, "ConfigMap", "gateway-settings")["data"]
-    assert configmap["GATEWAY_TORCHSERVE_INFERENCE_URL"] == "http://worker:8080"
+    assert configmap["GATEWAY_TORCHSERVE_INFERENCE_URL"] == (
+        "http://worker.attention-serving.svc.cluster.local.:8080"
+    )
     assert all(
         d["metadata"].get("namespace") == "attention-serving"
         for d in manifests
