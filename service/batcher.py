@@ -21,9 +21,10 @@ Two policies decide how long a batch waits for company:
   nothing from waiting); while one is, wait for more only until the backend is predicted free,
   and never past the moment the batch's most urgent item would miss its deadline. A submission
   whose deadline cannot be met given the work queued ahead is refused at once with
-  ``DeadlineUnmeetable``. Predictions come from ``estimate(n)``, the run time a batch of ``n``
-  most likely stays under (``None``: not known yet, so nothing is refused and the wait is
-  ``max_wait_s``).
+  ``DeadlineUnmeetable``. Predictions come from ``estimate(n, cost)``, the run time a batch of
+  ``n`` items of that total ``cost`` most likely stays under (``None``: not known yet, so
+  nothing is refused and the wait is ``max_wait_s``): the queue ahead is predicted at its own
+  cost, so one caller's costly items weigh on the predictions only while they are queued.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class Batcher(Generic[T, R]):
         max_batch_cost: int | None = None,
         on_dequeue: Callable[[float], None] = lambda _: None,
         policy: Policy = "deadline",
-        estimate: Callable[[int], float | None] = lambda _: None,
+        estimate: Callable[[int, int], float | None] = lambda _n, _cost: None,
         sizes: Callable[[], Sequence[int]] = tuple,
         name: str = "batcher",
     ) -> None:
@@ -134,7 +135,9 @@ class Batcher(Generic[T, R]):
         self._queue: asyncio.Queue[_Pending[T, R]] = asyncio.Queue()
         self._carried: deque[_Pending[T, R]] = deque()  # taken off the queue: the next batch's
         self._worker: asyncio.Task[None] | None = None
-        self._running: dict[asyncio.Task[None], tuple[float, int]] = {}  # -> (started, size)
+        # -> (started, size, cost)
+        self._running: dict[asyncio.Task[None], tuple[float, int, int]] = {}
+        self._waiting_cost = 0  # of the items ``depth`` counts
         self._slot_freed = asyncio.Event()
 
     @property
@@ -180,8 +183,9 @@ class Batcher(Generic[T, R]):
                 f"{self.name}: {self.depth} items queued, {len(items)} more would exceed "
                 f"the limit of {self.max_queue}"
             )
+        cost = sum(self.cost(item) for item in items)
         if self.policy == "deadline" and deadline < math.inf:
-            finish = self.predicted_finish(len(items))
+            finish = self.predicted_finish(len(items), cost)
             if finish is not None and finish > deadline:
                 now = time.perf_counter()
                 raise DeadlineUnmeetable(
@@ -195,6 +199,7 @@ class Batcher(Generic[T, R]):
         pending = [_Pending[T, R](item, loop.create_future(), deadline) for item in items]
         for entry in pending:
             self._queue.put_nowait(entry)
+        self._waiting_cost += cost
         return [entry.future for entry in pending]
 
     async def submit(self, item: T) -> tuple[R, BatchInfo]:
@@ -205,24 +210,27 @@ class Batcher(Generic[T, R]):
     def _busy_until(self) -> list[float] | None:
         """Predicted end of each batch in flight; ``None`` while their cost is not known."""
         ends = []
-        for started, size in self._running.values():
-            if (run := self.estimate(size)) is None:
+        for started, size, cost in self._running.values():
+            if (run := self.estimate(size, cost)) is None:
                 return None
             ends.append(started + run)
         return ends
 
-    def predicted_finish(self, extra: int) -> float | None:
-        """When ``extra`` items queued now would be answered: the queue ahead and then them, in
-        batches of ``max_batch_size``, each started on the first of ``max_concurrent_batches``
-        slots to come free (the batches in flight hold theirs until their predicted end)."""
+    def predicted_finish(self, extra: int, extra_cost: int = 0) -> float | None:
+        """When ``extra`` items of ``extra_cost`` queued now would be answered: the queue ahead
+        and then them, in batches of ``max_batch_size`` sharing the queue's cost evenly, each
+        started on the first of ``max_concurrent_batches`` slots to come free (the batches in
+        flight hold theirs until their predicted end)."""
         ends = self._busy_until()
         if ends is None:
             return None
-        full, rest = divmod(self.depth + extra, self.max_batch_size)
+        items = self.depth + extra
+        per_item = (self._waiting_cost + extra_cost) / items if items else 0.0
+        full, rest = divmod(items, self.max_batch_size)
         sizes = [self.max_batch_size] * full + ([rest] if rest else [])
         runs: dict[int, float] = {}
         for size in set(sizes):  # each size estimated once, however deep the queue
-            if (run := self.estimate(size)) is None:
+            if (run := self.estimate(size, round(per_item * size))) is None:
                 return None
             runs[size] = run
         now = time.perf_counter()
@@ -243,20 +251,24 @@ class Batcher(Generic[T, R]):
             return 0.0  # an idle backend gains nothing from waiting
         if ends := self._busy_until():
             latest = min(latest, min(ends))  # a batch in flight is predicted done
-        if (run := self.estimate(len(batch) + 1)) is not None:
+        cost = sum(self.cost(p.item) for p in batch)
+        if (run := self.estimate(len(batch) + 1, cost + cost // len(batch))) is not None:
             latest = min(latest, min(p.deadline for p in batch) - run)
         return latest
 
     async def _take(self, timeout_s: float | None) -> _Pending[T, R]:
         """The next item (``timeout_s`` 0: only one already waiting); reports its queue wait."""
         if self._carried:
-            return self._carried.popleft()
+            pending = self._carried.popleft()
+            self._waiting_cost -= self.cost(pending.item)
+            return pending
         if timeout_s is None:
             pending = await self._queue.get()
         elif timeout_s <= 0:
             pending = self._queue.get_nowait()
         else:
             pending = await asyncio.wait_for(self._queue.get(), timeout_s)
+        self._waiting_cost -= self.cost(pending.item)
         self.on_dequeue(time.perf_counter() - pending.enqueued)
         return pending
 
@@ -276,13 +288,15 @@ class Batcher(Generic[T, R]):
                 cost += self.cost(pending.item)
                 if self.max_batch_cost is not None and cost > self.max_batch_cost:
                     self._carried.append(pending)  # too costly to join: it opens the next batch
+                    self._waiting_cost += self.cost(pending.item)
                     break
                 batch.append(pending)
             live = self._fit([p for p in batch if not p.future.done()])  # gave up: dropped
             if not live:
                 continue
             task = asyncio.create_task(self._run(live))
-            self._running[task] = (time.perf_counter(), len(live))
+            live_cost = sum(self.cost(p.item) for p in live)
+            self._running[task] = (time.perf_counter(), len(live), live_cost)
             task.add_done_callback(self._batch_done)
 
     def _fit(self, batch: list[_Pending[T, R]]) -> list[_Pending[T, R]]:
@@ -293,6 +307,7 @@ class Batcher(Generic[T, R]):
         if not fitting or (keep := max(fitting)) == len(batch):
             return batch
         self._carried.extendleft(reversed(batch[keep:]))
+        self._waiting_cost += sum(self.cost(p.item) for p in batch[keep:])
         return batch[:keep]
 
     async def _free_slot(self) -> None:

@@ -1,7 +1,15 @@
 """How long a backend batch of n items takes, learnt online from the batches it ran.
 
-Per batch size seen, an exponentially weighted mean and mean absolute deviation (recent batches
-count most: the machine's speed drifts), as TCP estimates round-trip times (Jacobson/Karels).
+A batch's time is two parts: decoding its images, which grows with their pixels (a 40 MP photo
+decodes for a second, a 0.3 MP one in milliseconds), and the rest (the model on n inputs, the
+hops), which grows with n. Keyed by n alone, the model learnt one client's heavy photos and
+refused everyone else's small ones as unmeetable. So where the worker says how long it decoded
+(``WorkerTiming.decode_ms``), decoding is learnt as seconds per pixel and the rest per size;
+a prediction is the rest for n plus the pixels of that batch at the learnt rate.
+
+For the rest, per batch size seen, an exponentially weighted mean and mean absolute deviation
+(recent batches count most: the machine's speed drifts), as TCP estimates round-trip times
+(Jacobson/Karels).
 For sizes not seen yet, a least-squares line ``t = a + b * n`` through the sizes seen; with a
 single size seen, time proportional to n. Nothing seen yet: no prediction, so the batcher admits
 everything until it has learnt.
@@ -32,12 +40,23 @@ class BatchCostModel:
         self.smoothing = smoothing
         self.means: dict[int, float] = {}
         self.deviations: dict[int, float] = {}
+        self.decode_s_per_pixel: float | None = None
         self._suspect: tuple[int, float] | None = None  # an outlier waiting to be confirmed
 
-    def observe(self, size: int, seconds: float) -> None:
-        """Learns a batch's time; a lone ``OUTLIER`` is held back until the next batch says
-        whether the backend really became that slow."""
-        bound = self.bound(size)
+    def observe(
+        self, size: int, seconds: float, pixels: int = 0, decode_s: float | None = None
+    ) -> None:
+        """Learns a batch's time (of ``pixels`` in all, ``decode_s`` of it decoding when the
+        worker said); a lone ``OUTLIER`` is held back until the next batch says whether the
+        backend really became that slow."""
+        if decode_s is not None and pixels > 0:
+            rate = decode_s / pixels
+            known = self.decode_s_per_pixel
+            self.decode_s_per_pixel = (
+                rate if known is None else known + self.smoothing * (rate - known)
+            )
+            seconds = max(seconds - decode_s, 0.0)
+        bound = self._estimate(size, spread=BOUND_SPREAD)
         outlier = bound is not None and seconds > OUTLIER * bound
         suspect, self._suspect = self._suspect, None
         if outlier and suspect is None:
@@ -56,13 +75,20 @@ class BatchCostModel:
         self.deviations[size] = deviation + self.smoothing * (abs(seconds - mean) - deviation)
         self.means[size] = mean + self.smoothing * (seconds - mean)
 
-    def predict(self, size: int) -> float | None:
-        """Expected seconds for a batch of ``size``; ``None`` before any observation."""
-        return self._estimate(size, spread=0.0)
+    def predict(self, size: int, pixels: int = 0) -> float | None:
+        """Expected seconds for a batch of ``size`` images of ``pixels`` in all; ``None``
+        before any observation."""
+        return self._with_decoding(self._estimate(size, spread=0.0), pixels)
 
-    def bound(self, size: int) -> float | None:
-        """Seconds a batch of ``size`` most likely stays under; ``None`` before any."""
-        return self._estimate(size, spread=BOUND_SPREAD)
+    def bound(self, size: int, pixels: int = 0) -> float | None:
+        """Seconds a batch of ``size`` images of ``pixels`` most likely stays under; ``None``
+        before any observation."""
+        return self._with_decoding(self._estimate(size, spread=BOUND_SPREAD), pixels)
+
+    def _with_decoding(self, rest: float | None, pixels: int) -> float | None:
+        if rest is None or self.decode_s_per_pixel is None:
+            return rest
+        return rest + self.decode_s_per_pixel * pixels
 
     def _estimate(self, size: int, spread: float) -> float | None:
         if size <= 0:

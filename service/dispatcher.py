@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -38,6 +39,14 @@ def own_answer(result: BatchResult, job: ImageJob) -> BatchResult:
         probabilities=result.probabilities if job.probabilities else None,
         timing=result.timing,
     )
+
+
+def decoding_s(results: Sequence[BatchResult]) -> float | None:
+    """How long the worker decoded the batch, as its answer says (``None`` when it did not)."""
+    for result in results:
+        if isinstance(result, WorkerResult) and result.timing is not None:
+            return result.timing["decode_ms"] / 1000
+    return None
 
 
 class Dispatcher:
@@ -88,7 +97,8 @@ class Dispatcher:
         for round-trip times): it may have waited out a worker's restart, and one such outlier
         made the model refuse every request as unmeetable once the worker was back (the soak
         found it)."""
-        if (predicted := self.costs[model].predict(len(jobs))) is not None:
+        pixels = sum(job.upload.pixels for job in jobs)
+        if (predicted := self.costs[model].predict(len(jobs), pixels)) is not None:
             self.metrics.backend_predicted.labels(model).observe(predicted)
         started = time.perf_counter()
         try:
@@ -107,7 +117,7 @@ class Dispatcher:
         if model in self._recovering:
             self._recovering.discard(model)
         else:
-            self.costs[model].observe(len(jobs), seconds)
+            self.costs[model].observe(len(jobs), seconds, pixels, decoding_s(results))
         return [own_answer(result, job) for result, job in zip(results, jobs, strict=True)]
 
     def _observe(self, model: str, started: float, size: int) -> float:

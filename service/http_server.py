@@ -30,6 +30,11 @@ class HeadLimits:
     timeout_s: float
 
 
+MAX_PIPELINED = 8
+"""Requests a client may send ahead on one connection before the first is answered (browsers
+and HTTP clients send none: pipelining is off everywhere)."""
+
+
 class HeadRefused(Exception):
     """Raised from a parser callback to stop parsing a head past its limits."""
 
@@ -46,6 +51,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._fields = 0
         self._refusal: tuple[int, str, str] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+        self._pipeline_full = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -65,7 +71,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         """A request's head begins: what came before it (the rest of a body the app answered
-        without reading, say) is not counted against it."""
+        without reading, say) is not counted against it. Past ``MAX_PIPELINED`` requests
+        waiting behind the one being answered, nothing more is read and the connection closes
+        after the last one queued is answered: uvicorn queued every request one socket read
+        held."""
+        if len(self.pipeline) >= MAX_PIPELINED:
+            self._pipeline_full = True
+            self.flow.pause_reading()
+            newest, _ = self.pipeline[0]  # queued with appendleft
+            newest.keep_alive = False
+            raise HeadRefused
         super().on_message_begin()
         self._in_head, self._head_bytes, self._head_size, self._fields = True, 0, 0, 0
         self._start_head_timer()
@@ -82,9 +97,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._stop_head_timer()
         super().on_headers_complete()
+        cycle = self.cycle
+        send = cycle.send
+
+        async def send_closing_if_unread(message: Any) -> None:
+            """An answer that starts before its request's body has all arrived (a 401, a 503,
+            a GET /healthz with a huge Content-Length) closes the connection after it: uvicorn
+            would read on past the body with no timer (keep-alive's is cancelled by every byte
+            that arrives), holding the connection as long as the client likes."""
+            if message["type"] == "http.response.start" and cycle.more_body:
+                cycle.keep_alive = False
+            await send(message)
+
+        cycle.send = send_closing_if_unread  # type: ignore[method-assign]
 
     def send_400_response(self, msg: str) -> None:
-        """Parser errors: ours (a head past its limits) are 431, httptools' own stay 400."""
+        """Parser errors: ours (a head past its limits) are 431, httptools' own stay 400; a
+        connection that pipelined too far gets none (its queued answers go out first, in
+        order, then it closes)."""
+        if self._pipeline_full:
+            return
         if self._refusal is None:
             super().send_400_response(msg)
         else:
@@ -153,5 +185,6 @@ def server_config(
         port=port,
         log_level=log_level,
         http=partial(BoundedHttpToolsProtocol, limits=limits),  # type: ignore[arg-type]
+        limit_concurrency=settings.max_connections,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )

@@ -6,6 +6,8 @@ from pydantic import BaseModel, Field
 
 READY = "ready"
 """A model's state when it has a worker that can take requests (anything else says why not)."""
+NOT_READY = "not_ready"
+"""What the public probe says of anything else: why not is behind the API key (per model)."""
 
 
 class Prediction(BaseModel):
@@ -106,7 +108,9 @@ class EndpointStatus(BaseModel):
 class Readiness(BaseModel):
     status: str = Field(description='"ready" (at least one model is) or "not_ready"')
     backend: str
-    models: dict[str, str] = Field(description='per model: "ready", or why not')
+    models: dict[str, str] = Field(
+        description='per model: "ready" or "not_ready" (why not: GET /v1/models/{model}/ready)'
+    )
     endpoints: dict[str, int] = Field(description="per model: how many endpoints are ready")
 
 

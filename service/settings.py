@@ -105,6 +105,8 @@ class GatewaySettings(BaseSettings):
     max_header_bytes: int = Field(64 * 1024, ge=1024)
     max_headers: int = Field(100, ge=8)
     header_timeout_s: float = Field(10.0, gt=0)
+    # connections and requests in progress at once; past it, uvicorn answers 503
+    max_connections: int = Field(2048, ge=16)
     # on SIGTERM, in-flight requests get this long to finish before the gateway exits
     shutdown_grace_s: float = Field(20.0, gt=0)
 

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 READABLE_PATH = re.compile(r"/models(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")
 READABLE_QUERY = ({}, {"customized": ["true"]}, {"customized": ["false"]})
 FORWARD_TIMEOUT_S = 10.0
+IDLE_TIMEOUT_S = 10.0
+"""A connection that sends nothing for this long is closed (each holds a thread)."""
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""Forwards to TorchServe on loopback: never through an ``HTTP_PROXY`` of the environment."""
 
 
 class ManagementGate(ThreadingHTTPServer):
@@ -61,6 +65,7 @@ def readable(method: str, path: str, query: str) -> bool:
 class _GateHandler(BaseHTTPRequestHandler):
     server: ManagementGate
     protocol_version = "HTTP/1.1"
+    timeout = IDLE_TIMEOUT_S
 
     def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)
@@ -72,7 +77,7 @@ class _GateHandler(BaseHTTPRequestHandler):
             headers={k: v for k, v in self.headers.items() if k.lower() == "authorization"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=FORWARD_TIMEOUT_S) as answer:
+            with _DIRECT.open(request, timeout=FORWARD_TIMEOUT_S) as answer:
                 self._answer(answer.status, answer.read(), answer.headers.get_content_type())
         except urllib.error.HTTPError as exc:
             self._answer(exc.code, exc.read(), exc.headers.get_content_type())

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 from ..schemas import READY, EndpointStatus
 from ..settings import split_urls
 from .base import WorkerFacts
-from .circuit import CircuitBreaker
+from .circuit import CircuitBreaker, State
 
 log = logging.getLogger(__name__)
 UNCHECKED = "not checked yet"
@@ -217,7 +217,13 @@ class EndpointSet:
             del self._endpoints[gone]
 
     def ready_workers(self, model: str) -> int:
-        return sum(endpoint.workers[model] for endpoint in self if endpoint.ready(model))
+        """Workers of the ready endpoints whose breaker is not open: an open breaker takes
+        no batch, so its workers add no concurrency."""
+        return sum(
+            endpoint.workers[model]
+            for endpoint in self
+            if endpoint.ready(model) and endpoint.breakers[model].state is not State.OPEN
+        )
 
     def candidates(self, model: str, images: int = 1) -> list[Endpoint]:
         """The ready endpoints, least outstanding work for a batch of ``images`` first (those

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from ..backends.base import ready_endpoints
 from ..deps import GatewayDep, ServedModel
-from ..schemas import READY, ErrorResponse, Health, ModelReadiness, Readiness
+from ..schemas import NOT_READY, READY, ErrorResponse, Health, ModelReadiness, Readiness
 
 router = APIRouter(tags=["health"])
 
@@ -28,12 +28,16 @@ def not_ready(body: BaseModel) -> JSONResponse:
 async def readyz(gateway: GatewayDep) -> Readiness | JSONResponse:
     """Ready while at least one served model has a ready worker: one model whose worker is down
     must not take the others off the air. ``models`` says which are ready, ``endpoints`` on how
-    many TorchServes; per model and endpoint, see ``GET /v1/models/{model}/ready``."""
-    models = await gateway.backend.readiness()
-    ready = any(state == READY for state in models.values())
+    many TorchServes; why not, per model and endpoint, ``GET /v1/models/{model}/ready`` (behind
+    the API key: this probe is open to anyone, and says nothing of the insides)."""
+    models = {
+        model: READY if state == READY else NOT_READY
+        for model, state in (await gateway.backend.readiness()).items()
+    }
+    ready = READY in models.values()
     found = gateway.backend.endpoints()
     body = Readiness(
-        status=READY if ready else "not_ready",
+        status=READY if ready else NOT_READY,
         backend=gateway.settings.backend,
         models=models,
         endpoints={m: ready_endpoints(found.get(m, [])) for m in models},

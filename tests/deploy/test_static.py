@@ -147,6 +147,7 @@ def test_probes_hit_real_endpoints_and_resources_are_set(manifests):
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
     worker = by_kind(manifests, "Deployment", "worker")["spec"]["template"]["spec"]["containers"][0]
     assert worker["readinessProbe"]["httpGet"]["path"] == "/ping"
+    assert worker["livenessProbe"]["tcpSocket"]["port"] == "inference"  # /ping fails in restarts
     for container in (gateway, worker):
         assert {"requests", "limits"} <= set(container["resources"])
     # a worker's threads are its CPU limit: it is given them all (Guaranteed CPU)
@@ -185,6 +186,12 @@ def test_gpu_overlay_requests_gpus_and_scales_on_queue_depth():
     assert worker["image"].endswith("-cuda")
     metrics = by_kind(manifests, "HorizontalPodAutoscaler", "worker")["spec"]["metrics"]
     assert [m["external"]["metric"]["name"] for m in metrics] == ["gateway_queue_depth"]
+    # one GPU worker may be all there is: a drain must not evict it
+    assert by_kind(manifests, "HorizontalPodAutoscaler", "worker")["spec"]["minReplicas"] == 1
+    assert by_kind(manifests, "PodDisruptionBudget", "worker")["spec"] == {
+        "minAvailable": 1,
+        "selector": {"matchLabels": {"app.kubernetes.io/name": "worker"}},
+    }
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:

@@ -385,7 +385,7 @@ class TimedBackend(FakeBackend):
         self.running = 0
         self.in_flight_at_start: list[int] = []
 
-    def estimate(self, size: int) -> float:
+    def estimate(self, size: int, cost: int) -> float:
         return self.per_item * size
 
     async def __call__(self, items: list[int]) -> list[int]:

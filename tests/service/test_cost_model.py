@@ -74,3 +74,21 @@ def test_a_lone_outlier_is_not_learnt_and_a_confirmed_one_is():
     model.observe(4, 5.0)
     model.observe(4, 5.0)  # slow twice in a row: both are learnt
     assert model.predict(4) > 1.0
+
+
+def test_heavy_photos_teach_their_decoding_not_every_batch_of_their_size():
+    """One client's 40 MP photos (1 s of decoding each) taught the model that a batch of one
+    takes 1.1 s, and everyone's small photos were refused as unmeetable under a 0.5 s deadline.
+    Decoding, as the worker reports it, is learnt per pixel; the rest per size."""
+    model = BatchCostModel()
+    for _ in range(10):
+        model.observe(1, 1.1, pixels=40_000_000, decode_s=1.0)
+    assert model.bound(1, pixels=300_000) == pytest.approx(0.1 + 300_000 * 1.0 / 40e6)
+    assert model.bound(1, pixels=40_000_000) == pytest.approx(1.1)
+    assert model.predict(1) == pytest.approx(0.1)  # pixels unknown: the rest alone
+
+
+def test_without_the_workers_decode_time_the_whole_batch_is_learnt():
+    model = BatchCostModel()
+    model.observe(2, 0.3, pixels=1_000_000)
+    assert model.decode_s_per_pixel is None and model.bound(2, pixels=10**9) == 0.3

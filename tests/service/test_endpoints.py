@@ -335,3 +335,16 @@ def test_dns_answers_are_bounded_timed_and_scoped_addresses_left_out(monkeypatch
     monkeypatch.setattr(endpoints_module, "DNS_TIMEOUT_S", 0.1)
     with pytest.raises(OSError):  # TimeoutError: the endpoints known are kept
         asyncio.run(resolve("workers"))
+
+
+def test_workers_behind_an_open_breaker_add_no_concurrency():
+    """Concurrency per model is its ready workers: an endpoint whose breaker is open takes no
+    batch, and counting its workers let batches queue up for it."""
+    found = EndpointSet([MODEL], lambda: CircuitBreaker(1, 30))
+    found.update([Address(f"http://{h}:8080", f"http://{h}:8081") for h in "ab"])
+    for endpoint in found:
+        endpoint.states[MODEL], endpoint.workers[MODEL] = READY, 2
+    assert found.ready_workers(MODEL) == 4
+    a, _ = found
+    a.breakers[MODEL].record_failure()
+    assert found.ready_workers(MODEL) == 2

@@ -301,14 +301,14 @@ def test_backend_down_fails_fast_with_503_and_not_ready():
             headers={"Content-Type": "image/png"},
             timeout=30,
         )
-        ready = httpx.get(f"{down.url}/readyz", timeout=30)
+        ready = httpx.get(f"{down.url}/v1/models/se_resnet50/ready", timeout=30)
     assert codes == [503, 503, 503]
     assert (
         open_circuit.status_code == 503
         and "circuit open" in open_circuit.json()["error"]["message"]
     )
     assert int(open_circuit.headers["retry-after"]) > 1  # refused by the breaker, not tried
-    assert ready.status_code == 503 and "unreachable" in ready.json()["models"]["se_resnet50"]
+    assert ready.status_code == 503 and "unreachable" in ready.json()["status"]
 
 
 def test_inprocess_backend_serves_the_same_archives(tiny_archives, gateway):

@@ -15,6 +15,7 @@ import pytest
 
 import service.uploads
 from model_store.demo.synthetic import encode, make_images
+from service.http_server import MAX_PIPELINED
 
 from ..servers import GatewayThread
 from .fakes import FakeBackend
@@ -193,3 +194,54 @@ def test_the_rest_of_a_body_refused_unread_is_no_head_of_the_next_request():
                 headers={"Content-Type": "image/png", "X-API-Key": key},
             )
             assert response.status_code == status, response.text
+
+
+def closed_within(conn: socket.socket, seconds: float) -> tuple[bytes, bool]:
+    """What the server sends within ``seconds``, and whether it closed the connection."""
+    conn.settimeout(seconds)
+    received = b""
+    try:
+        while data := conn.recv(65536):
+            received += data
+    except TimeoutError:
+        return received, False
+    except ConnectionResetError:
+        pass
+    return received, True
+
+
+def test_an_answer_sent_before_its_body_arrived_closes_the_connection(gateway):
+    """A GET /healthz declaring a 10 MB body, then a trickle of it: answered, then closed (the
+    connection had no timer at all: keep-alive's is cancelled by every byte that arrives)."""
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as conn:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\nContent-Length: 10000000\r\n\r\nx")
+        time.sleep(0.2)
+        conn.sendall(b"y")
+        answer, closed = closed_within(conn, 5)
+    assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer.lower()
+    assert closed
+
+
+def test_requests_pipelined_past_the_cap_close_the_connection(gateway):
+    """One socket read of 100 pipelined requests was queued whole; past ``MAX_PIPELINED``
+    behind the one answered, the connection is closed (those before it are answered in
+    order)."""
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as conn:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n" * 100)
+        answers, closed = closed_within(conn, 5)
+    assert closed and 1 <= answers.count(b"HTTP/1.1 200") <= MAX_PIPELINED + 1
+
+
+def test_connections_past_the_limit_are_503():
+    """uvicorn's ``limit_concurrency`` from ``max_connections``: there was no limit."""
+    with GatewayThread(make_settings(max_connections=16), FakeBackend(MODELS)) as gateway:
+        held = [socket.create_connection(("127.0.0.1", gateway.port)) for _ in range(16)]
+        try:
+            assert httpx.get(f"{gateway.url}/healthz", timeout=10).status_code == 503
+        finally:
+            for conn in held:
+                conn.close()
+        wait_until(
+            lambda: httpx.get(f"{gateway.url}/healthz", timeout=10).status_code == 200,
+            "the gateway answers again once the connections are gone",
+        )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ import pytest
 
 from contract.protocol import model_ready
 from model_store.torchserve.host import free_ports
-from model_store.torchserve.management_gate import readable
+from model_store.torchserve.management_gate import ManagementGate, _GateHandler, readable
 
 pytestmark = pytest.mark.slow
 
@@ -29,16 +30,17 @@ CONTAINER_CONFIG = REPO / "deploy" / "docker" / "torchserve.properties"
 
 
 class Fetches(ThreadingHTTPServer):
-    """A server a hostile request would make TorchServe fetch from; counts what it is asked."""
+    """A server a hostile request would make TorchServe fetch from; counts what it is asked
+    (and answers ``status``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, status: int = 404) -> None:
         self.paths: list[str] = []
         fetches = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 fetches.paths.append(self.path)
-                self.send_response(404)
+                self.send_response(status)
                 self.end_headers()
 
             def log_message(self, *args: object) -> None:
@@ -157,3 +159,26 @@ def test_only_inference_and_metrics_listen_beyond_loopback(worker):
 )
 def test_what_the_gate_reads_as_a_description(method, path, query, allowed):
     assert readable(method, path, query) is allowed
+
+
+def test_the_gate_ignores_proxies_and_drops_idle_connections(monkeypatch):
+    """Its forwards went through an ``HTTP_PROXY`` of the environment (503 when that proxy is
+    not there; the token to whoever it is when it is), and a connection that sent nothing held
+    one of its threads for ever."""
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # discard port: nothing listens
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.setattr(_GateHandler, "timeout", 0.5)
+    target = Fetches(status=200)  # TorchServe's loopback management API
+    gate = ManagementGate(("127.0.0.1", 0), target.url).start()
+    try:
+        url = f"http://127.0.0.1:{gate.server_address[1]}"
+        with httpx.Client(trust_env=False) as client:
+            assert client.get(f"{url}/models").status_code == 200
+        assert target.paths == ["/models"]
+        with socket.create_connection(("127.0.0.1", gate.server_address[1]), timeout=5) as idle:
+            assert idle.recv(1) == b""  # closed by the gate, well before the client's 5 s
+    finally:
+        gate.stop()
+        target.shutdown()
