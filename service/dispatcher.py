@@ -45,7 +45,7 @@ def decoding_s(results: Sequence[BatchResult]) -> float | None:
     """How long the worker decoded the batch, as its answer says (``None`` when it did not)."""
     for result in results:
         if isinstance(result, WorkerResult) and result.timing is not None:
-            return result.timing["decode_ms"] / 1000
+            return result.timing.decode_ms / 1000
     return None
 
 

@@ -18,7 +18,13 @@ from prometheus_client import generate_latest
 
 from model_store.demo.synthetic import encode
 from service.app import create_app
-from service.backends.base import BackendTimeout, BackendUnavailable, BadBackendResponse
+from service.backends.base import (
+    BackendTimeout,
+    BackendUnavailable,
+    BadBackendResponse,
+    check_results,
+    with_timing,
+)
 from service.settings import GatewaySettings
 
 from ..checks import INTERNALS
@@ -1116,3 +1122,39 @@ def test_unknown_names_versions_and_routes_never_create_time_series(client):
     assert series_count(client) == before
     text = client.get("/metrics").text
     assert "nope" not in text and "/no/such" not in text and "versions" not in text
+
+
+class DecodingBackend(FakeBackend):
+    """"Decodes" at 0.1 s per megapixel (a sleep) and says so in its timing, as a worker does;
+    every answer is "green"."""
+
+    async def classify(self, model, inputs, top_k, probabilities=False):
+        decode_s = sum(item.pixels for item in inputs) * 1e-7
+        await asyncio.sleep(decode_s + 0.01)
+        answer = {"predictions": [{"index": 1, "label": "green", "score": 1.0}]}
+        results = check_results([answer] * len(inputs), len(inputs))
+        timing = {"wait_ms": 0.0, "decode_ms": decode_s * 1000, "model_ms": 10.0}
+        return with_timing(results, timing | {"total_ms": decode_s * 1000 + 10.0})
+
+
+def test_one_clients_heavy_photos_do_not_make_small_ones_unmeetable():
+    """The cost model was keyed by batch size alone: after a few 9 MP photos (0.9 s each), a
+    64x64 one with a 300 ms deadline was refused as ``deadline_unmeetable``. Decoding is learnt
+    per pixel from the worker's timing: the small photo is admitted and answered."""
+    heavy = encode(Image.new("RGB", (3000, 3000), (200, 0, 0)), "PNG")
+    small = encode(Image.new("RGB", (64, 64), (0, 200, 0)), "PNG")
+    with make_client(DecodingBackend(MODELS), models=["se_resnet50"]) as client:
+        for _ in range(3):
+            response = client.post(
+                "/v1/models/se_resnet50/classify",
+                content=heavy,
+                headers={"Content-Type": "image/png"},
+            )
+            assert response.status_code == 200, response.text
+        response = client.post(
+            "/v1/models/se_resnet50/classify",
+            content=small,
+            headers={"Content-Type": "image/png", "X-Request-Timeout-Ms": "300"},
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["results"][0]["predictions"][0]["label"] == "green"
