@@ -52,6 +52,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._refusal: tuple[int, str, str] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._pipeline_full = False
+        self._drain_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -59,6 +60,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        self._stop_drain_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -97,19 +99,33 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._stop_head_timer()
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        """An answer sent before its request's body had all arrived (a 401, a 503, a GET
+        /healthz with a huge Content-Length): the rest must arrive within the head's time, or
+        the connection is closed. uvicorn reads on past such a body with no timer at all
+        (keep-alive's is cancelled by every byte that arrives). Closing at once instead would
+        reset connections still sending, and the reset may destroy the answer before the
+        client reads it (a flood of honest uploads refused 503 lost theirs)."""
+        super().on_response_complete()
         cycle = self.cycle
-        send = cycle.send
+        if cycle is not None and cycle.response_complete and cycle.more_body:
+            self._stop_drain_timer()
+            self._drain_timer = self.loop.call_later(self.limits.timeout_s, self._drain_timed_out)
 
-        async def send_closing_if_unread(message: Any) -> None:
-            """An answer that starts before its request's body has all arrived (a 401, a 503,
-            a GET /healthz with a huge Content-Length) closes the connection after it: uvicorn
-            would read on past the body with no timer (keep-alive's is cancelled by every byte
-            that arrives), holding the connection as long as the client likes."""
-            if message["type"] == "http.response.start" and cycle.more_body:
-                cycle.keep_alive = False
-            await send(message)
+    def on_message_complete(self) -> None:
+        self._stop_drain_timer()
+        super().on_message_complete()
 
-        cycle.send = send_closing_if_unread  # type: ignore[method-assign]
+    def _stop_drain_timer(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+
+    def _drain_timed_out(self) -> None:
+        self._drain_timer = None
+        if self.cycle is not None and self.cycle.more_body:
+            self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         """Parser errors: ours (a head past its limits) are 431, httptools' own stay 400; a

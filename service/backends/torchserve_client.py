@@ -176,8 +176,10 @@ class TorchServeBackend:
             if (wait := endpoint.breakers[model].acquire()) is None:
                 return endpoint
             waits.append(wait)
-        if not waits:
-            raise BackendUnavailable(f"no TorchServe found for {model}", self.cooldown_s)
+        if not waits:  # none ready (or none checked yet): why, as the checks found it
+            raise BackendUnavailable(
+                f"no ready TorchServe for {model}: {self._state(model)}", self.cooldown_s
+            )
         wait = min(waits)
         raise BackendUnavailable(
             f"the {model} worker is failing; circuit open for {wait:.1f} s more", wait

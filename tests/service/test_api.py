@@ -1125,7 +1125,7 @@ def test_unknown_names_versions_and_routes_never_create_time_series(client):
 
 
 class DecodingBackend(FakeBackend):
-    """"Decodes" at 0.1 s per megapixel (a sleep) and says so in its timing, as a worker does;
+    """ "Decodes" at 0.1 s per megapixel (a sleep) and says so in its timing, as a worker does;
     every answer is "green"."""
 
     async def classify(self, model, inputs, top_k, probabilities=False):
