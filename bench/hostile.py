@@ -3,15 +3,18 @@ soak mixes bursts of them into honest traffic to show they cost nobody else an a
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gzip
 import io
 import os
 import re
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -19,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from model_store.demo.synthetic import encode, make_images
+from perf.common import progress, report
 
 V1_CLASSIFY = "/v1/models/{model}/classify"
 V2_INFER = "/v2/models/{model}/infer"
@@ -210,3 +214,95 @@ async def _status(reader: asyncio.StreamReader, timeout_s: float) -> int | None:
     if status == 100:
         await reader.readline()  # the blank line ending the interim answer
     return status
+
+
+def _checks() -> dict[str, Callable[[bytes], object]]:
+    """Hostile kinds that cost work rather than bytes -> the gateway's check of them."""
+    from contract.images import ImageLimits, validate
+    from service.form_data import parse_form
+    from service.open_inference.body import decompress, parse_request
+
+    multipart = dict(HOSTILE_KINDS["delimiter_look_alikes"].headers)["Content-Type"]
+    return {
+        "scan_bomb": lambda data: validate(data, ImageLimits()),
+        "png_text_bomb": lambda data: validate(data, ImageLimits()),
+        "delimiter_look_alikes": lambda data: parse_form(data, multipart, 32),
+        "json_bomb": lambda data: parse_request(decompress(data, "gzip", 10 * 2**20)),
+    }
+
+
+def _unbounded(kind: str, data: bytes) -> Callable[[], object] | None:
+    """What the hostile input cost before it was bounded: Pillow decoding or opening it."""
+    if kind == "scan_bomb":
+        return lambda: Image.open(io.BytesIO(data)).load()
+    if kind == "png_text_bomb":
+        from PIL import PngImagePlugin
+
+        def opened() -> object:
+            kept, PngImagePlugin.MAX_TEXT_MEMORY = PngImagePlugin.MAX_TEXT_MEMORY, 64 * 2**20
+            try:
+                return Image.open(io.BytesIO(data))
+            finally:
+                PngImagePlugin.MAX_TEXT_MEMORY = kept
+
+        return opened
+    return None
+
+
+def _timed(work: Callable[[], object]) -> tuple[float, str]:
+    started = time.perf_counter()
+    try:
+        work()
+        outcome = "accepted"
+    except Exception as exc:  # the refusal is the result
+        outcome = f"{type(exc).__name__}: {str(exc)[:80]}"
+    return (time.perf_counter() - started) * 1000, outcome
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bench.hostile``: what each hostile input that costs work (not bytes) costs
+    the gateway's check now, and what Pillow spent on the image ones unbounded."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--scan-repeats", type=int, default=2000, help="scans added (decoded)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    bodies = {
+        "scan_bomb": scan_bomb(6000, args.scan_repeats),
+        "png_text_bomb": png_text_bomb(),
+        "delimiter_look_alikes": delimiter_look_alikes(),
+        "json_bomb": json_bomb(),
+    }
+    rows = []
+    for kind, check in _checks().items():
+        data = bodies[kind]
+        progress(f"{kind}: {len(data):,} bytes ...")
+        check_ms, refusal = _timed(lambda: check(data))  # noqa: B023 -- called at once
+        unbounded = _unbounded(kind, data)
+        before_ms = _timed(unbounded)[0] if unbounded else None
+        rows.append(
+            {
+                "kind": kind,
+                "bytes": len(data),
+                "status": HOSTILE_KINDS[kind].expected_status,
+                "check_ms": round(check_ms, 1),
+                "refusal": refusal,
+                "unbounded_ms": None if before_ms is None else round(before_ms, 1),
+            }
+        )
+    report(
+        "hostile",
+        args,
+        rows,
+        [
+            ("kind", "kind"),
+            ("bytes", "bytes"),
+            ("status", "status"),
+            ("gateway check, ms", "check_ms"),
+            ("Pillow unbounded, ms", "unbounded_ms"),
+            ("refusal", "refusal"),
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
