@@ -56,7 +56,7 @@ class UploadSlots:
     bounds the bodies being parsed at once, whose objects may outgrow them (JSON numbers)."""
 
     def __init__(
-        self, total: int, models: list[str], memory_bytes: int | None = None, decodes: int = 2
+        self, total: int, models: list[str], memory_bytes: int | None, decodes: int
     ) -> None:
         self.total = total
         reserve = total // (2 * len(models)) if len(models) > 1 else 0

@@ -119,8 +119,6 @@ class TorchServeBackend:
             ),
         )
         self._round: asyncio.Future[None] | None = None
-        self.rounds = 0
-        """Rounds of checks made (each finds the endpoints and asks every one)."""
         self._checked = False
         self._refresher: asyncio.Task[None] | None = None
 
@@ -371,7 +369,6 @@ class TorchServeBackend:
         await asyncio.shield(self._round)
 
     async def _find_and_check(self) -> None:
-        self.rounds += 1
         try:
             self.found.update(await self.discovery.addresses())
         except OSError as exc:  # a DNS answer missed: keep serving the endpoints known
