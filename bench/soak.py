@@ -279,6 +279,10 @@ async def prometheus_total(client: httpx.AsyncClient, prometheus: str) -> float 
 
 async def soak(url: str, server: TorchServe, gateway_pid: int, prometheus: str, args) -> SoakRun:
     pools = {model: labelled_pool(seed=i) for i, model in enumerate(args.models)}
+    if "hostile_burst" in args.faults:
+        progress("making the hostile uploads ...")
+        for hostile in HOSTILE:  # made once (cached), not in the load loop's first burst
+            hostile.body()
     limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=64)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         capacity = None

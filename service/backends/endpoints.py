@@ -157,11 +157,14 @@ class Endpoint:
 
     def ended(self, model: str, images: int, seconds: float, outcome: Outcome) -> None:
         """A batch sent with ``sent`` is over: ``answered`` (its time measures this endpoint's
-        speed), ``failed`` here, or neither (it never reached the endpoint, or was cancelled)."""
+        speed, and the answer shows the model ready here: a restarted worker takes batches
+        again at once, not at the next round of checks), ``failed`` here, or neither (it never
+        reached the endpoint, or was cancelled)."""
         self.in_flight[model] -= 1
         self.images_in_flight[model] -= images
         self.busy_seconds[model] += seconds
         if outcome == "answered":
+            self.states[model] = READY
             self.batches[model] += 1
             per_image = seconds / max(1, images)
             known = self.image_seconds.get(model, per_image)

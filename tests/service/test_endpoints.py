@@ -337,6 +337,20 @@ def test_dns_answers_are_bounded_timed_and_scoped_addresses_left_out(monkeypatch
         asyncio.run(resolve("workers"))
 
 
+def test_a_batch_answered_shows_its_endpoint_ready_before_the_next_check():
+    """A worker killed and restarted: batches sent before the check saw it go were queued by
+    TorchServe and answered once it was back, while the check (every 2 s) still said not
+    ready, and for up to 2 s every new request was refused (the soak: ~60 per kill)."""
+    found = EndpointSet([MODEL], lambda: CircuitBreaker(3, 30))
+    found.update([Address("http://a:8080", "http://a:8081")])
+    [a] = found
+    a.states[MODEL] = "no ready worker (HTTP 200)"
+    assert found.candidates(MODEL) == []
+    a.sent(MODEL, 1)
+    a.ended(MODEL, 1, 0.2, "answered")
+    assert found.candidates(MODEL) == [a]
+
+
 def test_workers_behind_an_open_breaker_add_no_concurrency():
     """Concurrency per model is its ready workers: an endpoint whose breaker is open takes no
     batch, and counting its workers let batches queue up for it."""
