@@ -118,9 +118,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def _stop_drain_timer(self) -> None:
-        if self._drain_timer is not None:
-            self._drain_timer.cancel()
-            self._drain_timer = None
+        self._drain_timer = _cancelled(self._drain_timer)
 
     def _drain_timed_out(self) -> None:
         self._drain_timer = None
@@ -150,9 +148,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._head_timer = self.loop.call_later(self.limits.timeout_s, self._head_timed_out)
 
     def _stop_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._head_timer = _cancelled(self._head_timer)
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -180,6 +176,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._stop_head_timer()
         self.transport.write(b"".join(head) + body)
         self.transport.close()
+
+
+def _cancelled(timer: asyncio.TimerHandle | None) -> None:
+    """Cancels ``timer`` if there is one; what is left of it: nothing."""
+    if timer is not None:
+        timer.cancel()
 
 
 def _too_large(limits: HeadLimits) -> tuple[int, str, str]:
