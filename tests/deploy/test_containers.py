@@ -137,11 +137,7 @@ def stack(docker, tiny_trained) -> Iterator[Stack]:
     try:
         stack.compose("build", "gateway", "torchserve", timeout=1800)
         stack.compose("up", "-d", "--no-build", *services)
-        wait_for(
-            lambda: httpx.get(f"{stack.url}/readyz", timeout=5).status_code == 200,
-            "the gateway ready with its workers",
-            timeout=600,
-        )
+        wait_for(lambda: every_model_ready(stack), "the gateway ready with its workers", 600)
         yield stack
     finally:
         subprocess.run(
@@ -293,11 +289,7 @@ def test_a_crashed_worker_is_restarted_and_the_gateway_recovers_by_itself(stack)
         env=stack.env, capture_output=True, timeout=60,
     )  # fmt: skip
     wait_for(lambda: stack.inspect("torchserve")["RestartCount"] >= 1, "compose's restart", 120)
-    wait_for(
-        lambda: httpx.get(f"{stack.url}/readyz", timeout=5).status_code == 200,
-        "the gateway ready again",
-        timeout=300,
-    )
+    wait_for(lambda: every_model_ready(stack), "the gateway ready again", timeout=300)
     images, labels = labelled_images(4, seed=33)
     responses = asyncio.run(send_all(stack.url, "eca_resnet50", images, concurrency=2))
     assert [top1(r) for r in responses] == labels
@@ -312,6 +304,7 @@ def test_stopping_the_worker_under_load_answers_what_was_in_flight(stack):
     the drain and clean 503s once no worker is left: never a 500 or a reset."""
     image = labelled_images(1, seed=34)[0][0]
     outcomes: list[tuple[float, int]] = []
+    wait_for(lambda: every_model_ready(stack), "every model ready before the load", 300)
 
     async def client_loop(client: httpx.AsyncClient, until: float) -> None:
         while time.monotonic() < until:
@@ -352,6 +345,13 @@ COUNT_INFERENCES = (
     "text = urllib.request.urlopen('http://127.0.0.1:8082/metrics', timeout=5).read().decode()\n"
     "print(sum(map(float, re.findall(r'^ts_inference_requests_total{.*} (\\S+)$', text, re.M))))\n"
 )
+
+
+def every_model_ready(stack: Stack) -> bool:
+    """``/readyz`` is 200 once one model is ready; these tests send to each, and images go
+    only to an endpoint checked ready (no longer queued at a TorchServe still loading)."""
+    response = httpx.get(f"{stack.url}/readyz", timeout=5)  # wait_for retries its errors
+    return response.status_code == 200 and set(response.json()["models"].values()) == {"ready"}
 
 
 def test_scaled_to_two_workers_the_gateway_sends_both_work(stack):
