@@ -14,11 +14,13 @@ from model_store.zoo.registry import get_spec
 from .backends.base import Backend
 from .backends.circuit import CircuitBreaker
 from .backends.endpoints import Discovery
-from .backends.torchserve_client import RENEWAL_FAILED, RENEWED, TorchServeBackend
+from .backends.torchserve_client import TorchServeBackend
+from .backends.torchserve_keys import RENEWAL_FAILED, RENEWED
 from .deps import Gateway
 from .dispatcher import Dispatcher
 from .errors import install_error_handlers
-from .metrics import PROTOCOL_V1, PROTOCOL_V2, GatewayMetrics, RequestMetrics
+from .metrics import PROTOCOL_V1, PROTOCOL_V2, GatewayMetrics
+from .request_metrics import RequestMetrics
 from .routes import classify, health, models, v2
 from .schemas import ModelInfo
 from .settings import GatewaySettings

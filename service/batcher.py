@@ -16,8 +16,9 @@ wait of every item taken off the queue, answered or abandoned.
 
 Two policies decide how long a batch waits for company:
 
-- ``fixed`` (TorchServe's, Triton's and Ray's): always ``max_wait_s`` after its first item.
-- ``deadline`` (the default): no wait at all while no batch is in flight (an idle backend gains
+- fixed (``deadline_aware=False``; TorchServe's, Triton's and Ray's): always ``max_wait_s``
+  after its first item.
+- deadline-aware (the default): no wait at all while no batch is in flight (an idle backend gains
   nothing from waiting); while one is, wait for more only until the backend is predicted free,
   and never past the moment the batch's most urgent item would miss its deadline. A submission
   whose deadline cannot be met given the work queued ahead is refused at once with
@@ -38,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Literal, TypeVar
+from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,6 @@ class _Pending(Generic[T, R]):
     enqueued: float = field(default_factory=time.perf_counter)
 
 
-Policy = Literal["deadline", "fixed"]
-
 SLOT_RECHECK_S = 0.5
 """How soon a batch waiting for a slot sees a larger allowance when no batch ends meanwhile."""
 
@@ -97,7 +96,7 @@ class Batcher(Generic[T, R]):
         cost: Callable[[T], int] = lambda _: 1,
         max_batch_cost: int | None = None,
         on_dequeue: Callable[[float], None] = lambda _: None,
-        policy: Policy = "deadline",
+        deadline_aware: bool = True,
         estimate: Callable[[int, int], float | None] = lambda _n, _cost: None,
         sizes: Callable[[], Sequence[int]] = tuple,
         name: str = "batcher",
@@ -114,8 +113,6 @@ class Batcher(Generic[T, R]):
             raise ValueError(f"max_concurrent_batches must be >= 1, got {max_concurrent_batches}")
         if max_batch_cost is not None and max_batch_cost < 1:
             raise ValueError(f"max_batch_cost must be >= 1, got {max_batch_cost}")
-        if policy not in ("deadline", "fixed"):
-            raise ValueError(f"policy must be 'deadline' or 'fixed', got {policy!r}")
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -123,7 +120,7 @@ class Batcher(Generic[T, R]):
         self.cost = cost
         self.max_batch_cost = max_batch_cost
         self.on_dequeue = on_dequeue
-        self.policy = policy
+        self.deadline_aware = deadline_aware
         self.estimate = estimate
         self.sizes = sizes
         self._concurrency = (
@@ -184,7 +181,7 @@ class Batcher(Generic[T, R]):
                 f"the limit of {self.max_queue}"
             )
         cost = sum(self.cost(item) for item in items)
-        if self.policy == "deadline" and deadline < math.inf:
+        if self.deadline_aware and deadline < math.inf:
             finish = self.predicted_finish(len(items), cost)
             if finish is not None and finish > deadline:
                 now = time.perf_counter()
@@ -245,7 +242,7 @@ class Batcher(Generic[T, R]):
     def _wait_until(self, batch: list[_Pending[T, R]], formed: float) -> float:
         """The latest moment this batch may still wait for company."""
         latest = formed + self.max_wait_s
-        if self.policy == "fixed":
+        if not self.deadline_aware:
             return latest
         if not self._running:
             return 0.0  # an idle backend gains nothing from waiting

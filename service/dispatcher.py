@@ -17,9 +17,9 @@ from functools import partial
 from .backends.base import Backend, BackendError, BatchResult, InputFailure, WorkerResult
 from .batcher import Batcher, BatchInfo, DeadlineUnmeetable
 from .cost_model import BatchCostModel
+from .inputs import Upload
 from .metrics import GatewayMetrics
 from .settings import GatewaySettings
-from .uploads import Upload
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Dispatcher:
                 cost=lambda job: job.upload.pixels,
                 max_batch_cost=settings.max_batch_pixels,
                 on_dequeue=metrics.queue_wait.labels(model).observe,
-                policy=settings.batching,
+                deadline_aware=settings.batching == "deadline",
                 estimate=self.costs[model].bound,
                 sizes=partial(self._buckets, model),
                 name=model,

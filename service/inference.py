@@ -23,8 +23,8 @@ from .backends.base import (
 from .batcher import BatchInfo, DeadlineUnmeetable, QueueFull
 from .deps import Gateway
 from .errors import ApiError, unavailable
+from .inputs import Upload
 from .schemas import Timing
-from .uploads import Upload
 
 SHARED_ERRORS = {
     401: "missing or wrong API key (when one is configured)",

@@ -18,8 +18,6 @@ from contract.protocol import (
 )
 from model_store.zoo.registry import DEFAULT_MODELS, MODELS
 
-from .batcher import Policy
-
 CGROUP_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")
 UPLOAD_COPIES = 3
 """Copies of a body the gateway may hold at once: its chunks and their join while reading, then
@@ -62,7 +60,7 @@ class GatewaySettings(BaseSettings):
     archive_dir: Path = Path("model_store/archives")
 
     # batching and backpressure, per model (see service/batcher.py for the two policies)
-    batching: Policy = "deadline"
+    batching: Literal["deadline", "fixed"] = "deadline"
     # never above the worker's largest warmed batch bucket (checked against the worker)
     max_batch_size: int = Field(DEFAULT_MAX_BATCH_SIZE, ge=1, le=256)
     # the longest a batch waits for company (always, with the fixed policy)

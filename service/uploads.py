@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
 from fastapi import Request
 from starlette.requests import ClientDisconnect
@@ -24,6 +22,7 @@ from contract.images import FORMATS, ImageError, ImageLimits, validate
 from . import timing
 from .errors import CLIENT_CLOSED, ApiError, unavailable
 from .form_data import MalformedForm, TooManyParts, parse_form
+from .inputs import Upload
 from .settings import GatewaySettings
 
 IMAGE_CONTENT_TYPES = set(FORMATS.values())
@@ -31,20 +30,6 @@ MULTIPART = "multipart/form-data"
 PART_CONTENT_TYPES = IMAGE_CONTENT_TYPES | {"application/octet-stream", ""}
 EXTRA_FORM_FIELDS = 16
 """Non-file form fields tolerated besides the images."""
-
-
-InputKind = Literal["image", "tensor"]
-
-
-@dataclass(frozen=True)
-class Upload:
-    """One validated input: an encoded image, or (``tensor``) a preprocessed one as float32
-    bytes (``contract.protocol.TENSOR_FIELD_PREFIX``); ``pixels``: what it costs a
-    batch."""
-
-    data: bytes
-    pixels: int
-    kind: InputKind = "image"
 
 
 UPLOAD_GRACE_S = 1.0

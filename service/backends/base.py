@@ -10,8 +10,8 @@ from pydantic import BaseModel, Discriminator, Field, Tag, TypeAdapter, Validati
 from contract.errors import INPUT_ERROR_STATUS
 from model_store.zoo.precision import DEFAULT_PRECISION
 
+from ..inputs import Upload
 from ..schemas import READY, EndpointStatus, ImageResult, WorkerTiming
-from ..uploads import Upload
 
 
 class BackendError(Exception):

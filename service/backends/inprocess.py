@@ -17,8 +17,8 @@ from model_store.worker.classifier import ImageClassifier
 from model_store.worker.inputs import tensor_input
 from model_store.worker.timing import Stopwatch
 
+from ..inputs import Upload
 from ..schemas import READY, EndpointStatus
-from ..uploads import Upload
 from .base import (
     BackendTimeout,
     BatchResult,

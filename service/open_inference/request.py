@@ -13,7 +13,8 @@ from contract.images import ImageLimits
 from contract.protocol import MAX_TOP_K
 
 from ..errors import ApiError, unavailable
-from ..uploads import Upload, validate_image
+from ..inputs import Upload
+from ..uploads import validate_image
 from .body import malformed, parse_request, split_body
 from .protocol import (
     BYTES,

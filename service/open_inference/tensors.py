@@ -16,7 +16,8 @@ from typing import Any
 
 from contract.protocol import TENSOR_CHANNELS
 
-from ..uploads import Upload, too_many_images
+from ..inputs import Upload
+from ..uploads import too_many_images
 from .body import malformed
 from .protocol import (
     BINARY_DATA_SIZE,

@@ -11,8 +11,8 @@ import numpy as np
 from contract.images import ImageError, ImageLimits, validate
 from model_store.worker.images import load_upright_rgb
 from service.backends.base import BatchResult, WorkerFacts, check_results, one_endpoint
+from service.inputs import Upload
 from service.schemas import READY, EndpointStatus
-from service.uploads import Upload
 
 FAKE_INPUT_SIZE = 16
 """The side of the preprocessed inputs the fake models take (small: JSON tests stay fast)."""

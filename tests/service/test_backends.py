@@ -29,8 +29,8 @@ from service.backends.circuit import CircuitBreaker
 from service.backends.endpoints import Discovery
 from service.backends.inprocess import InProcessBackend
 from service.backends.torchserve_client import TorchServeBackend
+from service.inputs import Upload
 from service.settings import GatewaySettings
-from service.uploads import Upload
 
 from ..checks import INTERNALS
 
@@ -38,16 +38,18 @@ MODELS = ["se_resnet50", "eca_resnet50"]
 GOOD = {"predictions": [{"index": 1, "label": "cat", "score": 0.75}]}
 
 
-def backend_answering(answer: Callable[[httpx.Request], httpx.Response]) -> TorchServeBackend:
-    backend = TorchServeBackend(
+def backend_answering(
+    answer: Callable[[httpx.Request], httpx.Response], readiness_timeout_s: float = 2.0
+) -> TorchServeBackend:
+    return TorchServeBackend(
         MODELS,
         Discovery("http://ts:8080", "http://ts:8081"),
         KeyRing(None),
         timeout_s=5,
         breakers=lambda: CircuitBreaker(2, cooldown_s=30),
+        readiness_timeout_s=readiness_timeout_s,
+        transport=httpx.MockTransport(answer),
     )
-    backend._client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
-    return backend
 
 
 def breaker_of(backend: TorchServeBackend, model: str) -> CircuitBreaker:
@@ -287,20 +289,19 @@ def test_probes_read_the_last_round_and_rounds_never_pile_up():
             await asyncio.sleep(60)
         return await describe(request)
 
-    backend = backend_answering(answer)  # type: ignore[arg-type]
-    backend.readiness_timeout_s = 30
+    backend = backend_answering(answer, readiness_timeout_s=30)  # type: ignore[arg-type]
 
     async def scenario() -> tuple[list[dict[str, str]], int]:
         first = await backend.readiness()
         hung.set()
         await asyncio.sleep(1.1)  # past any cache of the previous round
-        round_ = asyncio.create_task(backend._check_all())  # the refresher's, now hung
+        round_ = asyncio.create_task(backend.checks.check_all())  # the refresher's, now hung
         await asyncio.sleep(0.1)
         asked_before = len(asked)
         probes = await asyncio.wait_for(
             asyncio.gather(*(backend.readiness() for _ in range(20))), timeout=1.0
         )
-        joined = [asyncio.create_task(backend._check_all()) for _ in range(20)]
+        joined = [asyncio.create_task(backend.checks.check_all()) for _ in range(20)]
         await asyncio.sleep(0.2)
         new_requests = len(asked) - asked_before
         for task in [round_, *joined]:
@@ -317,7 +318,7 @@ def test_a_ready_worker_is_described_once_and_its_runtime_exported(metadata_as_t
     answer, asked = describing(metadata_as_text=metadata_as_text)
     backend = backend_answering(answer)  # type: ignore[arg-type]
     for _ in range(2):
-        asyncio.run(backend._check_all())  # two rounds (the refresher's)
+        asyncio.run(backend.checks.check_all())  # two rounds (the refresher's)
     assert asked.count("/models/eca_resnet50?customized") == 1  # not on every probe
     assert "/models/se_resnet50?customized" not in asked  # no ready worker, nothing to ask
     assert {m: f.runtime for m, f in backend.worker_facts().items()} == {"eca_resnet50": "aot"}
@@ -335,7 +336,7 @@ def test_a_worker_whose_batching_disagrees_with_the_gateways_is_not_ready(
 ):
     answer, _ = describing(batch_size, buckets)
     backend = backend_answering(answer)  # type: ignore[arg-type]
-    backend.max_batch_size = 8
+    backend.checks.max_batch_size = 8
     state = asyncio.run(backend.readiness())["eca_resnet50"]
     assert state.startswith("misconfigured") and reason in state
 

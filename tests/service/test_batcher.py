@@ -78,7 +78,7 @@ def test_batch_info_reports_size_and_waits():
 
 def test_lone_request_waits_out_the_fixed_delay_then_goes_alone():
     async def scenario():
-        batcher = make(FakeBackend(), max_wait_s=0.05, policy="fixed")
+        batcher = make(FakeBackend(), max_wait_s=0.05, deadline_aware=False)
         value, info = await within(HANG, batcher.submit(7))
         await batcher.stop()
         return value, info
@@ -90,7 +90,7 @@ def test_lone_request_waits_out_the_fixed_delay_then_goes_alone():
 
 def test_full_batch_does_not_wait():
     async def scenario():
-        batcher = make(FakeBackend(), max_batch_size=2, max_wait_s=NEVER, policy="fixed")
+        batcher = make(FakeBackend(), max_batch_size=2, max_wait_s=NEVER, deadline_aware=False)
         results = await within(HANG, asyncio.gather(batcher.submit(1), batcher.submit(2)))
         await batcher.stop()
         return results
@@ -514,7 +514,7 @@ def test_a_request_that_cannot_meet_its_deadline_is_refused_at_once():
 
 @pytest.mark.parametrize(
     "knobs",
-    [{"policy": "fixed"}, {}],  # the fixed policy never refuses; no estimate yet: admit
+    [{"deadline_aware": False}, {}],  # the fixed policy never refuses; no estimate yet: admit
     ids=["fixed-policy", "cost-unknown"],
 )
 def test_nothing_is_refused_without_a_deadline_policy_or_a_known_cost(knobs):
@@ -527,11 +527,6 @@ def test_nothing_is_refused_without_a_deadline_policy_or_a_known_cost(knobs):
         return results
 
     assert len(run(scenario())) == 13
-
-
-def test_unknown_policy_is_refused_at_construction():
-    with pytest.raises(ValueError, match="policy"):
-        make(FakeBackend(), policy="lifo")
 
 
 def test_batches_are_cut_to_the_sizes_the_runner_computes_without_padding():

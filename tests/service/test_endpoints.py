@@ -19,10 +19,10 @@ from service.backends.base import BackendUnavailable
 from service.backends.circuit import CircuitBreaker
 from service.backends.endpoints import MAX_ENDPOINTS, Address, Discovery, EndpointSet, resolve
 from service.backends.torchserve_client import TorchServeBackend
+from service.inputs import Upload
 from service.metrics import GatewayMetrics
 from service.schemas import READY
 from service.settings import GatewaySettings
-from service.uploads import Upload
 
 MODEL = "eca_resnet50"
 GOOD = {"predictions": [{"index": 1, "label": "cat", "score": 0.75}]}
@@ -69,16 +69,15 @@ class Fleet:
         return httpx.Response(200, json={"results": [GOOD]})
 
     def backend(self, discovery: Discovery) -> TorchServeBackend:
-        backend = TorchServeBackend(
+        return TorchServeBackend(
             [MODEL],
             discovery,
             KeyRing(None),
             timeout_s=5,
             breakers=lambda: CircuitBreaker(3, cooldown_s=30),
             refresh_s=0.05,
+            transport=httpx.MockTransport(self.answer),
         )
-        backend._client = httpx.AsyncClient(transport=httpx.MockTransport(self.answer))
-        return backend
 
     def dns_backend(self) -> TorchServeBackend:
         return self.backend(
@@ -275,7 +274,7 @@ def test_a_failed_dns_answer_keeps_the_endpoints_known():
         async def failing(host: str) -> list[str]:
             raise OSError("Temporary failure in name resolution")
 
-        backend.discovery.resolver = failing
+        backend.checks.discovery.resolver = failing
         await asyncio.sleep(0.2)
         assert await backend.readiness() == {MODEL: READY}
         assert await classify_many(backend, 2) == [[GOOD], [GOOD]]
