@@ -31,6 +31,11 @@ from .zoo.precision import PRECISION_CHOICES
 from .zoo.registry import MODELS, parse_model_names
 from .zoo.runtimes import DEFAULT_RUNTIME, RUNTIME_CHOICES
 
+DRAIN_QUIET_S = 0.5
+"""Nothing in flight this long: the last answer has left and no request follows it closely
+(a batch passes from the frontend's queue to its worker's CPU slot in milliseconds)."""
+DRAIN_POLL_S = 0.1
+
 
 def int_list(value: str) -> tuple[int, ...]:
     try:
@@ -136,20 +141,32 @@ def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: {exc}") from None
     finally:
         if server.models_ready and server.process.poll() is None:  # traffic may be running
-            drain(args.drain_seconds)
+            drain(server, args.drain_seconds)
         server.stop()
         if gate is not None:
             gate.stop()
 
 
-def drain(seconds: float) -> None:
-    """TorchServe's frontend resets in-flight requests on SIGTERM (measured), so running
-    batches get ``seconds`` to finish first. A second signal cuts the wait short."""
+def drain(server: TorchServe, seconds: float) -> None:
+    """TorchServe's frontend resets in-flight requests on SIGTERM (measured), so it is stopped
+    only once nothing has been in flight (``TorchServe.in_flight``) for ``DRAIN_QUIET_S``, or
+    after ``seconds`` at most. A second signal cuts the wait short."""
     if seconds <= 0:
         return
-    print(f"draining for {seconds:g} s before stopping TorchServe", flush=True)
+    print(f"draining (at most {seconds:g} s) before stopping TorchServe", flush=True)
+    started = time.monotonic()
+    idle_since: float | None = None
     try:
-        time.sleep(seconds)
+        while (now := time.monotonic()) - started < seconds:
+            if server.in_flight():
+                idle_since = None
+            elif idle_since is None:
+                idle_since = now
+            elif now - idle_since >= DRAIN_QUIET_S:
+                print(f"drained in {now - started:.1f} s", flush=True)
+                return
+            time.sleep(DRAIN_POLL_S)
+        print(f"drain cut short after {seconds:g} s with batches still in flight", flush=True)
     except (KeyboardInterrupt, SystemExit):
         print("drain cut short", flush=True)
 
@@ -291,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
         "--drain-seconds",
         type=float,
         default=0.0,
-        help="on SIGTERM/Ctrl-C, let running batches finish this long before stopping",
+        help="on SIGTERM/Ctrl-C, let running and queued batches finish first, this long at most",
     )
     p.set_defaults(func=serve)
 

@@ -52,8 +52,8 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=600s --retries=3 \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/ping', timeout=2)"
 # MODELS at run time: which archives to load (the built ones by default). The launcher, not
 # TorchServe's own, is the main process: TorchServe's frontend resets in-flight requests on
-# SIGTERM, so on a stop the launcher lets running batches finish for DRAIN_SECONDS, then stops
-# the frontend and its workers together (keep DRAIN_SECONDS below the stop grace period).
+# SIGTERM, so on a stop the launcher waits until nothing is in flight (DRAIN_SECONDS at most),
+# then stops the frontend and its workers together (keep DRAIN_SECONDS below the stop grace period).
 ENV MODELS=${MODELS} DRAIN_SECONDS=10
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["sh", "-c", "exec python -m model_store serve --host 0.0.0.0 --archives archives --config config.properties --run-dir run --models \"$MODELS\" --drain-seconds \"$DRAIN_SECONDS\""]

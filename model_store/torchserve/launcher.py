@@ -68,6 +68,8 @@ class TorchServe:
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     models_ready: bool = field(default=False, init=False)
     """Every model answered ready once: TorchServe takes traffic (the warm-up may still run)."""
+    cpu_slots: CpuSlots | None = field(default=None, init=False, repr=False)
+    """The slots its workers compute in (set at start): a batch computing holds one."""
     _keyring: KeyRing | None = field(default=None, init=False, repr=False)
     _tmp_dir: Path = field(default=Path(), init=False, repr=False)
 
@@ -221,6 +223,7 @@ class TorchServe:
         asked = self.worker_env.get("OMP_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
         threads = int(asked or cpus)
         slots = CpuSlots(self.run_dir / "cpu-slots", max(1, cpus // max(1, threads)))
+        self.cpu_slots = slots
         log.info(
             "workers on %d CPUs: %d intra-op threads per batch, %d batch(es) computing at once",
             cpus,
@@ -267,6 +270,17 @@ class TorchServe:
         """``model``'s workers as the management API lists them (``pid``, ``status``...)."""
         description = describe(self, model)
         return description[0].get("workers", []) if description else []
+
+    def in_flight(self) -> int:
+        """Batches computing now (their CPU slots held) and requests TorchServe's frontend has
+        queued for a worker (``jobQueueStatus``): what a stop would lose. A model the
+        management API cannot describe counts as one."""
+        queued = 0
+        for model in self.models:
+            description = describe(self, model)
+            status = description[0].get("jobQueueStatus", {}) if description else None
+            queued += 1 if status is None else int(status.get("pendingRequests", 0))
+        return queued + (self.cpu_slots.computing() if self.cpu_slots is not None else 0)
 
     def log_tail(self, lines: int = 40) -> str:
         if not self.log_file.exists():

@@ -76,6 +76,19 @@ class CpuSlots:
             return fd
         return None
 
+    def computing(self) -> int:
+        """How many slots a batch holds now, seen from a process that computes nothing (the
+        launcher draining): each slot tried without waiting and let go at once."""
+        held = 0
+        for fd in self._files:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held += 1
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        return held
+
     @contextmanager
     def held(self) -> Iterator[float]:
         """A slot, waited for as long as it takes (the holder's batch ends, or it dies); yields
