@@ -215,7 +215,9 @@ def test_queue_full_is_503_and_the_rest_are_answered():
     responses, metrics = asyncio.run(flood_then_scrape())
     codes = [r.status_code for r in responses]
     assert set(codes) == {200, 503}
-    assert all(r.headers["retry-after"] for r in responses if r.status_code == 503)
+    refused = [r for r in responses if r.status_code == 503]
+    assert all(r.headers["retry-after"] for r in refused)
+    assert {r.json()["error"]["code"] for r in refused} == {"queue_full"}  # the README's code
     assert all(
         r.json()["results"][0]["predictions"][0]["label"] == "red"
         for r in responses
@@ -741,6 +743,7 @@ def test_stalled_upload_is_cut_off_and_upload_slots_are_bounded():
 
     crowded, stalled, after = asyncio.run(scenario())
     assert crowded.status_code == 503 and crowded.headers["retry-after"]
+    assert crowded.json()["error"]["code"] == "too_many_uploads"  # the README's code
     assert stalled == (
         408,
         {

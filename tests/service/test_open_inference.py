@@ -689,7 +689,7 @@ def test_the_bytes_admitted_at_once_follow_the_memory_limit():
     budget = settings.upload_memory_bytes()
     admitted = budget // (UPLOAD_COPIES * len(body))
 
-    async def scenario() -> tuple[list[int], int]:
+    async def scenario() -> tuple[list[httpx.Response], int]:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
@@ -709,13 +709,16 @@ def test_the_bytes_admitted_at_once_follow_the_memory_limit():
                 peak = tracemalloc.get_traced_memory()[1]
                 tracemalloc.stop()
                 backend.release.set()
-                return [r.status_code for r in await asyncio.gather(*sent)], peak
+                return list(await asyncio.gather(*sent)), peak
 
-    statuses, peak = asyncio.run(scenario())
+    responses, peak = asyncio.run(scenario())
+    statuses = [r.status_code for r in responses]
     print(
         f"peak {peak / 2**20:.1f} MiB for {admitted} held of {len(body) / 2**20:.1f} MiB; "
         f"reservation {budget / 2**20:.0f} MiB"
     )
     assert admitted == 3 and backend.held == admitted
     assert sorted(statuses) == [200] * admitted + [503] * (requests - admitted)
+    refused = {r.json()["error"] for r in responses if r.status_code == 503}  # OIP: text only
+    assert refused == {"too many uploads in progress for se_resnet50; retry shortly"}
     assert peak <= budget
