@@ -60,7 +60,7 @@ def build(
 
     checkpoint = None
     if tiny:
-        checkpoint = directory.parent / f"{model}-tiny.pt"
+        checkpoint = directory.parent / "weights" / f"{model}.pt"  # named as the suite names it
         if not checkpoint.exists():
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             save_tiny(train_tiny(model), checkpoint)

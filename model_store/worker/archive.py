@@ -5,12 +5,14 @@ the code a worker runs (``SERVING_CODE``: so a worker needs nothing from the gat
 environment but torch, Pillow and numpy), and a ``model-config.yaml`` with TorchServe's batching
 and worker settings plus the classifier's own (compile, buckets, limits) under ``handler``.
 Building twice with the same inputs is a no-op: a fingerprint of the inputs sits beside each
-archive.
+archive (and with ``ARCHIVE_CACHE_DIR`` set, an archive of the same inputs built anywhere before
+is copied from there: ``model_store.archive_cache``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import shutil
@@ -32,12 +34,14 @@ from contract.protocol import (
     WORKER_RESPONSE_TIMEOUT_S,
 )
 
+from .. import archive_cache
 from ..zoo.aot import cpu_target, machine_key
 from ..zoo.checkpoint import read_checkpoint, save_checkpoint
 from ..zoo.fidelity import FidelityFailed, FidelityGate, logits_of, measure
 from ..zoo.models import create_model
 from ..zoo.optimize import optimize_for_inference
 from ..zoo.precision import DEFAULT_PRECISION, FP32, PRECISION_CHOICES, PRECISIONS
+from ..zoo.registry import ATTENTION_LAYERS, BACKBONES, NO_ATTENTION, get_spec
 from ..zoo.runtimes import (
     AUTO,
     DEFAULT_RUNTIME,
@@ -178,14 +182,31 @@ def _source_files() -> list[Path]:
     )
 
 
+def _plugin_files(spec: ArchiveSpec) -> list[Path]:
+    """The modules of the backbone, attention layer and runtimes ``spec`` builds with, as the
+    registries name them: a plug-in registered from outside the serving code (a test's toy
+    runtime, a user's layer) decides the archive as much as the serving code does."""
+    model = get_spec(spec.model)
+    paths = [BACKBONES[model.backbone].network, *(RUNTIMES[r] for r, _ in spec.candidates)]
+    if model.attention != NO_ATTENTION:
+        paths.append(ATTENTION_LAYERS[model.attention])
+    found = (importlib.util.find_spec(path.partition(":")[0]) for path in paths)
+    return sorted({Path(module.origin) for module in found if module and module.origin})
+
+
 def fingerprint(spec: ArchiveSpec) -> str:
     """The archive's inputs: its spec, the code and weights it holds, and the machines its
     candidates are compiled for (x86-64-v3 for float32: one archive serves both CPU classes
     these machines alternate between, and survives the switch)."""
-    digest = hashlib.sha256(json.dumps(asdict(spec), default=str, sort_keys=True).encode())
+    # the weights and calibration images count by content (below), not by where they lie
+    fields = asdict(spec) | {
+        "checkpoint": spec.checkpoint is not None,
+        "calibration": spec.calibration is not None,
+    }
+    digest = hashlib.sha256(json.dumps(fields, default=str, sort_keys=True).encode())
     targets = [machine_key(cpu_target(precision)) for _, precision in spec.candidates]
     digest.update(json.dumps(targets, sort_keys=True).encode())
-    files = _source_files() + ([spec.checkpoint] if spec.checkpoint else [])
+    files = _source_files() + _plugin_files(spec) + ([spec.checkpoint] if spec.checkpoint else [])
     if spec.calibration is not None:
         files += sorted(p for p in spec.calibration.rglob("*") if p.is_file())
     for path in files:
@@ -206,6 +227,10 @@ def build_archive(
     expected = fingerprint(spec)
     if archive.exists() and stamp.exists() and stamp.read_text() == expected:
         progress(f"{spec.model}: up to date ({archive})")
+        return archive
+    if archive_cache.fetch(spec.model, expected, archive):
+        stamp.write_text(expected)
+        progress(f"{spec.model}: the same inputs were built before, copied from the cache")
         return archive
     with tempfile.TemporaryDirectory(prefix=f"mar-{spec.model}-") as tmp:
         staging = Path(tmp)
@@ -239,6 +264,7 @@ def build_archive(
         if proc.returncode != 0:
             raise RuntimeError(f"torch-model-archiver failed for {spec.model}:\n{proc.stderr}")
     stamp.write_text(expected)
+    archive_cache.store(spec.model, expected, archive)
     progress(f"{spec.model}: built {archive} ({archive.stat().st_size / 2**20:.1f} MiB)")
     return archive
 

@@ -15,6 +15,7 @@ import torch
 from torch._inductor.utils import run_and_get_code
 
 from model_store import create_model, optimize_for_inference
+from model_store.archive_cache import CACHE_ENV
 from model_store.demo.synthetic import encode, make_images
 from model_store.demo.tiny import save_tiny
 from model_store.worker.archive import (
@@ -86,7 +87,8 @@ def test_an_openvino_archive_serves_the_eager_answers_without_compiling(
 
 
 @pytest.mark.slow
-def test_auto_builds_both_measures_them_and_keeps_the_faster(tiny_trained, tmp_path):
+def test_auto_builds_both_measures_them_and_keeps_the_faster(tiny_trained, tmp_path, monkeypatch):
+    monkeypatch.delenv(CACHE_ENV)  # the build itself is under test, not a copy of it
     checkpoint = save_tiny(tiny_trained("eca_resnet50"), tmp_path / "eca.pt")
     spec = ArchiveSpec("eca_resnet50", checkpoint=checkpoint, runtime="auto", batch_buckets=(1, 2))
     messages: list[str] = []
