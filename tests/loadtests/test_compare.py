@@ -1,7 +1,8 @@
-"""Short comparisons against the suite's real stack (one Locust process, and Locust's
-distributed mode with two local workers): interleaved trials whose numbers agree with Locust's
-final stats and the gateway's own counters (no request lost or counted twice), verdicts with
-intervals, the report and its plots."""
+"""Short comparisons: interleaved trials whose numbers agree with Locust's final stats and the
+gateway's own counters (no request lost or counted twice), verdicts with intervals, the report
+and its plots. Locust's distributed mode (two local workers) against the suite's real stack;
+one Locust process against a gateway whose se_resnet50 is made six times slower, so the
+verdicts are known."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ import pytest
 from loadtests.checks import shape_problem
 from loadtests.compare import main as compare
 from loadtests.compare import parse_args
+from service.settings import GatewaySettings
+
+from ..servers import GatewayThread
+from ..service.fakes import FakeBackend
 
 ARGS = ["--models", "se_resnet50,eca_resnet50", "--trials", "2", "--duration", "3"]
 ARGS += ["--warmup", "1", "--users", "2", "--rates", "4", "--user-seconds", "3"]
@@ -50,23 +55,30 @@ def check_trials(results: dict, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_interleaved_trials_give_verdicts_with_intervals(gateway, tmp_path):
-    text, results = run(gateway, tmp_path)
+def test_a_model_six_times_slower_is_found_slower_with_intervals(tmp_path):
+    """se_resnet50's batches take 300 ms, eca_resnet50's 50 ms: closed-loop throughput and p99
+    at both loads say eca is faster, with intervals that exclude 1. (Open-loop throughput is
+    the offered rate for both: no verdict is asserted there.)"""
+    models = ["se_resnet50", "eca_resnet50"]
+    backend = FakeBackend(models, delay={"se_resnet50": 0.3, "eca_resnet50": 0.05})
+    with GatewayThread(GatewaySettings(models=models), backend) as slow_se:
+        text, results = run(slow_se, tmp_path)
     check_trials(results, tmp_path)
-    verdicts = results["verdicts"]
-    assert {(v["level"], v["metric"]) for v in verdicts} == {
+    verdicts = {(v["level"], v["metric"]): v for v in results["verdicts"]}
+    assert set(verdicts) == {
         (level, metric)
         for level in ("closed, 2 users", "open, 4 req/s")
         for metric in ("throughput (img/s)", "p99 latency (ms)")
     }
-    for v in verdicts:
+    for v in verdicts.values():
         ratio = v["ratio"]
         assert ratio["low"] <= ratio["value"] <= ratio["high"] and ratio["pairs"] == 2
-        assert v["verdict"] in (
-            "eca_resnet50 faster",
-            "se_resnet50 faster",
-            "no difference measurable at this precision",
-        )
+    known = [
+        ("closed, 2 users", "throughput (img/s)"),
+        ("closed, 2 users", "p99 latency (ms)"),
+        ("open, 4 req/s", "p99 latency (ms)"),
+    ]
+    assert [verdicts[k]["verdict"] for k in known] == ["eca_resnet50 faster"] * 3, verdicts
     assert "## Verdicts" in text and "eca_resnet50 / se_resnet50 [95% CI]" in text
     assert "## Capacity at p99 <= 1000 ms" in text and "locust: one process" in text
     for png in ("p99_vs_offered.png", "throughput_trials.png", "batch_sizes.png"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,13 +23,13 @@ class FakeBackend:
     preprocessed input: its channel means, softmaxed).
 
     Decodes for real, so undecodable images fail per image, as in the worker. ``delay`` slows
-    every batch, ``fail`` raises an exception for every batch (``fail_on``: only batches holding
-    that image), ``ready`` drives readiness per model.
+    every batch (per model, given a mapping), ``fail`` raises an exception for every batch
+    (``fail_on``: only batches holding that image), ``ready`` drives readiness per model.
     """
 
     labels = ("red", "green", "blue")
 
-    def __init__(self, models: list[str], delay: float = 0.0) -> None:
+    def __init__(self, models: list[str], delay: float | Mapping[str, float] = 0.0) -> None:
         self.models = models
         self.delay = delay
         self.fail: Exception | None = None
@@ -50,7 +50,9 @@ class FakeBackend:
         self.batches.append(len(images))
         self.images += images
         self.top_ks.append(top_k)
-        await asyncio.sleep(self.delay)
+        await asyncio.sleep(
+            self.delay if isinstance(self.delay, float | int) else self.delay[model]
+        )
         if self.fail is not None and (self.fail_on is None or self.fail_on in images):
             raise self.fail
         answers = [self._one(item, top_k, probabilities) for item in inputs]
