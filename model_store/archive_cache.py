@@ -10,8 +10,11 @@ in another process never sees half of one); the least recently used beyond ``KEE
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 CACHE_ENV = "ARCHIVE_CACHE_DIR"
@@ -34,6 +37,26 @@ def cache_dir() -> Path | None:
 def _entry(model: str, fingerprint: str) -> Path | None:
     root = cache_dir()
     return root / f"{model}-{fingerprint}.mar" if root is not None else None
+
+
+@contextmanager
+def claimed(model: str, fingerprint: str) -> Iterator[None]:
+    """While inside, no other process builds these inputs: a second builder (a test worker in
+    parallel, another clone's suite) waits, then finds the first one's archive in the cache.
+    The kernel lets go of the lock if the builder dies."""
+    entry = _entry(model, fingerprint)
+    if entry is None:
+        yield
+        return
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    lock = entry.with_suffix(".lock")
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+            fcntl.flock(held, fcntl.LOCK_UN)
 
 
 def _copy(source: Path, target: Path) -> None:

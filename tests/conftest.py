@@ -65,3 +65,25 @@ def gateway(torchserve):
 
     with GatewayThread(gateway_settings(torchserve)) as running:
         yield running
+
+
+LONGEST_FIRST = (
+    "deploy/test_containers.py",
+    "bench/test_capacity_bench.py",
+    "bench/test_soak_bench.py",
+    "loadtests/test_compare.py",
+    "bench/test_scaleout_bench.py",
+    "service/test_key_expiry.py",
+    "bench/test_models_bench.py",
+)
+"""Modules that take minutes, mostly waiting (builds, fixed-length loads, key lifetimes): run in
+parallel (``-n``, a module per worker) they start first, so the short ones fill the gaps."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.path.as_posix()
+        ranks = (i for i, module in enumerate(LONGEST_FIRST) if path.endswith(module))
+        return next(ranks, len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: the rest keep their order

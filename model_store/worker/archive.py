@@ -228,10 +228,21 @@ def build_archive(
     if archive.exists() and stamp.exists() and stamp.read_text() == expected:
         progress(f"{spec.model}: up to date ({archive})")
         return archive
-    if archive_cache.fetch(spec.model, expected, archive):
+    with archive_cache.claimed(spec.model, expected):  # one build of these inputs at a time
+        if archive_cache.fetch(spec.model, expected, archive):
+            stamp.write_text(expected)
+            progress(f"{spec.model}: the same inputs were built before, copied from the cache")
+            return archive
+        _build(spec, out_dir, archive, progress)
         stamp.write_text(expected)
-        progress(f"{spec.model}: the same inputs were built before, copied from the cache")
-        return archive
+        archive_cache.store(spec.model, expected, archive)
+    progress(f"{spec.model}: built {archive} ({archive.stat().st_size / 2**20:.1f} MiB)")
+    return archive
+
+
+def _build(
+    spec: ArchiveSpec, out_dir: Path, archive: Path, progress: Callable[[str], None]
+) -> None:
     with tempfile.TemporaryDirectory(prefix=f"mar-{spec.model}-") as tmp:
         staging = Path(tmp)
         progress(f"{spec.model}: writing weights")
@@ -263,10 +274,6 @@ def build_archive(
         proc = subprocess.run(command, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"torch-model-archiver failed for {spec.model}:\n{proc.stderr}")
-    stamp.write_text(expected)
-    archive_cache.store(spec.model, expected, archive)
-    progress(f"{spec.model}: built {archive} ({archive.stat().st_size / 2**20:.1f} MiB)")
-    return archive
 
 
 def candidate_name(runtime: str, precision: str) -> str:

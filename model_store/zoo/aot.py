@@ -72,6 +72,14 @@ def cpu_instruction_sets() -> list[str]:
     return sorted(flag for flag in set(flags) if INSTRUCTION_SETS.match(flag))
 
 
+def cpu_class() -> str:
+    """This machine's class as caches name it: ``x86_64-avx2``, ``x86_64-avx512`` (AMD Zen 4)
+    or ``x86_64-avx512-amx`` (Sapphire Rapids), the classes these machines alternate between."""
+    flags = set(cpu_instruction_sets())
+    width = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "base"
+    return "-".join([platform.machine(), width, *(["amx"] if "amx_tile" in flags else [])])
+
+
 PORTABLE, NATIVE = "x86-64-v3", "native"
 """What inductor's own kernels are compiled for: every x86-64-v3 CPU (AVX2 and FMA: both
 classes these machines alternate between), or the compiling CPU (``-march=native``: AVX-512,

@@ -4,8 +4,9 @@ published port, Prometheus scraping both, a crashed worker restarted by compose,
 load drained, and nothing left behind.
 
 ``make test`` installs docker.io, docker-compose and debootstrap; when no engine answers, the
-tests start ``dockerd`` with its own data root under ``.run/docker`` (images stay cached there
-between local runs) and stop it afterwards.
+tests start ``dockerd`` with its own data root in the user's cache, one per CPU class
+(``~/.cache/attention-serving/docker-x86_64-avx2``...: the base image and the layers stay
+cached between runs and clones; what a run leaves dangling is pruned) and stop it afterwards.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
+from model_store.archive_cache import user_cache_dir
 from model_store.demo.tiny import save_tiny
 from model_store.torchserve.host import free_ports
+from model_store.zoo.aot import cpu_class
 
 from ..service.test_gateway_torchserve import labelled_images, metric, send_all, top1
 from .test_prometheus import query, wait_for
@@ -69,7 +72,7 @@ def docker() -> Iterator[dict[str, str]]:
     if engine_answers(env):
         yield env
         return
-    root = REPO / ".run" / "docker"
+    root = user_cache_dir() / f"docker-{cpu_class()}"
     root.mkdir(parents=True, exist_ok=True)
     runtime = Path(tempfile.mkdtemp(prefix="dk-"))  # short: containerd's socket paths
     env["DOCKER_HOST"] = f"unix://{runtime / 'docker.sock'}"
@@ -146,6 +149,8 @@ def stack(docker, tiny_trained) -> Iterator[Stack]:
         )  # fmt: skip
         for model in MODELS:
             (CHECKPOINTS / f"{model}.pt").unlink(missing_ok=True)
+        # the images this run replaced: the cache keeps what the next build reuses, no more
+        subprocess.run(["docker", "image", "prune", "-f"], env=env, capture_output=True)
 
 
 def test_the_gateway_image_has_no_torch_and_the_worker_no_compiler(stack):

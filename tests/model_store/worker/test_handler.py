@@ -7,6 +7,7 @@ import json
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -126,7 +127,9 @@ def test_bad_top_k_fails_only_its_own_request(torchserve, held_out):
     assert [top1(r) for r in good.json()["results"]] == [CLASS_NAMES[label] for label in labels[:2]]
 
 
-def test_concurrent_single_requests_are_batched_and_answered_correctly(torchserve):
+def test_concurrent_single_requests_are_each_answered_correctly(torchserve):
+    """Twelve clients at once on a worker of batchSize 1 (the gateway batches, TorchServe does
+    not): every answer its own image's label, none crossed with another's."""
     images, labels = make_images(24, seed=777)
     payloads = [encode(im, "PNG") for im in images]
 
@@ -190,8 +193,22 @@ def test_workers_describe_their_runtime_and_share_every_cpu(torchserve):
     facts = description["customizedMetadata"]
     facts = json.loads(facts) if isinstance(facts, str) else facts
     assert facts["runtime"] == "aot" and facts["batch_buckets"] == [1, 2, 4, 8]
-    assert facts["threads"] == len(os.sched_getaffinity(0)) and facts["cpu_slots"] == 1
+    cpus = len(os.sched_getaffinity(0))
+    assert facts["threads"] == cpus and facts["cpu_slots"] == 1
+    # what the worker process really got, read from the kernel, not from its own report
+    [worker] = description["workers"]
+    status = Path(f"/proc/{worker['pid']}/status").read_text()
+    allowed = re.search(r"^Cpus_allowed_list:\s*(\S+)$", status, re.M)[1]  # type: ignore[index]
+    assert sum(cpu_range_size(part) for part in allowed.split(",")) == cpus
+    environ = Path(f"/proc/{worker['pid']}/environ").read_bytes().split(b"\0")
+    assert f"OMP_NUM_THREADS={cpus}".encode() in environ
     assert facts["weight_packing"] == "at_load"
+
+
+def cpu_range_size(part: str) -> int:
+    """``3`` -> 1, ``0-3`` -> 4 (the kernel's CPU list syntax)."""
+    first, _, last = part.partition("-")
+    return int(last or first) - int(first) + 1
 
 
 def test_the_handler_module_defines_one_class():
