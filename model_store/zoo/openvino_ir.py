@@ -112,22 +112,24 @@ def load_ir(
                 f"this CPU runs the {precision} IR in {took} (OpenVINO's inference precision): "
                 "it has no instructions for it; build the archive for fp32"
             )
-        runners[batch_size] = _runner(compiled)
+        runners[batch_size] = OpenVinoRunner(compiled)
     return runners
 
 
-def _runner(compiled: Any) -> Runner:
-    """An infer request per calling thread: a request is not safe to share between threads
+class OpenVinoRunner:
+    """A compiled IR (``compiled``: what OpenVINO made of it, its execution graph included)
+    with an infer request per calling thread: a request is not safe to share between threads
     (the in-process backend may run batches concurrently)."""
-    local = threading.local()
 
-    def run(images: torch.Tensor) -> torch.Tensor:
-        if (request := getattr(local, "request", None)) is None:
-            request = local.request = compiled.create_infer_request()
+    def __init__(self, compiled: Any) -> None:
+        self.compiled = compiled
+        self._local = threading.local()
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if (request := getattr(self._local, "request", None)) is None:
+            request = self._local.request = self.compiled.create_infer_request()
         request.infer([np.ascontiguousarray(images.cpu().numpy())])
         return torch.from_numpy(request.get_output_tensor(0).data.copy())
-
-    return run
 
 
 class OpenVino(Runtime):

@@ -8,6 +8,7 @@ import asyncio
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -83,6 +84,14 @@ class Fleet:
         return self.backend(
             Discovery("http://workers.test:8080", "http://workers.test:8081", True, self.resolve)
         )
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    """Waits for what a refresh round changes (rounds every 50 ms here), however loaded the
+    machine: a fixed sleep either wastes time or, on a busy CI machine, comes too soon."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.01)
 
 
 async def classify_many(backend: TorchServeBackend, count: int) -> list[object]:
@@ -171,14 +180,13 @@ def test_batches_spread_over_every_endpoint_dns_finds_and_reach_one_added_later(
 
         fleet.hosts.append("10.0.0.3")  # a replica added: found by the next refresh
         fleet.workers["10.0.0.3"] = 1
-        await asyncio.sleep(0.3)
-        assert backend.ready_workers(MODEL) == 3
+        await until(lambda: backend.ready_workers(MODEL) == 3)
         fleet.batches.clear()
         assert all(r == [GOOD] for r in await classify_many(backend, 30))
         assert fleet.batches["10.0.0.3"] >= 5
 
         fleet.hosts.remove("10.0.0.1")  # scaled in: no more work for it
-        await asyncio.sleep(0.3)
+        await until(lambda: len(backend.endpoints()[MODEL]) == 2)
         fleet.batches.clear()
         await classify_many(backend, 10)
         assert "10.0.0.1" not in fleet.batches
@@ -220,8 +228,7 @@ def test_the_concurrency_follows_each_endpoints_ready_workers():
         assert backend.ready_workers(MODEL) == 3
         assert [s.workers for s in backend.endpoints()[MODEL]] == [1, 2]
         fleet.workers["10.0.0.2"] = 0  # its workers died: not ready, no allowance
-        await asyncio.sleep(0.3)
-        assert backend.ready_workers(MODEL) == 1
+        await until(lambda: backend.ready_workers(MODEL) == 1)
         assert [s.workers for s in backend.endpoints()[MODEL]] == [1, 0]
         await backend.close()
 
@@ -271,11 +278,14 @@ def test_a_failed_dns_answer_keeps_the_endpoints_known():
         backend = fleet.dns_backend()
         await backend.start()
 
+        failed = []
+
         async def failing(host: str) -> list[str]:
+            failed.append(host)
             raise OSError("Temporary failure in name resolution")
 
         backend.checks.discovery.resolver = failing
-        await asyncio.sleep(0.2)
+        await until(lambda: len(failed) >= 2)  # two refresh rounds have missed the answer
         assert await backend.readiness() == {MODEL: READY}
         assert await classify_many(backend, 2) == [[GOOD], [GOOD]]
         await backend.close()
@@ -291,7 +301,7 @@ def test_endpoint_series_follow_the_endpoints_found():
         await backend.start()
         await classify_many(backend, 4)
         fleet.hosts.remove("10.0.0.2")
-        await asyncio.sleep(0.3)
+        await until(lambda: len(backend.endpoints()[MODEL]) == 1)
         metrics = GatewayMetrics()
         metrics.watch_endpoints(backend)
         await backend.close()

@@ -11,7 +11,8 @@ import pytest
 
 from model_store.__main__ import main
 from model_store.demo.tiny import save_tiny
-from model_store.worker.archive import ArchiveSpec
+from model_store.worker.archive import ArchiveSpec, build_archive, load_archive
+from model_store.worker.classifier import ImageClassifier
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -63,3 +64,12 @@ def test_the_build_command_builds_several_archives_at_once(tiny_trained, tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "out").glob("*.mar")) == [f"{m}.mar" for m in models]
     assert "[1/2]" in done.stdout and "[2/2]" in done.stdout
+
+
+def test_an_archive_built_without_weights_says_it_is_untrained(tmp_path):
+    """What README promises a user who forgot ``--checkpoint``: the worker's description says
+    its answers mean nothing."""
+    spec = ArchiveSpec("mobilenet_v2", compile=False, batch_buckets=(1,))
+    archive = build_archive(spec, tmp_path / "archives", progress=lambda _: None)
+    classifier = ImageClassifier.load(load_archive(archive, tmp_path / "unpacked"))
+    assert classifier.info["weights"] == "UNTRAINED: seeded random init (seed 0)"

@@ -27,7 +27,9 @@ from model_store.worker.archive import (
 )
 from model_store.worker.calibration import HELD_OUT_EVERY, calibration_set
 from model_store.worker.classifier import ImageClassifier
+from model_store.zoo.aot import AotRunner
 from model_store.zoo.fidelity import FidelityFailed, FidelityGate, measure
+from model_store.zoo.openvino_ir import OpenVinoRunner
 from model_store.zoo.runtimes import PACKED_AT_LOAD
 from service.settings import GatewaySettings
 
@@ -53,6 +55,26 @@ def accuracy(classifier: ImageClassifier, images: list[bytes], labels: list[int]
     results = classifier.classify(images, top_k=1)
     best = [r["predictions"][0]["label"] for r in results]
     return sum(b == CLASS_NAMES[label] for b, label in zip(best, labels, strict=True)) / len(labels)
+
+
+EXECUTED_AS = {
+    "bf16": {"bf16", "torch.bfloat16"},
+    "int8": {"i8", "u8", "torch.int8", "torch.uint8"},
+}
+"""What a runtime calls the precision it computes in: OpenVINO's per-operation runtime precision,
+or the dtype of the constants an AOTInductor package runs on."""
+
+
+def executed_precisions(runner: object) -> set[str]:
+    """The precisions a loaded runner really computes in, asked of its runtime: the execution
+    graph OpenVINO compiled (each operation's ``runtimePrecision``), or the dtypes of the
+    constants (packed weights) an AOTInductor package holds."""
+    if isinstance(runner, OpenVinoRunner):
+        graph = runner.compiled.get_runtime_model()
+        return {str(op.get_rt_info()["runtimePrecision"]) for op in graph.get_ops()}
+    assert isinstance(runner, AotRunner), runner
+    constants = runner.constants or runner.package.loader.get_constants_map(False)
+    return {str(tensor.dtype) for tensor in constants.values()}
 
 
 @pytest.mark.slow
@@ -89,6 +111,9 @@ def test_a_low_precision_archive_passes_its_gate_and_serves_in_that_precision(
     torch.compile(torch.nn.Linear(2, 2))(torch.ones(1, 2))  # a graph of the process, not its
     classifier = ImageClassifier.load(config)
     assert (classifier.info["runtime"], classifier.info["precision"]) == (served, precision)
+    # not the archive's word for it: what the runtime itself compiled and holds
+    for runner in classifier.runner.prebuilt.runners.values():
+        assert executed_precisions(runner) & EXECUTED_AS[precision], executed_precisions(runner)
     images, labels = held_out
     assert accuracy(classifier, images, labels) >= 0.9  # float32 scores 1.0 on these
     assert classifier.compiled_graphs == 0  # prebuilt: nothing compiled at load
