@@ -8,12 +8,12 @@ import os
 import pytest
 import torch
 
-from model_store.archive_cache import CACHE_ENV, user_cache_dir
 from model_store.demo.tiny import train_tiny
+from model_store.worker.archive_cache import CACHE_ENV, user_cache_dir
 from model_store.zoo.resnet import ResNet
 
 # The suite builds the same tiny archives in every clone: built once per machine, copied after
-# (``model_store.archive_cache``: keyed by inputs, code and the CPU they are compiled for).
+# (``model_store.worker.archive_cache``: keyed by inputs, code and the CPU they are compiled for).
 os.environ.setdefault(CACHE_ENV, str(user_cache_dir() / "archives"))
 
 _trained: dict[str, ResNet] = {}

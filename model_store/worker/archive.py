@@ -6,7 +6,7 @@ environment but torch, Pillow and numpy), and a ``model-config.yaml`` with Torch
 and worker settings plus the classifier's own (compile, buckets, limits) under ``handler``.
 Building twice with the same inputs is a no-op: a fingerprint of the inputs sits beside each
 archive (and with ``ARCHIVE_CACHE_DIR`` set, an archive of the same inputs built anywhere before
-is copied from there: ``model_store.archive_cache``).
+is copied from there: ``model_store.worker.archive_cache``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from contract.protocol import (
     WORKER_RESPONSE_TIMEOUT_S,
 )
 
-from .. import archive_cache
 from ..zoo.aot import cpu_target, machine_key
 from ..zoo.checkpoint import read_checkpoint, save_checkpoint
 from ..zoo.fidelity import FidelityFailed, FidelityGate, logits_of, measure
@@ -56,6 +55,7 @@ from ..zoo.runtimes import (
     load_prebuilt,
     max_logit_error,
 )
+from . import archive_cache
 from .calibration import CalibrationSet, calibration_set
 from .config import ClassifierConfig
 

@@ -91,3 +91,8 @@ def test_a_trial_is_invalid_when_anything_but_the_load_changed():
     assert invalid_because(before, before, row | {"arrivals_per_s": 8.5}, load, 20) == []
     short = invalid_because(before, before, row | {"arrivals_per_s": 7.5}, load, 20)
     assert short == ["the generator sent 7.5 of 10 req/s offered"]
+    # Locust recorded no arrival at all (its users never started): invalid, not a crash
+    silent = {k: v for k, v in row.items() if k != "arrivals_per_s"}
+    assert invalid_because(before, before, silent, load, 20) == [
+        "the generator sent 0.0 of 10 req/s offered"
+    ]

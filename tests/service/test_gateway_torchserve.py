@@ -241,8 +241,16 @@ def test_killing_a_worker_mid_load_gives_answers_or_clear_errors_then_recovers(g
 
 
 def test_flood_past_the_queue_gives_503s_and_bounded_queue(torchserve):
+    # the queue is under test, not slow clients: 150 connections opened at once by this
+    # process on a loaded CI machine may take seconds to send their heads and bodies
     settings = gateway_settings(
-        torchserve, max_batch_size=4, queue_limit=8, max_concurrent_batches=1
+        torchserve,
+        max_batch_size=4,
+        queue_limit=8,
+        max_concurrent_batches=1,
+        header_timeout_s=120,
+        upload_timeout_s=120,
+        min_upload_rate_bps=0,
     )
     images, labels = labelled_images(150, seed=5)
     with GatewayThread(settings) as flooded:

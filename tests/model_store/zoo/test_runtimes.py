@@ -15,7 +15,6 @@ import torch
 from torch._inductor.utils import run_and_get_code
 
 from model_store import create_model, optimize_for_inference
-from model_store.archive_cache import CACHE_ENV
 from model_store.demo.synthetic import encode, make_images
 from model_store.demo.tiny import save_tiny
 from model_store.worker.archive import (
@@ -25,6 +24,7 @@ from model_store.worker.archive import (
     read_model_config,
     read_runtime_report,
 )
+from model_store.worker.archive_cache import CACHE_ENV
 from model_store.worker.classifier import ImageClassifier
 from model_store.worker.config import ClassifierConfig
 from model_store.zoo.openvino_ir import PrecisionUnavailable, export_ir, load_ir

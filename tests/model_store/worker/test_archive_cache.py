@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_store import archive_cache
-from model_store.archive_cache import CACHE_ENV
 from model_store.demo.synthetic import CLASS_NAMES
 from model_store.demo.tiny import save_tiny
+from model_store.worker import archive_cache
 from model_store.worker.archive import ArchiveSpec, _plugin_files, build_archive, fingerprint
+from model_store.worker.archive_cache import CACHE_ENV
 from model_store.zoo.models import create_model, tiny_arch
 from model_store.zoo.runtimes import register_runtime, unregister_runtime
 
