@@ -177,6 +177,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="open loop: users per offered req/s (enough that each is idle most of the time)",
     )
     parser.add_argument(
+        "--generator-nice",
+        type=int,
+        default=Generator.nice,
+        help="the Locust processes' niceness: above the stack's, so the generator never takes "
+        "the CPUs the stack under test needs; 0 where other work shares the machine (a test "
+        "suite in parallel), which would starve a niced generator",
+    )
+    parser.add_argument(
         "--out", type=Path, help="report folder (default loadtests/reports/<timestamp>)"
     )
     args = parser.parse_args(argv)
@@ -198,6 +206,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         master_bind_host=args.master_bind_host,
         master_port=args.master_port,
         user_seconds=args.user_seconds,
+        nice=args.generator_nice,
     )
     return args
 

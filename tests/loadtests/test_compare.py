@@ -20,6 +20,7 @@ from ..service.fakes import FakeBackend
 
 ARGS = ["--models", "se_resnet50,eca_resnet50", "--trials", "2", "--duration", "3"]
 ARGS += ["--warmup", "1", "--users", "2", "--rates", "4", "--user-seconds", "3"]
+ARGS += ["--generator-nice", "0"]  # a niced generator starves beside the suite's other tests
 
 
 def run(gateway, tmp_path, *extra: str) -> tuple[str, dict]:

@@ -71,7 +71,7 @@ def executed_precisions(runner: object) -> set[str]:
     constants (packed weights) an AOTInductor package holds."""
     if isinstance(runner, OpenVinoRunner):
         graph = runner.compiled.get_runtime_model()
-        return {str(op.get_rt_info()["runtimePrecision"]) for op in graph.get_ops()}
+        return {op.get_rt_info()["runtimePrecision"].astype(str) for op in graph.get_ops()}
     assert isinstance(runner, AotRunner), runner
     constants = runner.constants or runner.package.loader.get_constants_map(False)
     return {str(tensor.dtype) for tensor in constants.values()}
