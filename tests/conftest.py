@@ -9,12 +9,19 @@ import pytest
 import torch
 
 from model_store.demo.tiny import train_tiny
+from model_store.torchserve.host import PORT_RANGE_ENV
 from model_store.worker.archive_cache import CACHE_ENV, user_cache_dir
 from model_store.zoo.resnet import ResNet
 
 # The suite builds the same tiny archives in every clone: built once per machine, copied after
 # (``model_store.worker.archive_cache``: keyed by inputs, code and the CPU they are compiled for).
 os.environ.setdefault(CACHE_ENV, str(user_cache_dir() / "archives"))
+
+# Parallel workers (pytest-xdist's gw0, gw1...) find free ports in ranges of their own, below
+# the kernel's ephemeral ports: two workers never start servers on the same "free" port.
+if (worker := os.environ.get("PYTEST_XDIST_WORKER", "")).startswith("gw"):
+    low = 10_000 + 5_000 * int(worker.removeprefix("gw"))
+    os.environ[PORT_RANGE_ENV] = f"{low}-{low + 4_999}"
 
 _trained: dict[str, ResNet] = {}
 

@@ -4,6 +4,7 @@ still runs (the CPUs its workers share: ``model_store.worker.cpus``)."""
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import socket
@@ -18,8 +19,16 @@ class TorchServeError(RuntimeError):
     """TorchServe could not be started, or a model did not become ready."""
 
 
+PORT_RANGE_ENV = "FREE_PORT_RANGE"
+"""``LOW-HIGH``: where ``free_ports`` looks (unset: wherever the kernel hands out a port).
+Processes that start servers side by side (the test suite's parallel workers) each get a range
+of their own: a port one found free and has not bound yet is never another's find."""
+
+
 def free_ports(count: int) -> list[int]:
     """Loopback ports free at this moment, for servers started on demand."""
+    if span := os.environ.get(PORT_RANGE_ENV):
+        return _free_ports_in(count, *map(int, span.split("-")))
     sockets = [socket.socket() for _ in range(count)]
     for s in sockets:
         s.bind(("127.0.0.1", 0))
@@ -27,6 +36,22 @@ def free_ports(count: int) -> list[int]:
     for s in sockets:
         s.close()
     return ports
+
+
+def _free_ports_in(count: int, low: int, high: int) -> list[int]:
+    """``count`` ports of ``low``..``high`` that bind now, tried in random order."""
+    candidates = random.sample(range(low, high + 1), high + 1 - low)
+    ports: list[int] = []
+    for port in candidates:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise OSError(f"fewer than {count} free ports in {low}-{high}")
 
 
 def is_loopback(host: str) -> bool:
