@@ -67,26 +67,27 @@ class CpuSlots:
         """What a worker process needs to share these slots."""
         return {SLOTS_DIR_ENV: str(self.directory), SLOTS_ENV: str(self.count)}
 
+    @staticmethod
+    def _take(fd: int) -> bool:
+        """The slot ``fd`` if no one holds it, without waiting."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
     def _try(self) -> int | None:
-        for fd in self._files:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue
-            return fd
-        return None
+        return next((fd for fd in self._files if self._take(fd)), None)
 
     def computing(self) -> int:
         """How many slots a batch holds now, seen from a process that computes nothing (the
         launcher draining): each slot tried without waiting and let go at once."""
         held = 0
         for fd in self._files:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                held += 1
-            else:
+            if self._take(fd):
                 fcntl.flock(fd, fcntl.LOCK_UN)
+            else:
+                held += 1
         return held
 
     @contextmanager

@@ -78,3 +78,16 @@ def test_available_cpus_are_the_affinity_or_the_cpus_pinned():
     assert available_cpus(frozenset({0})) == 1
     if not Path("/sys/fs/cgroup/cpu.max").exists():  # no quota on this process's cgroup
         assert available_cpus() == len(os.sched_getaffinity(0))
+
+
+def test_an_observer_counts_the_slots_held_and_takes_none(tmp_path):
+    """What the draining launcher sees: each held slot, and after looking, every slot free
+    for the workers again."""
+    worker, observer = CpuSlots(tmp_path, 2), CpuSlots(tmp_path, 2)
+    assert observer.computing() == 0
+    with worker.held():
+        assert observer.computing() == 1
+        with CpuSlots(tmp_path, 2).held():
+            assert observer.computing() == 2
+    assert observer.computing() == 0
+    assert CpuSlots(tmp_path, 2).computing() == 0  # seen by another: the observer kept none
