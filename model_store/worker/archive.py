@@ -229,14 +229,15 @@ def build_archive(
         progress(f"{spec.model}: up to date ({archive})")
         return archive
     with archive_cache.claimed(spec.model, expected):  # one build of these inputs at a time
-        if archive_cache.fetch(spec.model, expected, archive):
-            stamp.write_text(expected)
-            progress(f"{spec.model}: the same inputs were built before, copied from the cache")
-            return archive
-        _build(spec, out_dir, archive, progress)
-        stamp.write_text(expected)
-        archive_cache.store(spec.model, expected, archive)
-    progress(f"{spec.model}: built {archive} ({archive.stat().st_size / 2**20:.1f} MiB)")
+        cached = archive_cache.fetch(spec.model, expected, archive)
+        if not cached:
+            _build(spec, out_dir, archive, progress)
+            archive_cache.store(spec.model, expected, archive)
+    stamp.write_text(expected)
+    if cached:
+        progress(f"{spec.model}: the same inputs were built before, copied from the cache")
+    else:
+        progress(f"{spec.model}: built {archive} ({archive.stat().st_size / 2**20:.1f} MiB)")
     return archive
 
 

@@ -49,13 +49,11 @@ def claimed(model: str, fingerprint: str) -> Iterator[None]:
         yield
         return
     entry.parent.mkdir(parents=True, exist_ok=True)
-    lock = entry.with_suffix(".lock")
-    with lock.open("a") as held:
+    with entry.with_suffix(".lock").open("a") as held:  # kept: a waiter may hold it open
         fcntl.flock(held, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            lock.unlink(missing_ok=True)
             fcntl.flock(held, fcntl.LOCK_UN)
 
 
@@ -86,3 +84,4 @@ def store(model: str, fingerprint: str, archive: Path) -> None:
     entries = sorted(entry.parent.glob("*.mar"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in entries[KEEP:]:
         old.unlink(missing_ok=True)
+        old.with_suffix(".lock").unlink(missing_ok=True)
